@@ -1,0 +1,51 @@
+"""The LMTrainingJob vocabulary: one declaration for the CRD, the trainer config and `kubespeed local`."""
+
+from kubespeed.spec.fields import SpecError, from_dict, openapi_schema, to_dict
+from kubespeed.spec.job import LMTrainingJobSpec, TrainerConfig
+
+__all__ = [
+    "LMTrainingJobSpec",
+    "SpecError",
+    "TrainerConfig",
+    "from_dict",
+    "load_job",
+    "openapi_schema",
+    "parse_job_spec",
+    "parse_trainer_config",
+    "to_dict",
+]
+
+
+def parse_job_spec(spec: dict, path: str = "spec") -> LMTrainingJobSpec:
+    """Parse and default a job's `spec`; raises SpecError naming the field."""
+    return from_dict(LMTrainingJobSpec, spec, path)
+
+
+def parse_trainer_config(config: dict, path: str = "config") -> TrainerConfig:
+    """Parse and default a trainer config (the job's five training sections)."""
+    return from_dict(TrainerConfig, config, path)
+
+
+def load_job(path: str) -> dict:
+    """Read an LMTrainingJob manifest from YAML; errors name the file."""
+    import yaml
+
+    from kubespeed import wiring
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            docs = [d for d in yaml.safe_load_all(fh) if d]
+    except OSError as err:
+        raise SpecError(path, f"cannot read: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise SpecError(path, f"not valid YAML: {err}") from err
+    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == wiring.KIND]
+    if len(jobs) != 1:
+        raise SpecError(path, f"expected exactly one {wiring.KIND} document, found {len(jobs)}")
+    job = jobs[0]
+    want = f"{wiring.API_GROUP}/{wiring.API_VERSION}"
+    if job.get("apiVersion") != want:
+        raise SpecError(f"{path}: apiVersion", f"must be {want}, got {job.get('apiVersion')!r}")
+    if not (job.get("metadata") or {}).get("name"):
+        raise SpecError(f"{path}: metadata.name", "is required")
+    return job

@@ -1,0 +1,282 @@
+"""Declare spec fields once: their type, default, description and bounds.
+
+A spec section is a dataclass whose fields are made with `field(...)`. From that
+one declaration come the OpenAPI schema of the CRD (`openapi_schema`), the parse
+of a plain dict with errors that name the field (`from_dict`), and the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+MISSING = dataclasses.MISSING
+
+
+class SpecError(ValueError):
+    """A spec value is wrong; `path` names the field (e.g. `spec.training.steps`)."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+def field(
+    description: str,
+    default: Any = MISSING,
+    *,
+    enum: tuple[Any, ...] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    pattern: str | None = None,
+    min_length: int | None = None,
+    immutable: bool = False,
+    preserve_unknown: bool = False,
+    embedded_resource: bool = False,
+    int_or_string: bool = False,
+) -> Any:
+    """A spec field. A mutable default (list, dict, dataclass) is copied per instance."""
+    meta = {
+        "description": description,
+        "enum": enum,
+        "minimum": minimum,
+        "maximum": maximum,
+        "exclusive_minimum": exclusive_minimum,
+        "pattern": pattern,
+        "min_length": min_length,
+        "immutable": immutable,
+        "preserve_unknown": preserve_unknown,
+        "embedded_resource": embedded_resource,
+        "int_or_string": int_or_string,
+    }
+    if default is MISSING:
+        return dataclasses.field(metadata=meta)
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda: _copy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _copy(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value)
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return value
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return MISSING
+
+
+# ---------------------------------------------------------------- OpenAPI schema
+
+def _type_schema(tp: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    if meta.get("int_or_string"):
+        return {"x-kubernetes-int-or-string": True}
+    if dataclasses.is_dataclass(tp):
+        return openapi_schema(tp)
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return {"type": "array", "items": _type_schema(item, {})}
+    if origin is dict:
+        _, value = typing.get_args(tp)
+        if value is Any:
+            return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        return {"type": "object", "additionalProperties": _type_schema(value, {})}
+    if tp is Any:
+        return {"x-kubernetes-preserve-unknown-fields": True}
+    return {
+        bool: {"type": "boolean"},
+        int: {"type": "integer"},
+        float: {"type": "number"},
+        str: {"type": "string"},
+    }[tp]
+
+
+def _json_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return to_dict(value)
+    return value
+
+
+def field_schema(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
+    meta = f.metadata
+    inner, optional = _unwrap_optional(tp)
+    schema = _type_schema(inner, meta)
+    if meta.get("preserve_unknown"):
+        schema["x-kubernetes-preserve-unknown-fields"] = True
+    if meta.get("embedded_resource"):
+        schema["x-kubernetes-embedded-resource"] = True
+    schema = {"description": meta["description"], **schema}
+    if "items" in schema and "description" not in schema["items"]:
+        schema["items"] = {"description": f"An entry of {f.name}.", **schema["items"]}
+    default = _default_of(f)
+    if default is not MISSING and default is not None and not optional:
+        # An empty object default is left to the nested defaults, which the API
+        # server applies once the object exists; listing it here keeps them applied
+        # when the user leaves the whole section out.
+        schema["default"] = _json_default(default)
+    if meta.get("enum") is not None:
+        schema["enum"] = list(meta["enum"])
+    if meta.get("minimum") is not None:
+        schema["minimum"] = meta["minimum"]
+        if meta.get("exclusive_minimum"):
+            schema["exclusiveMinimum"] = True
+    if meta.get("maximum") is not None:
+        schema["maximum"] = meta["maximum"]
+    if meta.get("pattern") is not None:
+        schema["pattern"] = meta["pattern"]
+    if meta.get("min_length") is not None:
+        schema["minLength"] = meta["min_length"]
+    if meta.get("immutable"):
+        schema.setdefault("x-kubernetes-validations", []).append(
+            {"rule": "self == oldSelf", "message": f"{f.name} cannot change once the job exists"}
+        )
+    return schema
+
+
+def openapi_schema(cls: type) -> dict[str, Any]:
+    """The structural OpenAPI v3 schema of a spec dataclass, with CEL rules from `__cel__`."""
+    hints = _hints(cls)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for f in dataclasses.fields(cls):
+        properties[f.name] = field_schema(f, hints[f.name])
+        if _default_of(f) is MISSING:
+            required.append(f.name)
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if cls.__doc__:
+        schema = {"description": " ".join(cls.__doc__.split()), **schema}
+    if required:
+        schema["required"] = required
+    rules = getattr(cls, "__cel__", ())
+    if rules:
+        schema["x-kubernetes-validations"] = [dict(r) for r in rules]
+    return schema
+
+
+# ---------------------------------------------------------------- parsing
+
+def _parse(tp: Any, value: Any, path: str, meta: dict[str, Any]) -> Any:
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise SpecError(path, "must be set (got null)")
+    if meta.get("int_or_string"):
+        if not isinstance(value, (int, str)) or isinstance(value, bool):
+            raise SpecError(path, f"must be an integer or a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(inner):
+        if not isinstance(value, dict):
+            raise SpecError(path, f"must be an object, got {type(value).__name__}")
+        return from_dict(inner, value, path)
+    origin = typing.get_origin(inner)
+    if origin is list:
+        if not isinstance(value, list):
+            raise SpecError(path, f"must be a list, got {type(value).__name__}")
+        (item,) = typing.get_args(inner)
+        return [_parse(item, v, f"{path}[{i}]", {}) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SpecError(path, f"must be an object, got {type(value).__name__}")
+        _, vt = typing.get_args(inner)
+        return {k: _parse(vt, v, f"{path}.{k}", {}) for k, v in value.items()}
+    if inner is Any:
+        return value
+    if inner is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if inner is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, inner) or (inner is not bool and isinstance(value, bool)):
+        raise SpecError(path, f"must be {_type_word(inner)}, got {value!r}")
+    return value
+
+
+def _type_word(tp: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _check_bounds(value: Any, meta: dict[str, Any], path: str) -> None:
+    if value is None:
+        return
+    enum = meta.get("enum")
+    if enum is not None and value not in enum:
+        raise SpecError(path, f"must be one of {', '.join(map(str, enum))}; got {value!r}")
+    lo, hi = meta.get("minimum"), meta.get("maximum")
+    if lo is not None and (value < lo or (meta.get("exclusive_minimum") and value == lo)):
+        word = "greater than" if meta.get("exclusive_minimum") else "at least"
+        raise SpecError(path, f"must be {word} {lo}; got {value!r}")
+    if hi is not None and value > hi:
+        raise SpecError(path, f"must be at most {hi}; got {value!r}")
+    if meta.get("min_length") is not None and len(value) < meta["min_length"]:
+        raise SpecError(path, "must not be empty")
+    if meta.get("pattern") is not None:
+        import re
+
+        if not re.fullmatch(meta["pattern"], value):
+            raise SpecError(path, f"must match {meta['pattern']}; got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, path: str = "spec") -> Any:
+    """Parse a plain dict into the dataclass `cls`, filling defaults; errors name the field."""
+    data = dict(data or {})
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SpecError(f"{path}.{unknown[0]}", f"unknown field (known: {', '.join(sorted(names))})")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        sub = f"{path}.{f.name}"
+        if f.name in data:
+            value = _parse(hints[f.name], data[f.name], sub, f.metadata)
+        else:
+            value = _default_of(f)
+            if value is MISSING:
+                raise SpecError(sub, "is required")
+        _check_bounds(value, f.metadata, sub)
+        values[f.name] = value
+    obj = cls(**values)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(path)
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """The dataclass as plain JSON-ready data (camelCase keys as declared), Nones dropped."""
+    if dataclasses.is_dataclass(obj):
+        return {
+            f.name: to_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if getattr(obj, f.name) is not None
+        }
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj

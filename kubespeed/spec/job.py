@@ -1,0 +1,333 @@
+"""The LMTrainingJob spec: every field, its default and its description, declared once.
+
+The CRD schema (`kubespeed crd`), the trainer's config file and `kubespeed local`
+all read these classes. Field names are the camelCase names users write in YAML.
+The trainer config is the five training sections (`TrainerConfig`), passed
+through unchanged from the job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubespeed import wiring
+from kubespeed.spec.fields import SpecError, field
+
+GPT_SIZES = ("tiny", "mini", "small", "gpt-125m", "gpt-350m", "gpt-760m", "gpt-1b")
+MODEL_TYPES = ("gpt", "hf", "lstm")
+DATA_FORMATS = ("text", "jsonl", "tokens")
+TOKENIZER_TYPES = ("char", "byte", "bpe", "pretrained")
+OBJECTIVES = ("causal", "denoising", "finetune")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+OFFLOAD_DEVICES = ("none", "cpu")
+RESUME_POLICIES = ("auto", "never", "required")
+RESTART_POLICIES = ("ExitCode", "OnFailure", "Never")
+CLEAN_POD_POLICIES = ("Running", "All", "None")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+
+
+# ---------------------------------------------------------------- model
+
+@dataclass(kw_only=True)
+class ModelSpec:
+    """The network to train: the built-in GPT, any Hugging Face causal LM, or the LSTM language model."""
+
+    type: str = field("Model family: `gpt` (built-in GPT decoder), `hf` (Hugging Face causal LM from `hfConfig` or a local `path`), `lstm` (embedding, LSTM, linear head).", "gpt", enum=MODEL_TYPES)
+    size: str = field("Named built-in GPT recipe, from `tiny` to `gpt-1b`; `layers`, `heads` and `embedDim` override parts of it.", "tiny", enum=GPT_SIZES)
+    layers: int | None = field("Number of transformer blocks (gpt) or LSTM layers (lstm); overrides the recipe.", None, minimum=1, maximum=256)
+    heads: int | None = field("Attention heads (gpt); must divide `embedDim`.", None, minimum=1, maximum=256)
+    embedDim: int | None = field("Embedding width (gpt, lstm).", None, minimum=8, maximum=32768)
+    hiddenDim: int | None = field("LSTM hidden size (lstm); defaults to `embedDim`.", None, minimum=8, maximum=32768)
+    dropout: float = field("Dropout probability in the model.", 0.0, minimum=0.0, maximum=0.9)
+    tieWeights: bool = field("Share the token embedding with the output head (gpt, lstm).", True)
+    hfConfig: dict[str, Any] | None = field("A Hugging Face model config (as in config.json, with `model_type`), built with random weights; for type `hf`.", None)
+    path: str | None = field("A local directory with a Hugging Face model (config.json and weights); for type `hf`. Nothing is downloaded.", None, min_length=1)
+
+    def validate(self, path: str) -> None:
+        if self.type == "hf" and not (self.hfConfig or self.path):
+            raise SpecError(f"{path}.hfConfig", "type hf needs hfConfig or path")
+        if self.type != "hf" and (self.hfConfig or self.path):
+            key = "hfConfig" if self.hfConfig else "path"
+            raise SpecError(f"{path}.{key}", f"only applies to type hf, not {self.type}")
+
+
+# ---------------------------------------------------------------- data
+
+@dataclass(kw_only=True)
+class TokenizerSpec:
+    """How text becomes tokens."""
+
+    type: str = field("`char` (characters seen in the training text), `byte` (UTF-8 bytes, 256 ids), `bpe` (byte-level BPE trained on the training text), `pretrained` (a tokenizer from the local directory `path`).", "char", enum=TOKENIZER_TYPES)
+    vocabSize: int = field("Vocabulary size for a `bpe` tokenizer trained here.", 4096, minimum=260, maximum=262144)
+    path: str | None = field("Local directory of a Hugging Face tokenizer; for type `pretrained`.", None, min_length=1)
+
+    def validate(self, path: str) -> None:
+        if self.type == "pretrained" and not self.path:
+            raise SpecError(f"{path}.path", "type pretrained needs a tokenizer directory")
+
+
+@dataclass(kw_only=True)
+class DataSpec:
+    """Training and validation data, its format and tokenizer."""
+
+    train: str = field("Training data: a file or directory path inside the pod (a mounted volume or the image), or `builtin:<name>` for text the installation carries (see README).", min_length=1)
+    validation: str | None = field("Validation data; when unset, the last `validationSplit` of the training data is held out.", None, min_length=1)
+    format: str = field("`text` (plain text), `jsonl` (one JSON object per line, see `textField`/`promptField`/`responseField`), `tokens` (token shards written by `kubespeed prepare`).", "text", enum=DATA_FORMATS)
+    textField: str = field("JSON lines key holding the text, for `jsonl` pre-training data.", "text", min_length=1)
+    promptField: str = field("JSON lines key holding the prompt, for fine-tuning data.", "prompt", min_length=1)
+    responseField: str = field("JSON lines key holding the response, for fine-tuning data; only response tokens carry loss.", "response", min_length=1)
+    validationSplit: float = field("Fraction of the training data held out for validation when `validation` is unset.", 0.1, minimum=0.0, maximum=0.5)
+    tokenizer: TokenizerSpec = field("The tokenizer.", TokenizerSpec())
+    claimName: str | None = field("An existing PersistentVolumeClaim mounted read-only at /data in every pod, holding the data.", None, pattern=DNS_LABEL)
+
+
+# ---------------------------------------------------------------- training
+
+@dataclass(kw_only=True)
+class OptimizerSpec:
+    """The optimizer; DeepSpeed builds it (and offloads it when asked)."""
+
+    type: str = field("Optimizer: `adamw`, `adam` or `sgd`.", "adamw", enum=OPTIMIZERS)
+    lr: float = field("Peak learning rate.", 3e-4, minimum=0.0, exclusive_minimum=True, maximum=10.0)
+    weightDecay: float = field("Decoupled weight decay (adamw), L2 (adam, sgd).", 0.1, minimum=0.0, maximum=1.0)
+    beta1: float = field("Adam beta1 (sgd: momentum).", 0.9, minimum=0.0, maximum=1.0)
+    beta2: float = field("Adam beta2.", 0.95, minimum=0.0, maximum=1.0)
+    eps: float = field("Adam epsilon.", 1e-8, minimum=0.0, exclusive_minimum=True, maximum=1.0)
+
+
+@dataclass(kw_only=True)
+class ScheduleSpec:
+    """Learning-rate schedule: linear warmup, then decay to `minLr`."""
+
+    warmupSteps: int = field("Steps of linear warmup from 0 to the peak learning rate.", 100, minimum=0)
+    decay: str = field("Shape after warmup: `cosine`, `linear` or `constant`.", "cosine", enum=SCHEDULES)
+    minLr: float = field("Learning rate at the last step (cosine, linear).", 3e-5, minimum=0.0)
+
+
+@dataclass(kw_only=True)
+class DenoisingSpec:
+    """Span corruption for the denoising-autoencoder objective."""
+
+    corruptionRate: float = field("Fraction of tokens replaced by noise.", 0.15, minimum=0.0, exclusive_minimum=True, maximum=0.9)
+    meanSpanLength: float = field("Mean length of a corrupted span, in tokens.", 3.0, minimum=1.0, maximum=64.0)
+
+
+@dataclass(kw_only=True)
+class TrainingSpec:
+    """What is optimised, for how long, and in what batches."""
+
+    objective: str = field("`causal` (next-token pre-training), `denoising` (reconstruct the original from corrupted spans), `finetune` (start from `initFrom`; prompt/response data trains on responses only).", "causal", enum=OBJECTIVES)
+    steps: int = field("Optimizer steps to train.", 1000, minimum=1, maximum=100_000_000)
+    globalBatchSize: int = field("Sequences per optimizer step over all data-parallel ranks; gradient accumulation = globalBatchSize / (microBatchSize x data-parallel size).", 32, minimum=1)
+    microBatchSize: int = field("Sequences per rank per forward pass.", 8, minimum=1)
+    seqLength: int = field("Tokens per training sequence (the model's context length for gpt).", 256, minimum=8, maximum=131072)
+    gradientClipping: float = field("Clip the global gradient norm to this value; 0 turns clipping off.", 1.0, minimum=0.0)
+    optimizer: OptimizerSpec = field("The optimizer.", OptimizerSpec())
+    schedule: ScheduleSpec = field("The learning-rate schedule.", ScheduleSpec())
+    evalInterval: int = field("Evaluate on validation data every this many steps (and at the end); 0 evaluates only at the end.", 200, minimum=0)
+    evalBatches: int = field("Validation micro batches per evaluation, per rank.", 20, minimum=1)
+    logInterval: int = field("Write a metrics line every this many steps.", 10, minimum=1)
+    seed: int = field("Seed for weights, data order and noise; the same seed repeats the same run.", 1234, minimum=0)
+    denoising: DenoisingSpec = field("Span corruption, for objective `denoising`.", DenoisingSpec())
+    initFrom: str | None = field("A checkpoint directory or exported weights to start from, for objective `finetune`.", None, min_length=1)
+
+    def validate(self, path: str) -> None:
+        if self.globalBatchSize % self.microBatchSize:
+            raise SpecError(f"{path}.globalBatchSize", f"{self.globalBatchSize} is not a multiple of microBatchSize {self.microBatchSize}")
+        if self.objective == "finetune" and not self.initFrom:
+            raise SpecError(f"{path}.initFrom", "objective finetune needs a checkpoint or weights to start from")
+
+
+# ---------------------------------------------------------------- deepspeed
+
+@dataclass(kw_only=True)
+class LossScaleSpec:
+    """Dynamic loss scaling for fp16."""
+
+    initialScalePower: int = field("The first loss scale is 2^this.", 16, minimum=0, maximum=32)
+    window: int = field("Steps without overflow before the scale doubles.", 1000, minimum=1)
+    hysteresis: int = field("Overflows tolerated before the scale halves.", 2, minimum=1)
+    minScale: float = field("The loss scale never drops below this.", 1.0, minimum=0.0, exclusive_minimum=True)
+
+
+@dataclass(kw_only=True)
+class OffloadSpec:
+    """ZeRO-Offload: keep optimizer state or parameters in host memory."""
+
+    optimizer: str = field("Where optimizer state lives: `none` (the accelerator) or `cpu` (ZeRO stage 1-3).", "none", enum=OFFLOAD_DEVICES)
+    parameters: str = field("Where parameters live between uses: `none` or `cpu` (ZeRO stage 3 only).", "none", enum=OFFLOAD_DEVICES)
+
+
+@dataclass(kw_only=True)
+class DeepSpeedSpec:
+    """DeepSpeed engine settings; everything else is derived or comes from `overrides`."""
+
+    zeroStage: int = field("ZeRO stage: 0 (plain data parallel), 1 (shard optimizer state), 2 (+ gradients), 3 (+ parameters).", 0, minimum=0, maximum=3)
+    precision: str = field("`auto` (bf16 on GPUs that support it, else fp32), `fp32`, `fp16` (with dynamic loss scaling) or `bf16`.", "auto", enum=PRECISIONS)
+    lossScale: LossScaleSpec = field("Dynamic loss scaling, for fp16.", LossScaleSpec())
+    offload: OffloadSpec = field("Optimizer and parameter offload to host memory.", OffloadSpec())
+    activationCheckpointing: bool = field("Recompute activations in the backward pass to save memory (gpt, hf).", False)
+    pipelineStages: int = field("Pipeline-parallel stages (built-in gpt only); data-parallel size = nodes x procsPerNode / pipelineStages.", 1, minimum=1, maximum=64)
+    overrides: dict[str, Any] = field("Raw DeepSpeed config merged over the resolved one, last; for settings kubespeed does not name.", {})
+
+    def validate(self, path: str) -> None:
+        if self.offload.parameters == "cpu" and self.zeroStage != 3:
+            raise SpecError(f"{path}.offload.parameters", f"parameter offload needs zeroStage 3, got {self.zeroStage}")
+        if self.offload.optimizer == "cpu" and self.zeroStage == 0:
+            raise SpecError(f"{path}.offload.optimizer", "optimizer offload needs zeroStage 1, 2 or 3")
+        if self.pipelineStages > 1 and self.zeroStage > 1:
+            raise SpecError(f"{path}.zeroStage", f"pipeline parallelism works with ZeRO stage 0 or 1, got {self.zeroStage}")
+
+
+# ---------------------------------------------------------------- checkpoint
+
+@dataclass(kw_only=True)
+class VolumeClaimTemplate:
+    """A PersistentVolumeClaim the operator creates as `<job>-checkpoints` and keeps after the job ends."""
+
+    size: str = field("Requested storage, e.g. `20Gi`.", "10Gi", pattern=r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?")
+    storageClassName: str | None = field("Storage class; the cluster default when unset.", None)
+    accessMode: str = field("`ReadWriteMany` lets every node rank write its shard; `ReadWriteOnce` suits one-node jobs.", "ReadWriteMany", enum=("ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"))
+
+
+@dataclass(kw_only=True)
+class CheckpointSpec:
+    """Where checkpoints go, how often, how many stay, and how a new attempt resumes."""
+
+    claimName: str | None = field("An existing PersistentVolumeClaim for checkpoints. Without it or `volumeClaim`, checkpoints live in the pod (lost with it).", None, pattern=DNS_LABEL)
+    volumeClaim: VolumeClaimTemplate | None = field("Ask the operator to create the checkpoint claim.", None)
+    mountPath: str = field("Where the checkpoint volume is mounted in every pod.", wiring.CHECKPOINT_DIR_DEFAULT, pattern=r"/.*")
+    interval: int = field("Save every this many steps (and on SIGTERM, and at the end).", 100, minimum=1)
+    keep: int = field("Complete checkpoints kept; older ones are deleted.", 3, minimum=1, maximum=1000)
+    resume: str = field("`auto` (resume from the latest complete checkpoint if one exists), `never` (always start fresh), `required` (fail if none exists).", "auto", enum=RESUME_POLICIES)
+    exportWeights: bool = field("At the end, export the final weights as safetensors with a Hugging Face config.", True)
+
+    def validate(self, path: str) -> None:
+        if self.claimName and self.volumeClaim:
+            raise SpecError(f"{path}.volumeClaim", "set either claimName or volumeClaim, not both")
+
+
+# ---------------------------------------------------------------- run policy and scheduling
+
+@dataclass(kw_only=True)
+class RunPolicy:
+    """Restarts, deadlines, cleanup and suspension."""
+
+    backoffLimit: int = field("Gang restarts allowed before the job fails.", 3, minimum=0, maximum=1000)
+    restartPolicy: str = field("`ExitCode` (restart the gang unless the trainer's exit code says a retry cannot help), `OnFailure` (restart on any failure), `Never`.", "ExitCode", enum=RESTART_POLICIES)
+    activeDeadlineSeconds: int | None = field("Fail the job (reason DeadlineExceeded) after this many seconds of running, across attempts.", None, minimum=1)
+    ttlSecondsAfterFinished: int | None = field("Delete the job and its children this long after it succeeds or fails.", None, minimum=0)
+    suspend: bool = field("Suspend: pods go, config and checkpoints stay; setting it back to false starts a new attempt that resumes.", False)
+    cleanPodPolicy: str = field("Pods deleted when the job finishes: `Running` (still-running ones), `All`, `None`.", "Running", enum=CLEAN_POD_POLICIES)
+    terminationGracePeriodSeconds: int = field("Seconds a pod gets after SIGTERM to write its checkpoint.", 120, minimum=1, maximum=86400)
+
+
+@dataclass(kw_only=True)
+class GangSpec:
+    """Gang scheduling through a PodGroup (scheduler-plugins coscheduling or Volcano)."""
+
+    enabled: bool = field("Create a PodGroup with minMember = nodes and point the pods at it.", False)
+    apiVersion: str = field("PodGroup API: `scheduling.x-k8s.io/v1alpha1` (scheduler-plugins) or `scheduling.volcano.sh/v1beta1`.", "scheduling.x-k8s.io/v1alpha1", enum=("scheduling.x-k8s.io/v1alpha1", "scheduling.volcano.sh/v1beta1"))
+    scheduleTimeoutSeconds: int = field("How long the gang may wait for all its pods to fit.", 300, minimum=1)
+
+
+@dataclass(kw_only=True)
+class SchedulingSpec:
+    """Where pods may run, and hooks for gang schedulers and queues."""
+
+    nodeSelector: dict[str, str] = field("Node labels every pod requires.", {})
+    tolerations: list[dict[str, Any]] = field("Extra tolerations (the GPU taint is tolerated already when gpu is true).", [])
+    affinity: dict[str, Any] | None = field("Pod affinity rules, as in a Pod spec.", None)
+    priorityClassName: str | None = field("PriorityClass of the pods.", None)
+    schedulerName: str | None = field("Scheduler for the pods (e.g. volcano); the default scheduler when unset.", None)
+    gang: GangSpec = field("Gang scheduling.", GangSpec())
+    queue: str | None = field("Kueue LocalQueue name; sets the `kueue.x-k8s.io/queue-name` label so Kueue admits the job.", None, pattern=DNS_LABEL)
+
+
+@dataclass(kw_only=True)
+class EnvVar:
+    """An environment variable for the trainer container."""
+
+    name: str = field("Variable name.", pattern=r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+    value: str = field("Value.", "")
+
+
+@dataclass(kw_only=True)
+class Resources:
+    """CPU, memory and extra resources per pod; GPUs come from `procsPerNode` when `gpu` is true."""
+
+    requests: dict[str, Any] = field("Minimum resources per pod, e.g. {cpu: 8, memory: 64Gi}.", {})
+    limits: dict[str, Any] = field("Maximum resources per pod.", {})
+
+
+# ---------------------------------------------------------------- the job
+
+@dataclass(kw_only=True)
+class TrainerConfig:
+    """The trainer's own config file: the job's five training sections, unchanged."""
+
+    model: ModelSpec = field("The model.", ModelSpec())
+    data: DataSpec = field("The data.")
+    training: TrainingSpec = field("The training run.", TrainingSpec())
+    deepspeed: DeepSpeedSpec = field("DeepSpeed engine settings.", DeepSpeedSpec())
+    checkpoint: CheckpointSpec = field("Checkpoints and resume.", CheckpointSpec())
+
+
+TRAINER_SECTIONS = ("model", "data", "training", "deepspeed", "checkpoint")
+
+
+@dataclass(kw_only=True)
+class LMTrainingJobSpec:
+    """A DeepSpeed language-model training job: a gang of `nodes` pods, each running `procsPerNode` ranks."""
+
+    __cel__ = (
+        {
+            "rule": "(self.nodes * self.procsPerNode) % self.deepspeed.pipelineStages == 0",
+            "message": "nodes x procsPerNode must be a multiple of deepspeed.pipelineStages",
+            "fieldPath": ".deepspeed.pipelineStages",
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": "self.training.globalBatchSize % (self.training.microBatchSize * (self.nodes * self.procsPerNode / self.deepspeed.pipelineStages)) == 0",
+            "message": "training.globalBatchSize must be a multiple of training.microBatchSize x data-parallel size (nodes x procsPerNode / deepspeed.pipelineStages)",
+            "fieldPath": ".training.globalBatchSize",
+            "reason": "FieldValueInvalid",
+        },
+    )
+
+    image: str = field("Trainer container image (the kubespeed trainer image or one built on it).", min_length=1)
+    imagePullPolicy: str = field("When the kubelet pulls the image.", "IfNotPresent", enum=PULL_POLICIES)
+    nodes: int = field("Pods in the gang; each pod is one DeepSpeed node.", 1, minimum=1, maximum=1024, immutable=True)
+    procsPerNode: int = field("Ranks per pod; with gpu true, also the GPUs each pod requests.", 1, minimum=1, maximum=64, immutable=True)
+    gpu: bool = field("Request `nvidia.com/gpu` per pod and tolerate the GPU taint; false trains on CPU with gloo.", True, immutable=True)
+    resources: Resources = field("Per-pod resources besides GPUs.", Resources())
+    env: list[EnvVar] = field("Extra environment for the trainer.", [])
+    serviceAccountName: str | None = field("ServiceAccount of the training pods; its token is never mounted.", None, pattern=DNS_LABEL)
+    model: ModelSpec = field("The model.", ModelSpec(), immutable=True)
+    data: DataSpec = field("The data.", immutable=True)
+    training: TrainingSpec = field("The training run.", TrainingSpec(), immutable=True)
+    deepspeed: DeepSpeedSpec = field("DeepSpeed engine settings.", DeepSpeedSpec(), immutable=True)
+    checkpoint: CheckpointSpec = field("Checkpoints and resume.", CheckpointSpec(), immutable=True)
+    runPolicy: RunPolicy = field("Restarts, deadlines, cleanup and suspension.", RunPolicy())
+    scheduling: SchedulingSpec = field("Placement, gang scheduling and queues.", SchedulingSpec())
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procsPerNode
+
+    def trainer_config(self) -> TrainerConfig:
+        return TrainerConfig(model=self.model, data=self.data, training=self.training, deepspeed=self.deepspeed, checkpoint=self.checkpoint)
+
+    def validate(self, path: str) -> None:
+        if self.world_size % self.deepspeed.pipelineStages:
+            raise SpecError(f"{path}.deepspeed.pipelineStages", f"nodes x procsPerNode = {self.world_size} is not a multiple of {self.deepspeed.pipelineStages}")
+        data_parallel = self.world_size // self.deepspeed.pipelineStages
+        if self.training.globalBatchSize % (self.training.microBatchSize * data_parallel):
+            raise SpecError(
+                f"{path}.training.globalBatchSize",
+                f"{self.training.globalBatchSize} is not a multiple of microBatchSize {self.training.microBatchSize} x data-parallel size {data_parallel}",
+            )

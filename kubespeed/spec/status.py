@@ -1,0 +1,73 @@
+"""The LMTrainingJob status: what the operator writes back, declared once for the CRD."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kubespeed.spec.fields import field
+
+PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+
+# Condition types, following the API conventions (one True at a time among the
+# lifecycle ones; Failed/Succeeded are terminal).
+CONDITION_TYPES = ("Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+
+
+@dataclass(kw_only=True)
+class Condition:
+    """One observation of the job's state, as in the Kubernetes API conventions."""
+
+    type: str = field("Condition type: Created, Running, Restarting, Suspended, Succeeded or Failed.")
+    status: str = field("True, False or Unknown.", enum=("True", "False", "Unknown"))
+    reason: str | None = field("CamelCase reason, for machines.", None)
+    message: str | None = field("What happened and what to do, for people.", None)
+    lastTransitionTime: str | None = field("When the status last changed (RFC 3339).", None)
+    observedGeneration: int | None = field("The spec generation this condition was computed from.", None)
+
+
+@dataclass(kw_only=True)
+class ReplicaStatus:
+    """Pods of the current attempt by state."""
+
+    active: int = field("Pods not yet finished.", 0)
+    ready: int = field("Pods running and ready.", 0)
+    succeeded: int = field("Pods that exited 0.", 0)
+    failed: int = field("Pods that failed.", 0)
+
+
+@dataclass(kw_only=True)
+class ProgressStatus:
+    """Training progress read from rank 0's metrics endpoint."""
+
+    step: int | None = field("Optimizer steps done.", None)
+    totalSteps: int | None = field("Steps the job trains for.", None)
+    loss: str | None = field("Latest training loss.", None)
+    tokensPerSecond: str | None = field("Training throughput over all ranks.", None)
+    eta: str | None = field("Estimated time left, e.g. 1h02m.", None)
+    updateTime: str | None = field("When progress was last read (RFC 3339).", None)
+
+
+@dataclass(kw_only=True)
+class CheckpointStatus:
+    """The latest complete checkpoint."""
+
+    step: int | None = field("Step of the latest complete checkpoint.", None)
+    path: str | None = field("Its path inside the checkpoint volume.", None)
+    time: str | None = field("When it was completed (RFC 3339).", None)
+
+
+@dataclass(kw_only=True)
+class LMTrainingJobStatus:
+    """What the operator observed; computed from the job's children."""
+
+    phase: str | None = field("Pending, Running, Restarting, Suspended, Succeeded or Failed.", None, enum=PHASES)
+    message: str | None = field("A sentence on the current state.", None)
+    conditions: list[Condition] = field("Conditions, newest state of each type.", [])
+    replicas: ReplicaStatus | None = field("Pods of the current attempt by state.", None)
+    attempt: int | None = field("The current attempt, from 1; each gang restart starts a new one.", None)
+    restarts: int | None = field("Gang restarts so far.", None)
+    startTime: str | None = field("When the first attempt's pods were created.", None)
+    completionTime: str | None = field("When the job succeeded or failed.", None)
+    progress: ProgressStatus | None = field("Training progress.", None)
+    checkpoint: CheckpointStatus | None = field("The latest complete checkpoint.", None)
+    observedGeneration: int | None = field("The spec generation the operator last acted on.", None)

@@ -1,0 +1,113 @@
+"""How a training pod is wired: the one place that names paths, ports, env and exit codes.
+
+The operator writes these into pods, the launcher reads them inside the pod,
+`kubespeed local` reproduces them on one machine, and the Dockerfile's trainer
+image agrees with them (a test checks). Change a value here and every side moves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+API_GROUP = "kubespeed.io"
+API_VERSION = "v1alpha1"
+KIND = "LMTrainingJob"
+PLURAL = "lmtrainingjobs"
+SINGULAR = "lmtrainingjob"
+SHORT_NAME = "lmtj"
+
+# Labels on every child object; the selector of the headless Service and the
+# NetworkPolicy use JOB_LABEL, the gang restart uses ATTEMPT_LABEL.
+JOB_LABEL = f"{API_GROUP}/job"
+NODE_RANK_LABEL = f"{API_GROUP}/node-rank"
+ATTEMPT_LABEL = f"{API_GROUP}/attempt"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kubespeed"
+
+# Files the ConfigMap `<job>-config` carries, mounted read-only at CONFIG_DIR.
+CONFIG_DIR = "/etc/kubespeed"
+HOSTFILE_KEY = "hostfile"
+DEEPSPEED_CONFIG_KEY = "deepspeed.json"
+TRAINER_CONFIG_KEY = "trainer.yaml"
+HOSTFILE_PATH = f"{CONFIG_DIR}/{HOSTFILE_KEY}"
+DEEPSPEED_CONFIG_PATH = f"{CONFIG_DIR}/{DEEPSPEED_CONFIG_KEY}"
+TRAINER_CONFIG_PATH = f"{CONFIG_DIR}/{TRAINER_CONFIG_KEY}"
+
+# Writable places inside the pod (the trainer image's root filesystem may be read-only).
+CHECKPOINT_DIR_DEFAULT = "/checkpoints"
+DATA_DIR = "/data"
+SHM_DIR = "/dev/shm"
+WORK_DIR = "/workspace"
+CACHE_DIR = "/tmp/kubespeed-cache"
+
+# The trainer image: where the launcher lives and who runs it.
+TRAINER_ENTRYPOINT = ["kubespeed", "launch"]
+TRAINER_CONTAINER_NAME = "trainer"
+TRAINER_UID = 1000
+TRAINER_GID = 1000
+
+# Ports: rendezvous (torch.distributed store on node rank 0) and rank 0's metrics.
+MASTER_PORT = 29500
+METRICS_PORT = 9400
+METRICS_PATH = "/metrics"
+OPERATOR_METRICS_PORT = 8080
+OPERATOR_HEALTH_PORT = 8081
+
+# Environment the operator sets on every training pod.
+ENV_MASTER_ADDR = "MASTER_ADDR"
+ENV_MASTER_PORT = "MASTER_PORT"
+ENV_NNODES = "NNODES"
+ENV_NODE_RANK = "NODE_RANK"
+ENV_NPROC_PER_NODE = "NPROC_PER_NODE"
+ENV_WORLD_SIZE = "WORLD_SIZE"
+ENV_JOB_NAME = "KUBESPEED_JOB"
+ENV_ATTEMPT = "KUBESPEED_ATTEMPT"
+ENV_HOSTFILE = "KUBESPEED_HOSTFILE"
+ENV_TRAINER_CONFIG = "KUBESPEED_TRAINER_CONFIG"
+ENV_DEEPSPEED_CONFIG = "KUBESPEED_DEEPSPEED_CONFIG"
+ENV_CHECKPOINT_DIR = "KUBESPEED_CHECKPOINT_DIR"
+ENV_METRICS_PORT = "KUBESPEED_METRICS_PORT"
+ENV_USE_GPU = "KUBESPEED_GPU"
+
+
+@dataclass(frozen=True)
+class ExitCode:
+    code: int
+    retryable: bool
+    meaning: str
+
+
+# Exit codes of `kubespeed launch` and `kubespeed train`. The operator restarts the
+# gang only when a retry can help; anything not listed here (a signal, an OOM kill,
+# a crash) counts as retryable, since a node or network fault looks the same.
+EXIT_SUCCESS = ExitCode(0, False, "training finished")
+EXIT_CONFIG_ERROR = ExitCode(64, False, "the job's configuration is invalid; a retry cannot help")
+EXIT_DATA_ERROR = ExitCode(65, False, "a data source or tokenizer is missing or unreadable; a retry cannot help")
+EXIT_PREEMPTED = ExitCode(143, True, "stopped by SIGTERM after writing a checkpoint; resume from it")
+EXIT_RETRYABLE = ExitCode(75, True, "a transient failure (rendezvous, I/O); a retry may help")
+EXIT_CODES = (EXIT_SUCCESS, EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_PREEMPTED, EXIT_RETRYABLE)
+PERMANENT_EXIT_CODES = frozenset(e.code for e in EXIT_CODES if e.code != 0 and not e.retryable)
+
+
+def pod_name(job: str, node_rank: int) -> str:
+    return f"{job}-{node_rank}"
+
+
+def pod_host(job: str, node_rank: int, namespace: str | None = None) -> str:
+    """DNS name of a training pod through the job's headless Service."""
+    host = f"{pod_name(job, node_rank)}.{job}"
+    return f"{host}.{namespace}.svc" if namespace else host
+
+
+def config_map_name(job: str) -> str:
+    return f"{job}-config"
+
+
+def checkpoint_claim_name(job: str) -> str:
+    return f"{job}-checkpoints"
+
+
+def hostfile(hosts: list[str], slots: int) -> str:
+    """DeepSpeed hostfile: one `<host> slots=<n>` line per node, in node-rank order."""
+    return "".join(f"{host} slots={slots}\n" for host in hosts)
