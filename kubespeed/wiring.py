@@ -25,6 +25,17 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "kubespeed"
 
+# The operator's own pods carry NAME_LABEL=APP_NAME and COMPONENT_LABEL=OPERATOR_COMPONENT
+# (the chart sets them); a job's NetworkPolicy admits metrics scraping only from them.
+# Training pods are COMPONENT_LABEL=TRAINER_COMPONENT.
+NAME_LABEL = "app.kubernetes.io/name"
+APP_NAME = "kubespeed"
+OPERATOR_COMPONENT = "operator"
+TRAINER_COMPONENT = "trainer"
+
+# The extended resource a GPU pod requests, and the taint GPU nodes carry under the same key.
+GPU_RESOURCE = "nvidia.com/gpu"
+
 # Files the ConfigMap `<job>-config` carries, mounted read-only at CONFIG_DIR.
 CONFIG_DIR = "/etc/kubespeed"
 HOSTFILE_KEY = "hostfile"
@@ -39,6 +50,7 @@ CHECKPOINT_DIR_DEFAULT = "/checkpoints"
 DATA_DIR = "/data"
 SHM_DIR = "/dev/shm"
 WORK_DIR = "/workspace"
+TMP_DIR = "/tmp"
 CACHE_DIR = "/tmp/kubespeed-cache"
 
 # The trainer image: where the launcher lives and who runs it.

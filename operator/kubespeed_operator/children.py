@@ -1,0 +1,50 @@
+"""Everything an LMTrainingJob owns, built from the job alone: THE builders.
+
+The operator creates exactly what these return and `kubespeed render` prints it,
+so the two cannot drift. `job` is the whole LMTrainingJob object as a dict
+(metadata name/namespace/uid, spec); the spec is parsed and defaulted here.
+
+- `job_children(job)`: what lives as long as the job: headless Service, ConfigMap,
+  NetworkPolicy, the checkpoint claim and the PodGroup when asked for.
+- `attempt_pods(job, attempt)`: the gang of training pods of one attempt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubespeed.spec import LMTrainingJobSpec, parse_job_spec
+from kubespeed_operator.configmap import config_map
+from kubespeed_operator.meta import labels, owner_reference
+from kubespeed_operator.networkpolicy import network_policy
+from kubespeed_operator.podgroup import pod_group
+from kubespeed_operator.pods import training_pod
+from kubespeed_operator.service import headless_service
+from kubespeed_operator.volumes import checkpoint_claim
+
+__all__ = ["attempt_pods", "job_children", "job_spec", "labels", "owner_reference"]
+
+
+def job_spec(job: dict[str, Any]) -> LMTrainingJobSpec:
+    """The job's spec, parsed and defaulted; SpecError names the field."""
+    return parse_job_spec(job.get("spec") or {})
+
+
+def job_children(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Objects that live for the whole job, in the order they are created."""
+    spec = job_spec(job)
+    optional = [checkpoint_claim(job, spec), pod_group(job, spec)]
+    return [
+        headless_service(job),
+        config_map(job, spec),
+        network_policy(job),
+        *[obj for obj in optional if obj is not None],
+    ]
+
+
+def attempt_pods(job: dict[str, Any], attempt: int) -> list[dict[str, Any]]:
+    """Pods `<job>-0` .. `<job>-<nodes-1>` of one attempt (attempts count from 1)."""
+    if attempt < 1:
+        raise ValueError(f"attempts count from 1, got {attempt}")
+    spec = job_spec(job)
+    return [training_pod(job, spec, rank, attempt) for rank in range(spec.nodes)]

@@ -1,0 +1,50 @@
+"""The ConfigMap `<job>-config`: DeepSpeed hostfile, resolved DeepSpeed config, trainer config.
+
+Every pod mounts it read-only at `wiring.CONFIG_DIR`; the launcher and trainer read
+the three files there, so a pod carries no configuration that the ConfigMap lacks.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from kubespeed import wiring
+from kubespeed.spec import LMTrainingJobSpec, to_dict
+from kubespeed_operator.meta import child_metadata, labels
+
+
+def hostfile(job_name: str, spec: LMTrainingJobSpec) -> str:
+    """`<pod>.<job> slots=<procsPerNode>` per node, node rank 0 first: DeepSpeed's rank order."""
+    hosts = [wiring.pod_host(job_name, rank) for rank in range(spec.nodes)]
+    return wiring.hostfile(hosts, spec.procsPerNode)
+
+
+def deepspeed_config(spec: LMTrainingJobSpec) -> dict[str, Any]:
+    """The DeepSpeed config the trainer will run with, resolved once so the ConfigMap shows it."""
+    data_parallel = spec.world_size // spec.deepspeed.pipelineStages
+    micro = spec.training.microBatchSize
+    return {
+        "train_batch_size": spec.training.globalBatchSize,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": spec.training.globalBatchSize // (micro * data_parallel),
+        "gradient_clipping": spec.training.gradientClipping,
+        "zero_optimization": {"stage": spec.deepspeed.zeroStage},
+        **spec.deepspeed.overrides,
+    }
+
+
+def config_map(job: dict[str, Any], spec: LMTrainingJobSpec) -> dict[str, Any]:
+    name = job["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": child_metadata(job, wiring.config_map_name(name), labels(name)),
+        "data": {
+            wiring.HOSTFILE_KEY: hostfile(name, spec),
+            wiring.DEEPSPEED_CONFIG_KEY: json.dumps(deepspeed_config(spec), indent=2, sort_keys=True) + "\n",
+            wiring.TRAINER_CONFIG_KEY: yaml.safe_dump(to_dict(spec.trainer_config()), sort_keys=False),
+        },
+    }

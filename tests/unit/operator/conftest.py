@@ -1,0 +1,36 @@
+"""LMTrainingJob objects for the builder tests: `make_job(a__b=v)` is a minimal job with `spec.a.b = v`."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import pytest
+
+from kubespeed import wiring
+
+JOB_NAME = "demo"
+NAMESPACE = "team-a"
+UID = "0b7e3f1c-5a4e-4d0f-9c61-2f4f0f6c1a11"
+
+
+def _job(**spec_overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"image": "trainer:1", "data": {"train": "builtin:tiny"}}
+    for dotted, value in spec_overrides.items():
+        node = spec
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = copy.deepcopy(value)
+    return {
+        "apiVersion": f"{wiring.API_GROUP}/{wiring.API_VERSION}",
+        "kind": wiring.KIND,
+        "metadata": {"name": JOB_NAME, "namespace": NAMESPACE, "uid": UID, "generation": 1},
+        "spec": spec,
+    }
+
+
+@pytest.fixture
+def make_job() -> Callable[..., dict[str, Any]]:
+    """A job as the API server returns it (name `demo`, namespace `team-a`, a uid)."""
+    return _job

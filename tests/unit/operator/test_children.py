@@ -1,0 +1,167 @@
+"""The builders `job -> objects`: names, owner references, the ConfigMap, Service, NetworkPolicy, claim, PodGroup."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from kubespeed import wiring
+from kubespeed.spec import SpecError, parse_trainer_config
+from kubespeed_operator.children import attempt_pods, job_children, labels, owner_reference
+
+
+def by_kind(objects):
+    return {obj["kind"]: obj for obj in objects}
+
+
+def test_job_children_have_deterministic_names(make_job):
+    job = make_job(checkpoint__volumeClaim={"size": "1Gi"}, scheduling__gang__enabled=True)
+    names = [(o["kind"], o["metadata"]["name"]) for o in job_children(job)]
+    assert names == [
+        ("Service", "demo"),
+        ("ConfigMap", "demo-config"),
+        ("NetworkPolicy", "demo"),
+        ("PersistentVolumeClaim", "demo-checkpoints"),
+        ("PodGroup", "demo"),
+    ]
+    assert job_children(job) == job_children(job)
+
+
+def test_every_child_is_controlled_by_the_job_and_labelled_with_it(make_job):
+    job = make_job(nodes=2, checkpoint__volumeClaim={}, scheduling__gang__enabled=True)
+    for obj in job_children(job) + attempt_pods(job, 1):
+        meta = obj["metadata"]
+        assert meta["namespace"] == "team-a", obj["kind"]
+        assert meta["ownerReferences"] == [owner_reference(job)], obj["kind"]
+        assert meta["labels"][wiring.JOB_LABEL] == "demo", obj["kind"]
+    assert owner_reference(job) == {
+        "apiVersion": "kubespeed.io/v1alpha1",
+        "kind": "LMTrainingJob",
+        "name": "demo",
+        "uid": job["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, expected",
+    [
+        ("job only", {}, {wiring.JOB_LABEL: "j", wiring.MANAGED_BY_LABEL: "kubespeed"}),
+        (
+            "training pod",
+            {"node_rank": 3, "attempt": 2},
+            {
+                wiring.JOB_LABEL: "j",
+                wiring.MANAGED_BY_LABEL: "kubespeed",
+                wiring.NODE_RANK_LABEL: "3",
+                wiring.COMPONENT_LABEL: wiring.TRAINER_COMPONENT,
+                wiring.ATTEMPT_LABEL: "2",
+            },
+        ),
+    ],
+)
+def test_labels(name, kwargs, expected):
+    assert labels("j", **kwargs) == expected, name
+
+
+@pytest.mark.parametrize(
+    "nodes, procs, lines",
+    [
+        (1, 1, ["demo-0.demo slots=1"]),
+        (2, 4, ["demo-0.demo slots=4", "demo-1.demo slots=4"]),
+        (4, 8, [f"demo-{i}.demo slots=8" for i in range(4)]),
+    ],
+)
+def test_hostfile_lists_each_pod_with_its_slots_in_node_rank_order(make_job, nodes, procs, lines):
+    job = make_job(nodes=nodes, procsPerNode=procs, training__globalBatchSize=8 * nodes * procs, training__microBatchSize=8)
+    data = by_kind(job_children(job))["ConfigMap"]["data"]
+    assert data[wiring.HOSTFILE_KEY].splitlines() == lines
+
+
+def test_configmap_carries_the_trainer_config_and_the_resolved_deepspeed_config(make_job):
+    job = make_job(nodes=2, procsPerNode=2, training__globalBatchSize=64, training__microBatchSize=4, training__steps=7)
+    data = by_kind(job_children(job))["ConfigMap"]["data"]
+    assert sorted(data) == sorted([wiring.HOSTFILE_KEY, wiring.DEEPSPEED_CONFIG_KEY, wiring.TRAINER_CONFIG_KEY])
+    trainer = parse_trainer_config(yaml.safe_load(data[wiring.TRAINER_CONFIG_KEY]))
+    assert trainer.training.steps == 7
+    deepspeed = json.loads(data[wiring.DEEPSPEED_CONFIG_KEY])
+    assert deepspeed["train_batch_size"] == 64
+    assert deepspeed["train_micro_batch_size_per_gpu"] == 4
+    assert deepspeed["gradient_accumulation_steps"] == 64 // (4 * 4)
+
+
+def test_headless_service_resolves_pods_before_they_are_ready(make_job):
+    spec = by_kind(job_children(make_job()))["Service"]["spec"]
+    assert spec["clusterIP"] == "None"
+    assert spec["publishNotReadyAddresses"] is True
+    assert spec["selector"] == {wiring.JOB_LABEL: "demo"}
+    assert {p["port"] for p in spec["ports"]} == {wiring.MASTER_PORT, wiring.METRICS_PORT}
+
+
+def test_network_policy_admits_all_tcp_within_the_job_and_metrics_from_the_operator_only(make_job):
+    policy = by_kind(job_children(make_job()))["NetworkPolicy"]["spec"]
+    assert policy["podSelector"] == {"matchLabels": {wiring.JOB_LABEL: "demo"}}
+    assert policy["policyTypes"] == ["Ingress"]
+    same_job, operator = policy["ingress"]
+    assert same_job["from"] == [{"podSelector": {"matchLabels": {wiring.JOB_LABEL: "demo"}}}]
+    # No port number: gloo and NCCL connect between ranks on ephemeral ports too.
+    assert same_job["ports"] == [{"protocol": "TCP"}]
+    (peer,) = operator["from"]
+    assert peer["podSelector"]["matchLabels"] == {
+        wiring.NAME_LABEL: wiring.APP_NAME,
+        wiring.COMPONENT_LABEL: wiring.OPERATOR_COMPONENT,
+    }
+    assert operator["ports"] == [{"protocol": "TCP", "port": wiring.METRICS_PORT}]
+
+
+@pytest.mark.parametrize(
+    "name, checkpoint, claim_spec",
+    [
+        ("no claim asked: none made", {}, None),
+        ("existing claim: none made", {"claimName": "shared-ckpt"}, None),
+        (
+            "template with defaults",
+            {"volumeClaim": {}},
+            {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10Gi"}}},
+        ),
+        (
+            "template with class",
+            {"volumeClaim": {"size": "50Gi", "storageClassName": "fast", "accessMode": "ReadWriteOnce"}},
+            {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "50Gi"}}, "storageClassName": "fast"},
+        ),
+    ],
+)
+def test_checkpoint_claim_is_made_only_when_asked(make_job, name, checkpoint, claim_spec):
+    claim = by_kind(job_children(make_job(checkpoint=checkpoint))).get("PersistentVolumeClaim")
+    assert (claim and claim["spec"]) == claim_spec, name
+
+
+@pytest.mark.parametrize(
+    "name, gang, group_spec",
+    [
+        ("off by default", {}, None),
+        (
+            "scheduler-plugins",
+            {"enabled": True, "scheduleTimeoutSeconds": 60},
+            {"apiVersion": "scheduling.x-k8s.io/v1alpha1", "spec": {"minMember": 4, "scheduleTimeoutSeconds": 60}},
+        ),
+        (
+            "volcano",
+            {"enabled": True, "apiVersion": "scheduling.volcano.sh/v1beta1"},
+            {"apiVersion": "scheduling.volcano.sh/v1beta1", "spec": {"minMember": 4}},
+        ),
+    ],
+)
+def test_pod_group_holds_the_whole_gang(make_job, name, gang, group_spec):
+    job = make_job(nodes=4, training__globalBatchSize=32, training__microBatchSize=8, scheduling__gang=gang)
+    group = by_kind(job_children(job)).get("PodGroup")
+    assert (group and {"apiVersion": group["apiVersion"], "spec": group["spec"]}) == group_spec, name
+
+
+def test_a_bad_spec_is_refused_naming_the_field(make_job):
+    with pytest.raises(SpecError) as err:
+        job_children(make_job(nodes=0))
+    assert err.value.path == "spec.nodes"
