@@ -7,6 +7,7 @@ __all__ = [
     "LMTrainingJobSpec",
     "SpecError",
     "TrainerConfig",
+    "check_job_name",
     "from_dict",
     "load_job",
     "openapi_schema",
@@ -46,6 +47,20 @@ def load_job(path: str) -> dict:
     want = f"{wiring.API_GROUP}/{wiring.API_VERSION}"
     if job.get("apiVersion") != want:
         raise SpecError(f"{path}: apiVersion", f"must be {want}, got {job.get('apiVersion')!r}")
-    if not (job.get("metadata") or {}).get("name"):
+    name = (job.get("metadata") or {}).get("name")
+    if not name:
         raise SpecError(f"{path}: metadata.name", "is required")
+    check_job_name(name, f"{path}: metadata.name")
     return job
+
+
+def check_job_name(name: str, path: str = "metadata.name") -> None:
+    """Refuse a name the children cannot carry, as the CRD does (see JOB_NAME_PATTERN)."""
+    import re
+
+    from kubespeed.spec.job import JOB_NAME_MAX_LENGTH, JOB_NAME_PATTERN
+
+    if not isinstance(name, str) or not re.fullmatch(JOB_NAME_PATTERN, name):
+        raise SpecError(path, f"must be lowercase letters, digits and '-', starting with a letter; got {name!r}")
+    if len(name) > JOB_NAME_MAX_LENGTH:
+        raise SpecError(path, f"must be at most {JOB_NAME_MAX_LENGTH} characters (pod hostnames are <name>-<rank>); got {len(name)}")

@@ -10,7 +10,7 @@ from typing import Any
 
 from kubespeed import wiring
 from kubespeed.spec.fields import openapi_schema
-from kubespeed.spec.job import LMTrainingJobSpec
+from kubespeed.spec.job import JOB_NAME_MAX_LENGTH, JOB_NAME_PATTERN, LMTrainingJobSpec
 from kubespeed.spec.status import LMTrainingJobStatus
 
 CRD_NAME = f"{wiring.PLURAL}.{wiring.API_GROUP}"
@@ -35,7 +35,13 @@ def crd() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "kubespeed.io/v1alpha1"},
             "kind": {"type": "string", "description": "LMTrainingJob"},
-            "metadata": {"type": "object"},
+            # The API server allows restricting metadata.name only; the children's names need this.
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "maxLength": JOB_NAME_MAX_LENGTH, "pattern": f"^(?:{JOB_NAME_PATTERN})$"}
+                },
+            },
             "spec": openapi_schema(LMTrainingJobSpec),
             "status": openapi_schema(LMTrainingJobStatus),
         },

@@ -15,6 +15,15 @@ from typing import Any
 MISSING = dataclasses.MISSING
 
 
+# A Kubernetes resource quantity (`8`, `500m`, `64Gi`), as the API server's own schema for
+# resource.Quantity accepts it: an integer, or a string of this form.
+QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+
+
+class Quantity(str):
+    """Type of a field holding a resource quantity; parsed values stay the int or str the user wrote."""
+
+
 class SpecError(ValueError):
     """A spec value is wrong; `path` names the field (e.g. `spec.training.steps`)."""
 
@@ -38,6 +47,7 @@ def field(
     preserve_unknown: bool = False,
     embedded_resource: bool = False,
     int_or_string: bool = False,
+    list_map_keys: tuple[str, ...] | None = None,
 ) -> Any:
     """A spec field. A mutable default (list, dict, dataclass) is copied per instance."""
     meta = {
@@ -52,6 +62,7 @@ def field(
         "preserve_unknown": preserve_unknown,
         "embedded_resource": embedded_resource,
         "int_or_string": int_or_string,
+        "list_map_keys": list_map_keys,
     }
     if default is MISSING:
         return dataclasses.field(metadata=meta)
@@ -97,6 +108,8 @@ def _type_schema(tp: Any, meta: dict[str, Any]) -> dict[str, Any]:
         return {"x-kubernetes-int-or-string": True}
     if dataclasses.is_dataclass(tp):
         return openapi_schema(tp)
+    if tp is Quantity:
+        return {"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}
     origin = typing.get_origin(tp)
     if origin is list:
         (item,) = typing.get_args(tp)
@@ -148,9 +161,15 @@ def field_schema(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
     if meta.get("maximum") is not None:
         schema["maximum"] = meta["maximum"]
     if meta.get("pattern") is not None:
-        schema["pattern"] = meta["pattern"]
+        # OpenAPI patterns match anywhere in the value; anchored, the API server
+        # checks the whole value, as the parser does.
+        schema["pattern"] = f"^(?:{meta['pattern']})$"
     if meta.get("min_length") is not None:
         schema["minLength"] = meta["min_length"]
+    if meta.get("list_map_keys"):
+        # The API server refuses two entries with the same keys (e.g. two env vars of one name).
+        schema["x-kubernetes-list-type"] = "map"
+        schema["x-kubernetes-list-map-keys"] = list(meta["list_map_keys"])
     if meta.get("immutable"):
         schema.setdefault("x-kubernetes-validations", []).append(
             {"rule": "self == oldSelf", "message": f"{f.name} cannot change once the job exists"}
@@ -186,9 +205,14 @@ def _parse(tp: Any, value: Any, path: str, meta: dict[str, Any]) -> Any:
         if optional:
             return None
         raise SpecError(path, "must be set (got null)")
-    if meta.get("int_or_string"):
+    if meta.get("int_or_string") or inner is Quantity:
         if not isinstance(value, (int, str)) or isinstance(value, bool):
             raise SpecError(path, f"must be an integer or a string, got {value!r}")
+        if inner is Quantity and isinstance(value, str):
+            import re
+
+            if not re.fullmatch(QUANTITY_PATTERN, value):
+                raise SpecError(path, f"must be a quantity such as 8, 500m or 64Gi; got {value!r}")
         return value
     if dataclasses.is_dataclass(inner):
         if not isinstance(value, dict):
@@ -239,6 +263,14 @@ def _check_bounds(value: Any, meta: dict[str, Any], path: str) -> None:
 
         if not re.fullmatch(meta["pattern"], value):
             raise SpecError(path, f"must match {meta['pattern']}; got {value!r}")
+    keys = meta.get("list_map_keys")
+    if keys:
+        seen: set[tuple[Any, ...]] = set()
+        for i, item in enumerate(value):
+            key = tuple(getattr(item, k) for k in keys)
+            if key in seen:
+                raise SpecError(f"{path}[{i}]", f"duplicate entry with {', '.join(keys)} {', '.join(map(str, key))}")
+            seen.add(key)
 
 
 def from_dict(cls: type, data: dict[str, Any] | None, path: str = "spec") -> Any:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubespeed import wiring
-from kubespeed.spec.fields import SpecError, field
+from kubespeed.spec.fields import Quantity, SpecError, field
 
 GPT_SIZES = ("tiny", "mini", "small", "gpt-125m", "gpt-350m", "gpt-760m", "gpt-1b")
 MODEL_TYPES = ("gpt", "hf", "lstm")
@@ -28,6 +28,25 @@ RESTART_POLICIES = ("ExitCode", "OnFailure", "Never")
 CLEAN_POD_POLICIES = ("Running", "All", "None")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+
+# The job's name becomes the headless Service's name (a DNS-1035 label: it starts with a
+# letter) and the prefix of pod hostnames `<job>-<rank>` (63 characters at most, ranks up
+# to 4 digits since `nodes` is at most 1024).
+JOB_NAME_PATTERN = r"[a-z]([-a-z0-9]*[a-z0-9])?"
+JOB_NAME_MAX_LENGTH = 58
+
+# Env the pod wiring sets; a user's `env` may not replace it.
+RESERVED_ENV = tuple(sorted(value for name, value in vars(wiring).items() if name.startswith("ENV_")))
+GPU_RESOURCE = wiring.GPU_RESOURCE
+
+
+def rule(expression: str, message: str, field_path: str) -> dict[str, str]:
+    """A CEL validation rule of the CRD; `field_path` (relative to the object) names the field in the error."""
+    return {"rule": expression, "message": message, "fieldPath": field_path, "reason": "FieldValueInvalid"}
+
+
+def _cel_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
 
 
 # ---------------------------------------------------------------- model
@@ -47,12 +66,21 @@ class ModelSpec:
     hfConfig: dict[str, Any] | None = field("A Hugging Face model config (as in config.json, with `model_type`), built with random weights; for type `hf`.", None)
     path: str | None = field("A local directory with a Hugging Face model (config.json and weights); for type `hf`. Nothing is downloaded.", None, min_length=1)
 
+    __cel__ = (
+        rule("self.type != 'hf' || has(self.hfConfig) || has(self.path)", "type hf needs hfConfig or path", ".hfConfig"),
+        rule("self.type == 'hf' || !has(self.hfConfig)", "hfConfig only applies to type hf", ".hfConfig"),
+        rule("self.type == 'hf' || !has(self.path)", "path only applies to type hf", ".path"),
+        rule("!has(self.heads) || !has(self.embedDim) || self.embedDim % self.heads == 0", "heads must divide embedDim", ".heads"),
+    )
+
     def validate(self, path: str) -> None:
-        if self.type == "hf" and not (self.hfConfig or self.path):
+        if self.type == "hf" and self.hfConfig is None and self.path is None:
             raise SpecError(f"{path}.hfConfig", "type hf needs hfConfig or path")
-        if self.type != "hf" and (self.hfConfig or self.path):
-            key = "hfConfig" if self.hfConfig else "path"
+        if self.type != "hf" and (self.hfConfig is not None or self.path is not None):
+            key = "hfConfig" if self.hfConfig is not None else "path"
             raise SpecError(f"{path}.{key}", f"only applies to type hf, not {self.type}")
+        if self.heads is not None and self.embedDim is not None and self.embedDim % self.heads:
+            raise SpecError(f"{path}.heads", f"{self.heads} does not divide embedDim {self.embedDim}")
 
 
 # ---------------------------------------------------------------- data
@@ -64,6 +92,8 @@ class TokenizerSpec:
     type: str = field("`char` (characters seen in the training text), `byte` (UTF-8 bytes, 256 ids), `bpe` (byte-level BPE trained on the training text), `pretrained` (a tokenizer from the local directory `path`).", "char", enum=TOKENIZER_TYPES)
     vocabSize: int = field("Vocabulary size for a `bpe` tokenizer trained here.", 4096, minimum=260, maximum=262144)
     path: str | None = field("Local directory of a Hugging Face tokenizer; for type `pretrained`.", None, min_length=1)
+
+    __cel__ = (rule("self.type != 'pretrained' || has(self.path)", "type pretrained needs a tokenizer directory", ".path"),)
 
     def validate(self, path: str) -> None:
         if self.type == "pretrained" and not self.path:
@@ -135,11 +165,19 @@ class TrainingSpec:
     denoising: DenoisingSpec = field("Span corruption, for objective `denoising`.", DenoisingSpec())
     initFrom: str | None = field("A checkpoint directory or exported weights to start from, for objective `finetune`.", None, min_length=1)
 
+    __cel__ = (
+        rule("self.globalBatchSize % self.microBatchSize == 0", "globalBatchSize must be a multiple of microBatchSize", ".globalBatchSize"),
+        rule("self.objective != 'finetune' || has(self.initFrom)", "objective finetune needs initFrom, a checkpoint or weights to start from", ".initFrom"),
+        rule("self.schedule.minLr <= self.optimizer.lr", "schedule.minLr must not exceed optimizer.lr", ".schedule.minLr"),
+    )
+
     def validate(self, path: str) -> None:
         if self.globalBatchSize % self.microBatchSize:
             raise SpecError(f"{path}.globalBatchSize", f"{self.globalBatchSize} is not a multiple of microBatchSize {self.microBatchSize}")
         if self.objective == "finetune" and not self.initFrom:
             raise SpecError(f"{path}.initFrom", "objective finetune needs a checkpoint or weights to start from")
+        if self.schedule.minLr > self.optimizer.lr:
+            raise SpecError(f"{path}.schedule.minLr", f"{self.schedule.minLr} exceeds optimizer.lr {self.optimizer.lr}")
 
 
 # ---------------------------------------------------------------- deepspeed
@@ -174,6 +212,12 @@ class DeepSpeedSpec:
     pipelineStages: int = field("Pipeline-parallel stages (built-in gpt only); data-parallel size = nodes x procsPerNode / pipelineStages.", 1, minimum=1, maximum=64)
     overrides: dict[str, Any] = field("Raw DeepSpeed config merged over the resolved one, last; for settings kubespeed does not name.", {})
 
+    __cel__ = (
+        rule("self.offload.parameters != 'cpu' || self.zeroStage == 3", "parameter offload needs zeroStage 3", ".offload.parameters"),
+        rule("self.offload.optimizer != 'cpu' || self.zeroStage > 0", "optimizer offload needs zeroStage 1, 2 or 3", ".offload.optimizer"),
+        rule("self.pipelineStages == 1 || self.zeroStage <= 1", "pipeline parallelism works with zeroStage 0 or 1", ".zeroStage"),
+    )
+
     def validate(self, path: str) -> None:
         if self.offload.parameters == "cpu" and self.zeroStage != 3:
             raise SpecError(f"{path}.offload.parameters", f"parameter offload needs zeroStage 3, got {self.zeroStage}")
@@ -206,6 +250,8 @@ class CheckpointSpec:
     resume: str = field("`auto` (resume from the latest complete checkpoint if one exists), `never` (always start fresh), `required` (fail if none exists).", "auto", enum=RESUME_POLICIES)
     exportWeights: bool = field("At the end, export the final weights as safetensors with a Hugging Face config.", True)
 
+    __cel__ = (rule("!has(self.claimName) || !has(self.volumeClaim)", "set either claimName or volumeClaim, not both", ".volumeClaim"),)
+
     def validate(self, path: str) -> None:
         if self.claimName and self.volumeClaim:
             raise SpecError(f"{path}.volumeClaim", "set either claimName or volumeClaim, not both")
@@ -236,11 +282,28 @@ class GangSpec:
 
 
 @dataclass(kw_only=True)
+class Toleration:
+    """A node taint the pods tolerate, as in a Pod spec."""
+
+    key: str | None = field("Taint key; unset with operator Exists tolerates every taint.", None)
+    operator: str = field("`Equal` (key and value match) or `Exists` (the key matches, whatever the value).", "Equal", enum=("Equal", "Exists"))
+    value: str | None = field("Taint value, for operator Equal.", None)
+    effect: str | None = field("Taint effect tolerated: `NoSchedule`, `PreferNoSchedule` or `NoExecute`; every effect when unset.", None, enum=("NoSchedule", "PreferNoSchedule", "NoExecute"))
+    tolerationSeconds: int | None = field("For NoExecute: how long a pod stays after the taint appears; forever when unset.", None, minimum=0)
+
+    __cel__ = (rule("self.operator != 'Exists' || !has(self.value)", "operator Exists takes no value", ".value"),)
+
+    def validate(self, path: str) -> None:
+        if self.operator == "Exists" and self.value is not None:
+            raise SpecError(f"{path}.value", "operator Exists takes no value")
+
+
+@dataclass(kw_only=True)
 class SchedulingSpec:
     """Where pods may run, and hooks for gang schedulers and queues."""
 
     nodeSelector: dict[str, str] = field("Node labels every pod requires.", {})
-    tolerations: list[dict[str, Any]] = field("Extra tolerations (the GPU taint is tolerated already when gpu is true).", [])
+    tolerations: list[Toleration] = field("Extra tolerations (the GPU taint is tolerated already when gpu is true).", [])
     affinity: dict[str, Any] | None = field("Pod affinity rules, as in a Pod spec.", None)
     priorityClassName: str | None = field("PriorityClass of the pods.", None)
     schedulerName: str | None = field("Scheduler for the pods (e.g. volcano); the default scheduler when unset.", None)
@@ -252,16 +315,31 @@ class SchedulingSpec:
 class EnvVar:
     """An environment variable for the trainer container."""
 
-    name: str = field("Variable name.", pattern=r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+    name: str = field(f"Variable name; not one the pod wiring sets ({', '.join(RESERVED_ENV)}).", pattern=r"[-._a-zA-Z][-._a-zA-Z0-9]*")
     value: str = field("Value.", "")
+
+    __cel__ = (rule(f"!(self.name in {_cel_list(RESERVED_ENV)})", "name is set by kubespeed's pod wiring and cannot be overridden", ".name"),)
+
+    def validate(self, path: str) -> None:
+        if self.name in RESERVED_ENV:
+            raise SpecError(f"{path}.name", f"{self.name} is set by kubespeed's pod wiring and cannot be overridden")
 
 
 @dataclass(kw_only=True)
 class Resources:
     """CPU, memory and extra resources per pod; GPUs come from `procsPerNode` when `gpu` is true."""
 
-    requests: dict[str, Any] = field("Minimum resources per pod, e.g. {cpu: 8, memory: 64Gi}.", {})
-    limits: dict[str, Any] = field("Maximum resources per pod.", {})
+    requests: dict[str, Quantity] = field("Minimum resources per pod, e.g. {cpu: 8, memory: 64Gi}.", {})
+    limits: dict[str, Quantity] = field("Maximum resources per pod, e.g. {memory: 80Gi}.", {})
+
+    __cel__ = (
+        rule(f"!('{GPU_RESOURCE}' in self.requests) && !('{GPU_RESOURCE}' in self.limits)", f"{GPU_RESOURCE} comes from procsPerNode when gpu is true; leave it out of resources", ".limits"),
+    )
+
+    def validate(self, path: str) -> None:
+        for kind in ("requests", "limits"):
+            if GPU_RESOURCE in getattr(self, kind):
+                raise SpecError(f"{path}.{kind}", f"{GPU_RESOURCE} comes from procsPerNode when gpu is true; leave it out of resources")
 
 
 # ---------------------------------------------------------------- the job
@@ -285,18 +363,22 @@ class LMTrainingJobSpec:
     """A DeepSpeed language-model training job: a gang of `nodes` pods, each running `procsPerNode` ranks."""
 
     __cel__ = (
-        {
-            "rule": "(self.nodes * self.procsPerNode) % self.deepspeed.pipelineStages == 0",
-            "message": "nodes x procsPerNode must be a multiple of deepspeed.pipelineStages",
-            "fieldPath": ".deepspeed.pipelineStages",
-            "reason": "FieldValueInvalid",
-        },
-        {
-            "rule": "self.training.globalBatchSize % (self.training.microBatchSize * (self.nodes * self.procsPerNode / self.deepspeed.pipelineStages)) == 0",
-            "message": "training.globalBatchSize must be a multiple of training.microBatchSize x data-parallel size (nodes x procsPerNode / deepspeed.pipelineStages)",
-            "fieldPath": ".training.globalBatchSize",
-            "reason": "FieldValueInvalid",
-        },
+        rule(
+            "(self.nodes * self.procsPerNode) % self.deepspeed.pipelineStages == 0",
+            "nodes x procsPerNode must be a multiple of deepspeed.pipelineStages",
+            ".deepspeed.pipelineStages",
+        ),
+        rule(
+            "self.training.globalBatchSize % (self.training.microBatchSize * (self.nodes * self.procsPerNode / self.deepspeed.pipelineStages)) == 0",
+            "training.globalBatchSize must be a multiple of training.microBatchSize x data-parallel size (nodes x procsPerNode / deepspeed.pipelineStages)",
+            ".training.globalBatchSize",
+        ),
+        rule("self.deepspeed.pipelineStages == 1 || self.model.type == 'gpt'", "pipeline parallelism needs model type gpt", ".deepspeed.pipelineStages"),
+        rule(
+            "!has(self.checkpoint.volumeClaim) || self.nodes == 1 || self.checkpoint.volumeClaim.accessMode == 'ReadWriteMany'",
+            "a job of several nodes needs a ReadWriteMany checkpoint volume: every node writes its shard",
+            ".checkpoint.volumeClaim.accessMode",
+        ),
     )
 
     image: str = field("Trainer container image (the kubespeed trainer image or one built on it).", min_length=1)
@@ -305,7 +387,7 @@ class LMTrainingJobSpec:
     procsPerNode: int = field("Ranks per pod; with gpu true, also the GPUs each pod requests.", 1, minimum=1, maximum=64, immutable=True)
     gpu: bool = field("Request `nvidia.com/gpu` per pod and tolerate the GPU taint; false trains on CPU with gloo.", True, immutable=True)
     resources: Resources = field("Per-pod resources besides GPUs.", Resources())
-    env: list[EnvVar] = field("Extra environment for the trainer.", [])
+    env: list[EnvVar] = field("Extra environment for the trainer.", [], list_map_keys=("name",))
     serviceAccountName: str | None = field("ServiceAccount of the training pods; its token is never mounted.", None, pattern=DNS_LABEL)
     model: ModelSpec = field("The model.", ModelSpec(), immutable=True)
     data: DataSpec = field("The data.", immutable=True)
@@ -323,6 +405,11 @@ class LMTrainingJobSpec:
         return TrainerConfig(model=self.model, data=self.data, training=self.training, deepspeed=self.deepspeed, checkpoint=self.checkpoint)
 
     def validate(self, path: str) -> None:
+        if self.deepspeed.pipelineStages > 1 and self.model.type != "gpt":
+            raise SpecError(f"{path}.deepspeed.pipelineStages", f"pipeline parallelism needs model type gpt, not {self.model.type}")
+        claim = self.checkpoint.volumeClaim
+        if claim is not None and self.nodes > 1 and claim.accessMode != "ReadWriteMany":
+            raise SpecError(f"{path}.checkpoint.volumeClaim.accessMode", f"{self.nodes} nodes need ReadWriteMany: every node writes its shard")
         if self.world_size % self.deepspeed.pipelineStages:
             raise SpecError(f"{path}.deepspeed.pipelineStages", f"nodes x procsPerNode = {self.world_size} is not a multiple of {self.deepspeed.pipelineStages}")
         data_parallel = self.world_size // self.deepspeed.pipelineStages

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubespeed import wiring
-from kubespeed.spec import LMTrainingJobSpec
+from kubespeed.spec import LMTrainingJobSpec, to_dict
 from kubespeed_operator.meta import child_metadata, labels
 from kubespeed_operator.podgroup import gang_annotations, gang_labels
 from kubespeed_operator.volumes import pod_volumes, volume_mounts, volume_specs
@@ -132,7 +132,7 @@ def training_pod(job: dict[str, Any], spec: LMTrainingJobSpec, node_rank: int, a
         pod_spec["serviceAccountName"] = spec.serviceAccountName
     if scheduling.nodeSelector:
         pod_spec["nodeSelector"] = dict(scheduling.nodeSelector)
-    tolerations = ([dict(GPU_TOLERATION)] if spec.gpu else []) + list(scheduling.tolerations)
+    tolerations = ([dict(GPU_TOLERATION)] if spec.gpu else []) + [to_dict(t) for t in scheduling.tolerations]
     if tolerations:
         pod_spec["tolerations"] = tolerations
     if scheduling.affinity:
