@@ -1,0 +1,13 @@
+"""`kubespeed local job.yaml`: run an LMTrainingJob on this machine, each pod a local process group.
+
+    kubespeed local manifests/examples/quickstart.yaml
+    kubespeed local manifests/examples/quickstart.yaml --set training.steps=50 --no-progress
+    kubespeed local manifests/examples/quickstart.yaml --fresh      # forget the last run, start over
+
+The pods are the operator's own (`kubespeed_operator.children`); `rewire` says what
+differs off-cluster, `runner` runs the gang, `progress`, `summary` and `plot` report.
+"""
+
+from kubespeed.local.command import main
+
+__all__ = ["main"]

@@ -1,0 +1,156 @@
+"""The `kubespeed local` command: parse the job, build its pods, run the gang, report."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kubespeed import wiring
+from kubespeed.local import progress, rewire, runner, summary
+from kubespeed.local.overrides import apply_overrides
+from kubespeed.local.plot import plot_loss
+from kubespeed.spec import LMTrainingJobSpec, SpecError, load_job, parse_job_spec
+
+INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kubespeed local", description=__doc__)
+    p.add_argument("job", help="an LMTrainingJob manifest (YAML)")
+    p.add_argument("--run-dir", type=Path, default=Path("runs"), help="checkpoints, logs and summary go to RUN_DIR/<job>/ (default: ./runs)")
+    p.add_argument("--fresh", action="store_true", help="delete RUN_DIR/<job>/ first instead of resuming from its latest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="print a line per log interval instead of a progress bar")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a spec field, e.g. --set training.steps=20 (repeatable; value read as YAML)")
+    return p
+
+
+def load_local_job(path: str, overrides: list[str]) -> tuple[dict[str, Any], LMTrainingJobSpec]:
+    """The manifest with overrides applied, as `kubespeed render` submits it, and its parsed spec."""
+    from kubespeed_operator.render import as_submitted
+
+    job = apply_overrides(load_job(path), overrides)
+    spec = parse_job_spec(job.get("spec") or {}, path=f"{path}: spec")
+    return as_submitted(job, "default"), spec
+
+
+def gpu_available(procs_per_node: int) -> bool:
+    """Enough GPUs here for one pod's ranks; the trainer imports torch anyway, so asking it costs nothing extra."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.device_count() >= procs_per_node
+
+
+def should_restart(exit_code: int, restart_policy: str, restarts: int, backoff_limit: int) -> bool:
+    """The operator's gang-restart rule: within backoffLimit, and for ExitCode only when a retry can help."""
+    if restarts >= backoff_limit or restart_policy == "Never":
+        return False
+    return restart_policy == "OnFailure" or exit_code not in wiring.PERMANENT_EXIT_CODES
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        job, spec = load_local_job(args.job, args.overrides)
+    except SpecError as err:
+        print(f"kubespeed local: {err}", file=sys.stderr)
+        return wiring.EXIT_CONFIG_ERROR.code
+    name = job["metadata"]["name"]
+    folder = rewire.RunFolder(args.run_dir.resolve() / name)
+    if args.fresh and folder.root.exists():
+        shutil.rmtree(folder.root)
+    return run_job(job, spec, folder, plain=args.no_progress, job_path=args.job)
+
+
+def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFolder, *, plain: bool, job_path: str) -> int:
+    from kubespeed_operator.children import attempt_pods, job_children
+    from kubespeed_operator.render import FIRST_ATTEMPT
+
+    name = job["metadata"]["name"]
+    clock = progress.StepClock()
+    use_gpu = spec.gpu and gpu_available(spec.procsPerNode)
+    config_map = next(c for c in job_children(job) if c["kind"] == "ConfigMap")
+    rewire.write_config_files(config_map, folder)
+    folder.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    interrupt = runner.Interrupt()
+    previous = {sig: signal.signal(sig, interrupt.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    view = progress.progress_view(name, spec.training.logInterval, plain)
+    attempt = FIRST_ATTEMPT
+    try:
+        while True:
+            pods = local_pods(attempt_pods(job, attempt), spec, folder, use_gpu)
+            rank0_port = pods[0].metrics_port
+
+            def tick() -> None:
+                snapshot = progress.scrape(rank0_port)
+                if snapshot is not None:
+                    clock.observe(snapshot.step)
+                    view.update(snapshot)
+
+            result = runner.run_gang(pods, attempt, spec.runPolicy.terminationGracePeriodSeconds, interrupt, tick)
+            if result.exit_code == 0 or result.interrupted:
+                break
+            if not should_restart(result.exit_code, spec.runPolicy.restartPolicy, attempt - 1, spec.runPolicy.backoffLimit):
+                break
+            print(f"{result.failed_pod} exited {result.exit_code}; restarting the gang (restart {attempt} of at most {spec.runPolicy.backoffLimit})", file=sys.stderr)
+            attempt += 1
+    finally:
+        view.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    if result.interrupted:
+        outcome, code = "interrupted", INTERRUPTED
+    elif result.exit_code == 0:
+        outcome, code = "succeeded", 0
+    else:
+        outcome, code = f"failed: {result.failed_pod} exited {result.exit_code}", result.exit_code
+    report(name, outcome, folder, clock, restarts=attempt - 1)
+    if result.interrupted:
+        print(f"checkpoint written; resume with: kubespeed local {job_path}")
+    elif code:
+        print(f"logs: {folder.logs}", file=sys.stderr)
+    return code
+
+
+def local_pods(pods: list[dict[str, Any]], spec: LMTrainingJobSpec, folder: rewire.RunFolder, use_gpu: bool) -> list[rewire.LocalPod]:
+    """This attempt's pods as local process groups, node rank 0 first; one rendezvous port for the gang."""
+    master_port = rewire.free_port()
+    ordered = sorted(pods, key=lambda p: int(p["metadata"]["labels"][wiring.NODE_RANK_LABEL]))
+    return [
+        rewire.localize_pod(
+            pod,
+            rewire.local_mounts(pod, spec.checkpoint.mountPath, folder),
+            master_port=master_port,
+            metrics_port=rewire.free_port(),
+            gpu_available=use_gpu,
+            folder=folder,
+        )
+        for pod in ordered
+    ]
+
+
+def report(name: str, outcome: str, folder: rewire.RunFolder, clock: progress.StepClock, restarts: int) -> None:
+    records = summary.read_metrics(folder.metrics)
+    drew = plot_loss(summary.history(records), folder.loss_plot, f"{name}: loss")
+    result = summary.build_summary(
+        job=name,
+        outcome=outcome,
+        records=records,
+        wall_seconds=time.monotonic() - clock.started,
+        seconds_to_first_step=clock.seconds_to_first_step,
+        steps_per_second=clock.steps_per_second,
+        restarts=restarts,
+        checkpoint=None,
+        export=None,
+        sample_command=None,
+        loss_plot=folder.loss_plot if drew else None,
+    )
+    summary.write_summary(result, folder.summary)
+    print(summary.format_summary(result))

@@ -1,0 +1,166 @@
+"""Live progress from rank 0's metrics endpoint: a rich bar on a terminal, plain lines otherwise.
+
+The endpoint is the same one the operator reads for the job's status, polled a few
+times a second; it updates every step, where metrics.jsonl only gets a line every
+`logInterval` steps.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+from kubespeed import wiring
+
+# Prometheus names rank 0 serves -> the fields of a Snapshot.
+GAUGES = {
+    "kubespeed_step": "step",
+    "kubespeed_total_steps": "total",
+    "kubespeed_loss": "loss",
+    "kubespeed_tokens_per_second": "tokens_per_second",
+    "kubespeed_eta_seconds": "eta_seconds",
+}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    step: int
+    total: int
+    loss: float | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = None
+
+
+def parse_metrics(text: str) -> Snapshot | None:
+    """The gauges we show, from Prometheus text; None until the trainer has published a step count."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in GAUGES:
+                values[GAUGES[sample.name]] = sample.value
+    if "step" not in values or "total" not in values:
+        return None
+    return Snapshot(
+        step=int(values["step"]),
+        total=int(values["total"]),
+        loss=values.get("loss"),
+        tokens_per_second=values.get("tokens_per_second"),
+        eta_seconds=values.get("eta_seconds"),
+    )
+
+
+def scrape(port: int, timeout: float = 0.5) -> Snapshot | None:
+    """Rank 0's gauges, or None while its endpoint is not up (starting, restarting, done)."""
+    url = f"http://127.0.0.1:{port}{wiring.METRICS_PATH}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return parse_metrics(response.read().decode("utf-8"))
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+@dataclass
+class StepClock:
+    """When steps happened in this run: time to the first step, and steps per second after it.
+
+    A resumed run starts at the checkpoint's step, so "first step" is the first time
+    the step count moves past where this run found it.
+    """
+
+    started: float = field(default_factory=time.monotonic)
+    start_step: int | None = None
+    first_step_at: float | None = None
+    first_step: int | None = None
+    last_step_at: float | None = None
+    last_step: int | None = None
+
+    def observe(self, step: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self.start_step is None:
+            self.start_step = step
+        if step <= self.start_step:
+            return
+        if self.first_step_at is None:
+            self.first_step_at, self.first_step = now, step
+        if step != self.last_step:
+            self.last_step_at, self.last_step = now, step
+
+    @property
+    def seconds_to_first_step(self) -> float | None:
+        return None if self.first_step_at is None else self.first_step_at - self.started
+
+    @property
+    def steps_per_second(self) -> float | None:
+        if self.first_step_at is None or self.last_step_at is None or self.last_step_at <= self.first_step_at:
+            return None
+        return (self.last_step - self.first_step) / (self.last_step_at - self.first_step_at)
+
+
+def describe(s: Snapshot) -> str:
+    parts = [f"step {s.step}/{s.total}"]
+    if s.loss is not None:
+        parts.append(f"loss {s.loss:.4f}")
+    if s.tokens_per_second is not None:
+        parts.append(f"{s.tokens_per_second:,.0f} tok/s")
+    if s.eta_seconds is not None:
+        parts.append(f"eta {format_seconds(s.eta_seconds)}")
+    return "  ".join(parts)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class LineProgress:
+    """A line every `every` steps, for logs and pipes (and `--no-progress`)."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.printed: int | None = None
+
+    def update(self, s: Snapshot) -> None:
+        new_interval = self.printed is None or s.step // self.every > self.printed // self.every
+        finished = s.step == s.total and self.printed != s.total
+        if new_interval or finished:
+            print(describe(s), flush=True)
+            self.printed = s.step
+
+    def close(self) -> None:
+        pass
+
+
+class BarProgress:
+    """A rich progress bar: step/total, loss, tokens/s and the trainer's own ETA."""
+
+    def __init__(self, job: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            transient=False,
+        )
+        self.task = self.progress.add_task(job, total=None, detail="starting ranks...")
+        self.progress.start()
+
+    def update(self, s: Snapshot) -> None:
+        detail = describe(s).split("  ", 1)[1] if s.loss is not None else ""
+        self.progress.update(self.task, completed=s.step, total=s.total, detail=detail)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def progress_view(job: str, log_interval: int, plain: bool) -> LineProgress | BarProgress:
+    if plain or not sys.stdout.isatty():
+        return LineProgress(log_interval)
+    return BarProgress(job)

@@ -1,0 +1,148 @@
+"""From the operator's pods to local process groups: the run folder and the few rewrites.
+
+The pods come from the operator's own builder; this module only decides where each
+volume lives on this machine and rewrites what cannot be the same off-cluster
+(`localize_pod`). Everything else a pod carries reaches the process unchanged.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubespeed import wiring
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """`<run-dir>/<job>/`: config files, shared checkpoints, logs, and each pod's scratch."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def metrics(self) -> Path:
+        return self.checkpoints / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.root / "loss.png"
+
+    def pod_dir(self, pod: str) -> Path:
+        return self.root / "pods" / pod
+
+
+@dataclass(frozen=True)
+class LocalPod:
+    """One pod as a local process: what to run, with which env, where, and where its log goes."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    log: Path
+    metrics_port: int
+
+
+def free_port() -> int:
+    """A TCP port nobody on 127.0.0.1 listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_config_files(config_map: dict[str, Any], folder: RunFolder) -> None:
+    """The ConfigMap's keys as files, as the kubelet would project them into the config volume."""
+    folder.config.mkdir(parents=True, exist_ok=True)
+    for key, text in config_map["data"].items():
+        (folder.config / key).write_text(text, encoding="utf-8")
+
+
+def claim_dir(run_dir: Path, claim: str) -> Path:
+    """Where a PersistentVolumeClaim lives locally. A job's own checkpoint claim
+    `<job>-checkpoints` is that job's local checkpoint folder, so a job that mounts
+    another job's checkpoints (fine-tuning from a pre-training run) finds them."""
+    owner = claim.removesuffix("-checkpoints")
+    if owner != claim:
+        return RunFolder(run_dir / owner).checkpoints
+    return run_dir / "claims" / claim
+
+
+def local_mounts(pod: dict[str, Any], checkpoint_mount: str, folder: RunFolder) -> dict[str, Path]:
+    """mountPath in the pod -> folder on this machine, for every volume of the trainer container."""
+    sources = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+    container = pod["spec"]["containers"][0]
+    mounts: dict[str, Path] = {}
+    for mount in container.get("volumeMounts", []):
+        path, volume = mount["mountPath"], sources[mount["name"]]
+        if path == checkpoint_mount:
+            local = folder.checkpoints
+        elif "configMap" in volume:
+            local = folder.config
+        elif "persistentVolumeClaim" in volume:
+            local = claim_dir(folder.root.parent, volume["persistentVolumeClaim"]["claimName"])
+        elif path == wiring.SHM_DIR:
+            local = Path(wiring.SHM_DIR)
+        else:
+            local = folder.pod_dir(pod["metadata"]["name"]) / mount["name"]
+        mounts[path] = local
+    return mounts
+
+
+def _local_path(value: str, mounts: dict[str, Path]) -> str:
+    """A path inside the pod as the same file on this machine; other values unchanged."""
+    for inside in sorted(mounts, key=len, reverse=True):
+        if value == inside or value.startswith(inside.rstrip("/") + "/"):
+            return str(mounts[inside] / value[len(inside):].lstrip("/"))
+    return value
+
+
+def localize_pod(
+    pod: dict[str, Any],
+    mounts: dict[str, Path],
+    *,
+    master_port: int,
+    metrics_port: int,
+    gpu_available: bool,
+    folder: RunFolder,
+) -> LocalPod:
+    """The only rewrites between the operator's pod and a local process group.
+
+    - every pod reaches node rank 0 at 127.0.0.1 (no headless Service here), on a
+      free port, and serves metrics on its own free port (all pods share one host);
+    - env values that are paths inside a volume point at that volume's local folder;
+    - `kubespeed` runs as this Python's module, so an unactivated venv works;
+    - without a GPU here the trainer is told to use the CPU (gloo), as `gpu: false` would.
+    """
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: _local_path(str(e.get("value", "")), mounts) for e in container.get("env", []) if "value" in e}
+    env[wiring.ENV_MASTER_ADDR] = "127.0.0.1"
+    env[wiring.ENV_MASTER_PORT] = str(master_port)
+    env[wiring.ENV_METRICS_PORT] = str(metrics_port)
+    if not gpu_available:
+        env[wiring.ENV_USE_GPU] = "0"
+    argv = [*container.get("command", []), *container.get("args", [])]
+    if argv[:1] == ["kubespeed"]:
+        argv = [sys.executable, "-m", "kubespeed.cli", *argv[1:]]
+    name = pod["metadata"]["name"]
+    workdir = container.get("workingDir")
+    cwd = Path(_local_path(workdir, mounts)) if workdir else folder.pod_dir(name)
+    return LocalPod(name=name, argv=argv, env=env, cwd=cwd, log=folder.logs / f"{name}.log", metrics_port=metrics_port)

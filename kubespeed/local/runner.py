@@ -1,0 +1,115 @@
+"""Each pod a local process group; the gang lives and dies together, as on the cluster.
+
+A pod's process and everything it starts (the launcher's ranks) share one process
+group, its own session, so a terminal's Ctrl-C reaches only `kubespeed local`, which
+then stops the gang the way the kubelet stops a pod: SIGTERM to the whole group,
+the grace period, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kubespeed.local.rewire import LocalPod
+
+POLL_SECONDS = 0.25
+
+
+@dataclass
+class Interrupt:
+    """Set from the SIGINT/SIGTERM handler; a second signal skips the grace period."""
+
+    count: int = 0
+
+    def handle(self, signum: int, frame: object) -> None:
+        self.count += 1
+
+
+def start_pod(pod: LocalPod, attempt: int) -> subprocess.Popen:
+    """Start the pod's command in its own session (so its own process group), logging to the pod's log."""
+    pod.log.parent.mkdir(parents=True, exist_ok=True)
+    pod.cwd.mkdir(parents=True, exist_ok=True)
+    with open(pod.log, "ab") as log:
+        log.write(f"--- kubespeed local: {pod.name}, attempt {attempt}: {' '.join(pod.argv)}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            pod.argv,
+            env={**os.environ, **pod.env},
+            cwd=pod.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def exit_code(returncode: int) -> int:
+    """A shell-style exit code: killed by signal N reads as 128+N, as the kubelet reports it."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop_gang(procs: list[subprocess.Popen], grace_seconds: float, interrupt: Interrupt) -> None:
+    """SIGTERM every pod's group, wait out the grace period (or a second Ctrl-C), then SIGKILL what is left.
+
+    The groups are killed even when their leader already exited, so no rank outlives the run.
+    """
+    for proc in procs:
+        _signal_group(proc, signal.SIGTERM)
+    seen = interrupt.count
+    deadline = time.monotonic() + grace_seconds
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline and interrupt.count == seen:
+        time.sleep(POLL_SECONDS)
+    for proc in procs:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    exit_code: int
+    failed_pod: str | None
+    interrupted: bool
+
+
+def run_gang(
+    pods: list[LocalPod],
+    attempt: int,
+    grace_seconds: float,
+    interrupt: Interrupt,
+    on_tick: Callable[[], None],
+) -> AttemptResult:
+    """Run one attempt: all pods succeed, or the first failure (or Ctrl-C) stops the whole gang."""
+    procs = [start_pod(pod, attempt) for pod in pods]
+    try:
+        while True:
+            on_tick()
+            if interrupt.count:
+                stop_gang(procs, grace_seconds, interrupt)
+                return AttemptResult(exit_code(procs[0].returncode), None, interrupted=True)
+            codes = [p.poll() for p in procs]
+            failed = [(pod, exit_code(c)) for pod, c in zip(pods, codes) if c not in (None, 0)]
+            if failed:
+                stop_gang(procs, grace_seconds, interrupt)
+                pod, code = failed[0]
+                return AttemptResult(code, pod.name, interrupted=False)
+            if all(c == 0 for c in codes):
+                stop_gang(procs, 0, interrupt)
+                return AttemptResult(0, None, interrupted=False)
+            time.sleep(POLL_SECONDS)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()

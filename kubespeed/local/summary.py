@@ -1,0 +1,107 @@
+"""What a run did, from its metrics.jsonl and the step clock: summary.json and the lines printed at the end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from kubespeed.local.progress import format_seconds
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines the trainer wrote; a line cut short by a kill is skipped."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    return records
+
+
+def history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per step, in step order. A resumed run logs again the steps after its
+    checkpoint; the later lines win, so the history is the run that the weights came from."""
+    merged: dict[int, dict[str, Any]] = {}
+    for record in records:
+        merged.setdefault(record["step"], {}).update(record)
+    return [merged[step] for step in sorted(merged)]
+
+
+def _last(records: list[dict[str, Any]], key: str) -> Any:
+    return next((r[key] for r in reversed(records) if r.get(key) is not None), None)
+
+
+def _first(records: list[dict[str, Any]], key: str) -> Any:
+    return next((r[key] for r in records if r.get(key) is not None), None)
+
+
+def build_summary(
+    *,
+    job: str,
+    outcome: str,
+    records: list[dict[str, Any]],
+    wall_seconds: float,
+    seconds_to_first_step: float | None,
+    steps_per_second: float | None,
+    restarts: int,
+    checkpoint: Path | None,
+    export: Path | None,
+    sample_command: str | None,
+    loss_plot: Path | None,
+) -> dict[str, Any]:
+    steps = history(records)
+    eval_loss = _last(steps, "eval_loss")
+    return {
+        "job": job,
+        "outcome": outcome,
+        "step": steps[-1]["step"] if steps else 0,
+        "first_loss": _first(steps, "loss"),
+        "final_loss": _last(steps, "loss"),
+        "eval_loss": eval_loss,
+        "eval_perplexity": _last(steps, "eval_perplexity") or (math.exp(eval_loss) if eval_loss is not None else None),
+        "wall_seconds": round(wall_seconds, 2),
+        "seconds_to_first_step": None if seconds_to_first_step is None else round(seconds_to_first_step, 2),
+        "steps_per_second": None if steps_per_second is None else round(steps_per_second, 3),
+        "restarts": restarts,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "export": str(export) if export else None,
+        "sample_command": sample_command,
+        "loss_plot": str(loss_plot) if loss_plot else None,
+    }
+
+
+def write_summary(summary: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The lines people read at the end of a run."""
+
+    def num(value: Any, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    lines = [
+        f"{s['job']}: {s['outcome']} at step {s['step']}",
+        f"  loss            {num(s['first_loss'], '.4f')} -> {num(s['final_loss'], '.4f')}",
+        f"  eval loss       {num(s['eval_loss'], '.4f')}  (perplexity {num(s['eval_perplexity'], '.2f')})",
+        f"  wall time       {format_seconds(s['wall_seconds'])}  (first step after {num(s['seconds_to_first_step'], '.1f')} s, {num(s['steps_per_second'], '.2f')} steps/s)",
+    ]
+    if s["restarts"]:
+        lines.append(f"  gang restarts   {s['restarts']}")
+    if s["checkpoint"]:
+        lines.append(f"  checkpoint      {s['checkpoint']}")
+    if s["export"]:
+        lines.append(f"  weights         {s['export']}")
+    if s["loss_plot"]:
+        lines.append(f"  loss curve      {s['loss_plot']}")
+    if s["sample_command"]:
+        lines.append(f"  sample with     {s['sample_command']}")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""`kubespeed local` end to end: the quickstart example really trains under the operator's
+pod wiring, reports, survives Ctrl-C with a checkpoint, resumes, and leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from kubespeed import wiring
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "manifests" / "examples" / "quickstart.yaml"
+# Few steps, frequent logs and evals: the behaviour of a full run, in CI time.
+SHORT = ["--set", "training.logInterval=2", "--set", "training.evalInterval=10", "--set", "training.evalBatches=2",
+         "--set", "training.schedule.warmupSteps=2", "--set", "checkpoint.interval=10"]
+
+
+def local(run_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "kubespeed.cli", "local", str(QUICKSTART), "--run-dir", str(run_dir), "--no-progress", *SHORT, *args]
+
+
+def processes_of(run_dir: Path) -> list[psutil.Process]:
+    """Every live process whose pod env points into this run folder."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if env.get(wiring.ENV_CHECKPOINT_DIR, "").startswith(str(run_dir)):
+            found.append(proc)
+    return found
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run_dir = tmp_path / "runs"
+    yield run_dir
+    leftovers = processes_of(run_dir)
+    for proc in leftovers:
+        proc.kill()
+    assert leftovers == [], "kubespeed local left processes behind"
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "quickstart" / "checkpoints" / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def test_quickstart_trains_reports_and_leaves_nothing_running(run_dir):
+    done = subprocess.run(local(run_dir, "--set", "training.steps=20"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((run_dir / "quickstart" / "summary.json").read_text())
+    assert summary["outcome"] == "succeeded" and summary["step"] == 20
+    assert summary["final_loss"] < summary["first_loss"], "the loss falls"
+    assert summary["eval_loss"] is not None and summary["seconds_to_first_step"] > 0 and summary["steps_per_second"] > 0
+    assert Path(summary["loss_plot"]).read_bytes()[:4] == b"\x89PNG"
+    assert Path(summary["checkpoint"]).exists() and Path(summary["export"]).exists()
+    assert summary["sample_command"] in done.stdout
+    assert (run_dir / "quickstart" / "logs" / "quickstart-0.log").exists()
+    assert processes_of(run_dir) == []
+
+
+def test_ctrl_c_checkpoints_and_a_rerun_resumes(run_dir):
+    proc = subprocess.Popen(local(run_dir, "--set", "training.steps=2000"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(r.get("step", 0) >= 6 for r in metrics(run_dir)):
+            assert proc.poll() is None and time.monotonic() < deadline, "training never reached step 6"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out
+    assert f"resume with: kubespeed local {QUICKSTART}" in out
+    assert processes_of(run_dir) == []
+    stopped = json.loads((run_dir / "quickstart" / "summary.json").read_text())
+    assert stopped["outcome"] == "interrupted" and stopped["checkpoint"], stopped
+
+    logged_before = len(metrics(run_dir))
+    target = stopped["step"] + 4
+    done = subprocess.run(local(run_dir, "--set", f"training.steps={target}"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    resumed = [r["step"] for r in metrics(run_dir)[logged_before:] if "loss" in r]
+    assert resumed and min(resumed) > stopped["step"], f"resumed run logged steps {resumed} after stopping at {stopped['step']}"
+    assert json.loads((run_dir / "quickstart" / "summary.json").read_text())["step"] == target

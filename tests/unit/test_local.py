@@ -1,0 +1,316 @@
+"""`kubespeed local`: overrides, the local rewiring of the operator's pods, the gang of
+process groups, progress parsing, and the summary and plot of a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubespeed import wiring
+from kubespeed.local import command, progress, rewire, runner, summary
+from kubespeed.local.overrides import apply_overrides
+from kubespeed.local.plot import plot_loss
+from kubespeed.spec import SpecError, load_job, parse_job_spec
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
+# The trainer image the chart names for jobs; the examples must name the same one.
+EXAMPLE_IMAGE = yaml.safe_load((REPO / "charts" / "kubespeed" / "values.yaml").read_text())["trainer"]["image"]
+JOB = {
+    "apiVersion": f"{wiring.API_GROUP}/{wiring.API_VERSION}",
+    "kind": wiring.KIND,
+    "metadata": {"name": "demo"},
+    "spec": {"image": "trainer:1", "nodes": 2, "procsPerNode": 2, "data": {"train": "builtin:tiny"}},
+}
+
+
+def write_job(tmp_path: Path, job: dict = JOB) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+# ---------------------------------------------------------------- overrides
+
+
+@pytest.mark.parametrize(
+    "name, overrides, where, value",
+    [
+        ("number", ["training.steps=20"], ("training", "steps"), 20),
+        ("creates missing sections", ["checkpoint.interval=5"], ("checkpoint", "interval"), 5),
+        ("boolean", ["gpu=false"], ("gpu",), False),
+        ("object as YAML", ["model={type: lstm}"], ("model",), {"type": "lstm"}),
+        ("string with equals sign", ["data.train=a=b.txt"], ("data", "train"), "a=b.txt"),
+        ("later wins", ["nodes=3", "nodes=1"], ("nodes",), 1),
+    ],
+)
+def test_override_sets_the_field_inside_spec(name, overrides, where, value):
+    spec = apply_overrides(JOB, overrides)["spec"]
+    for key in where:
+        spec = spec[key]
+    assert spec == value, name
+    assert JOB["spec"]["nodes"] == 2, "the manifest itself is not changed"
+
+
+@pytest.mark.parametrize("text", ["training.steps", "=3", "training..steps=3", "nodes.count=3"])
+def test_bad_override_is_refused_naming_it(text):
+    with pytest.raises(SpecError) as err:
+        apply_overrides(JOB, [text])
+    assert text in str(err.value)
+
+
+def test_override_of_unknown_field_is_refused_naming_file_and_field(tmp_path):
+    path = write_job(tmp_path)
+    with pytest.raises(SpecError) as err:
+        command.load_local_job(str(path), ["training.stpes=3"])
+    assert str(path) in str(err.value) and "training.stpes" in str(err.value)
+
+
+def test_bad_job_exits_with_the_config_error_code(tmp_path, capsys):
+    path = write_job(tmp_path, {**JOB, "spec": {**JOB["spec"], "nodes": 0}})
+    assert command.main([str(path), "--run-dir", str(tmp_path / "runs")]) == wiring.EXIT_CONFIG_ERROR.code
+    err = capsys.readouterr().err
+    assert str(path) in err and "spec.nodes" in err
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- rewiring
+
+
+def local_pods(tmp_path: Path, gpu: bool = False) -> tuple[list[rewire.LocalPod], rewire.RunFolder]:
+    from kubespeed_operator.children import attempt_pods
+
+    job, spec = command.load_local_job(str(write_job(tmp_path)), [])
+    folder = rewire.RunFolder(tmp_path / "runs" / "demo")
+    return command.local_pods(attempt_pods(job, 1), spec, folder, gpu), folder
+
+
+def test_local_pods_meet_at_127_0_0_1_on_one_free_port(tmp_path):
+    pods, _ = local_pods(tmp_path)
+    assert [p.name for p in pods] == ["demo-0", "demo-1"]
+    assert {p.env[wiring.ENV_MASTER_ADDR] for p in pods} == {"127.0.0.1"}
+    assert len({p.env[wiring.ENV_MASTER_PORT] for p in pods}) == 1
+    ports = [p.metrics_port for p in pods]
+    assert len(set(ports)) == 2 and [int(p.env[wiring.ENV_METRICS_PORT]) for p in pods] == ports
+
+
+def test_local_pods_keep_the_builders_gang_env(tmp_path):
+    pods, _ = local_pods(tmp_path)
+    assert [p.env[wiring.ENV_NODE_RANK] for p in pods] == ["0", "1"]
+    for pod in pods:
+        assert (pod.env[wiring.ENV_NNODES], pod.env[wiring.ENV_NPROC_PER_NODE], pod.env[wiring.ENV_WORLD_SIZE]) == ("2", "2", "4")
+        assert pod.env[wiring.ENV_JOB_NAME] == "demo" and pod.env[wiring.ENV_ATTEMPT] == "1"
+
+
+def test_pod_paths_become_the_run_folder(tmp_path):
+    pods, folder = local_pods(tmp_path)
+    for pod in pods:
+        assert pod.env[wiring.ENV_TRAINER_CONFIG] == str(folder.config / wiring.TRAINER_CONFIG_KEY)
+        assert pod.env[wiring.ENV_DEEPSPEED_CONFIG] == str(folder.config / wiring.DEEPSPEED_CONFIG_KEY)
+        assert pod.env[wiring.ENV_HOSTFILE] == str(folder.config / wiring.HOSTFILE_KEY)
+        assert pod.env[wiring.ENV_CHECKPOINT_DIR] == str(folder.checkpoints), "all pods share one checkpoint folder"
+        assert pod.env["XDG_CACHE_HOME"].startswith(str(folder.pod_dir(pod.name))), "scratch volumes are per pod"
+        assert pod.cwd == folder.pod_dir(pod.name) / "workspace"
+        assert pod.log == folder.logs / f"{pod.name}.log"
+
+
+@pytest.mark.parametrize("gpu, want", [(False, "0"), (True, "1")])
+def test_gpu_job_uses_the_gpu_only_when_there_is_one(tmp_path, gpu, want):
+    pods, _ = local_pods(tmp_path, gpu=gpu)
+    assert {p.env[wiring.ENV_USE_GPU] for p in pods} == {want}
+
+
+def test_pod_command_runs_with_this_python(tmp_path):
+    pods, _ = local_pods(tmp_path)
+    assert pods[0].argv == [sys.executable, "-m", "kubespeed.cli", *wiring.TRAINER_ENTRYPOINT[1:]]
+
+
+@pytest.mark.parametrize(
+    "claim, where",
+    [
+        ("pretrain-checkpoints", Path("pretrain/checkpoints")),
+        ("shared-data", Path("claims/shared-data")),
+    ],
+)
+def test_a_claim_is_a_folder_beside_the_runs(tmp_path, claim, where):
+    assert rewire.claim_dir(tmp_path, claim) == tmp_path / where
+
+
+def test_config_files_are_written_as_the_kubelet_projects_them(tmp_path):
+    from kubespeed_operator.children import job_children
+
+    job, _ = command.load_local_job(str(write_job(tmp_path)), [])
+    config_map = next(c for c in job_children(job) if c["kind"] == "ConfigMap")
+    folder = rewire.RunFolder(tmp_path / "demo")
+    rewire.write_config_files(config_map, folder)
+    assert (folder.config / wiring.HOSTFILE_KEY).read_text() == config_map["data"][wiring.HOSTFILE_KEY]
+    assert sorted(p.name for p in folder.config.iterdir()) == sorted(config_map["data"])
+
+
+# ---------------------------------------------------------------- restarts
+
+
+@pytest.mark.parametrize(
+    "name, code, policy, restarts, limit, want",
+    [
+        ("retryable code restarts", wiring.EXIT_RETRYABLE.code, "ExitCode", 0, 3, True),
+        ("crash restarts", 137, "ExitCode", 0, 3, True),
+        ("config error does not", wiring.EXIT_CONFIG_ERROR.code, "ExitCode", 0, 3, False),
+        ("OnFailure restarts a config error", wiring.EXIT_CONFIG_ERROR.code, "OnFailure", 0, 3, True),
+        ("Never never restarts", wiring.EXIT_RETRYABLE.code, "Never", 0, 3, False),
+        ("backoff limit reached", wiring.EXIT_RETRYABLE.code, "ExitCode", 3, 3, False),
+    ],
+)
+def test_gang_restart_rule(name, code, policy, restarts, limit, want):
+    assert command.should_restart(code, policy, restarts, limit) is want, name
+
+
+# ---------------------------------------------------------------- process groups
+
+
+def sleeper_pod(tmp_path: Path, name: str, script: str) -> rewire.LocalPod:
+    return rewire.LocalPod(name=name, argv=[sys.executable, "-c", script], env={}, cwd=tmp_path / name,
+                           log=tmp_path / "logs" / f"{name}.log", metrics_port=0)
+
+
+# A pod whose command starts a child (like the launcher starts ranks) and writes the child's pid.
+PARENT_AND_CHILD = (
+    "import subprocess, sys, time, pathlib;"
+    "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+    "pathlib.Path('child.pid').write_text(str(c.pid)); time.sleep(60)"
+)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().split(")")[1].split()[0] != "Z"
+
+
+def wait_for(path: Path) -> int:
+    for _ in range(200):
+        if path.exists() and path.read_text():
+            return int(path.read_text())
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never appeared")
+
+
+def test_a_failing_pod_stops_the_whole_gang_and_its_children(tmp_path):
+    pods = [sleeper_pod(tmp_path, "demo-0", PARENT_AND_CHILD), sleeper_pod(tmp_path, "demo-1", "import sys, time; time.sleep(1); sys.exit(75)")]
+    result = runner.run_gang(pods, 1, 5, runner.Interrupt(), on_tick=lambda: None)
+    assert (result.exit_code, result.failed_pod, result.interrupted) == (75, "demo-1", False)
+    assert not alive(wait_for(tmp_path / "demo-0" / "child.pid"))
+    assert "attempt 1" in (tmp_path / "logs" / "demo-1.log").read_text()
+
+
+def test_an_interrupt_sends_sigterm_to_each_pod_group(tmp_path):
+    trap = "import signal, sys, time, pathlib; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); pathlib.Path('up').write_text('1'); time.sleep(60)"
+    pods = [sleeper_pod(tmp_path, "demo-0", trap)]
+    interrupt = runner.Interrupt()
+
+    def tick() -> None:
+        if (tmp_path / "demo-0" / "up").exists():
+            interrupt.handle(signal.SIGINT, None)
+
+    result = runner.run_gang(pods, 1, 5, interrupt, on_tick=tick)
+    assert (result.exit_code, result.interrupted) == (wiring.EXIT_PREEMPTED.code, True)
+
+
+def test_exit_code_reads_a_signal_as_128_plus_it():
+    assert [runner.exit_code(c) for c in (0, 75, -9, -15)] == [0, 75, 137, 143]
+
+
+# ---------------------------------------------------------------- progress
+
+
+def test_progress_reads_the_trainers_gauges():
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    registry = CollectorRegistry()
+    for name, value in [("kubespeed_step", 40), ("kubespeed_total_steps", 200), ("kubespeed_loss", 2.5),
+                        ("kubespeed_tokens_per_second", 1234.0), ("kubespeed_eta_seconds", 75)]:
+        Gauge(name, name, registry=registry).set(value)
+    snapshot = progress.parse_metrics(generate_latest(registry).decode())
+    assert snapshot == progress.Snapshot(step=40, total=200, loss=2.5, tokens_per_second=1234.0, eta_seconds=75)
+    assert progress.describe(snapshot) == "step 40/200  loss 2.5000  1,234 tok/s  eta 1:15"
+
+
+def test_progress_is_nothing_before_the_first_step_count():
+    assert progress.parse_metrics("# HELP python_info x\n") is None
+    assert progress.scrape(rewire.free_port()) is None
+
+
+def test_step_clock_counts_from_where_a_resumed_run_starts():
+    clock = progress.StepClock(started=100.0)
+    for step, now in [(50, 101.0), (50, 104.0), (51, 105.0), (55, 107.0), (61, 110.0)]:
+        clock.observe(step, now)
+    assert clock.seconds_to_first_step == 5.0
+    assert clock.steps_per_second == 2.0
+
+
+def test_plain_progress_prints_one_line_per_log_interval(capsys):
+    view = progress.LineProgress(every=10)
+    for step in [1, 5, 9, 10, 11, 20, 20, 25]:
+        view.update(progress.Snapshot(step=step, total=25))
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["1/25", "10/25", "20/25", "25/25"]
+
+
+# ---------------------------------------------------------------- summary and plot
+
+
+def synthetic_metrics(path: Path) -> None:
+    lines = [{"step": s, "loss": 4.0 - s / 10} for s in range(10, 40, 10)]
+    lines.append({"step": 30, "eval_loss": 3.2})
+    lines += [{"step": s, "loss": 3.0 - s / 100} for s in (30, 40)]  # a resumed run logs step 30 again
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(json.dumps(r) for r in lines) + '\n{"step": 50, "lo')
+
+
+def test_summary_follows_the_run_the_weights_came_from(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    synthetic_metrics(metrics)
+    records = summary.read_metrics(metrics)
+    assert [r["step"] for r in summary.history(records)] == [10, 20, 30, 40]
+    s = summary.build_summary(job="demo", outcome="succeeded", records=records, wall_seconds=12.345,
+                              seconds_to_first_step=3.21, steps_per_second=2.5, restarts=1,
+                              checkpoint=None, export=None, sample_command=None, loss_plot=None)
+    assert (s["step"], s["first_loss"], s["final_loss"], s["eval_loss"]) == (40, 3.0, 2.6, 3.2)
+    assert s["eval_perplexity"] == pytest.approx(24.53, abs=0.01)
+    summary.write_summary(s, tmp_path / "summary.json")
+    assert json.loads((tmp_path / "summary.json").read_text()) == s
+    text = summary.format_summary(s)
+    assert "3.0000 -> 2.6000" in text and "gang restarts   1" in text
+
+
+def test_loss_plot_is_a_png(tmp_path):
+    synthetic_metrics(tmp_path / "metrics.jsonl")
+    png = tmp_path / "loss.png"
+    assert plot_loss(summary.history(summary.read_metrics(tmp_path / "metrics.jsonl")), png, "demo")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plot_loss([], tmp_path / "none.png", "empty") and not (tmp_path / "none.png").exists()
+
+
+# ---------------------------------------------------------------- examples
+
+
+def test_there_are_examples():
+    assert {p.stem for p in EXAMPLES} >= {"quickstart", "llama-tiny", "lstm", "denoising-pretrain", "finetune"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_is_a_valid_job_with_data_on_a_fresh_machine(path):
+    job = load_job(str(path))
+    spec = parse_job_spec(job["spec"])
+    assert spec.data.train.startswith("builtin:"), "examples need no download"
+    assert spec.image == EXAMPLE_IMAGE
