@@ -5,7 +5,7 @@ document, read in chunks of about a MiB at line ends so big files never sit in
 memory whole. JSON lines (`format: jsonl`) make each line one document: the
 `textField` for pre-training, or a `promptField`/`responseField` pair for
 fine-tuning. A directory is its files (hidden ones skipped) in sorted order.
-The builtin texts are described in `data/builtin.py`.
+The builtin texts are described in `data/builtin.py`, the builtin pairs in `data/python_docs_qa.py`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from pathlib import Path
 
 from kubespeed.spec.job import DataSpec
 from kubespeed_trainer.data.builtin import BUILTINS
+from kubespeed_trainer.data.python_docs_qa import python_docs_qa, python_docs_qa_fingerprint
 
 BUILTIN_PREFIX = "builtin:"
+# Builtin prompt/response pairs (`data.format: jsonl`), for fine-tuning; see data/python_docs_qa.py.
+BUILTIN_PAIRS = {"python-docs-qa": (python_docs_qa, python_docs_qa_fingerprint)}
 CHUNK_CHARS = 1 << 20
 
 
@@ -46,11 +49,13 @@ def source_files(source: str) -> list[Path]:
 
 def read_records(source: str, data: DataSpec) -> Iterator[Record]:
     if source.startswith(BUILTIN_PREFIX):
-        if data.format != "text":
-            raise ValueError(f"{source} is plain text; it needs data.format text, not {data.format}")
+        pairs = source.removeprefix(BUILTIN_PREFIX) in BUILTIN_PAIRS
+        kind, wanted = ("prompt/response pairs", "jsonl") if pairs else ("plain text", "text")
+        if data.format != wanted:
+            raise ValueError(f"{source} is {kind}; it needs data.format {wanted}, not {data.format}")
         read, _ = _builtin(source)
-        for document in read():
-            yield Record(document)
+        for item in read():
+            yield Record(item[0], response=item[1]) if pairs else Record(item)
         return
     if data.format == "tokens":
         raise ValueError("token shards are read by TokenDataset, not as records")
@@ -83,9 +88,10 @@ def fingerprint(source: str, data: DataSpec) -> str:
 
 def _builtin(source: str):
     name = source.removeprefix(BUILTIN_PREFIX)
-    if name not in BUILTINS:
-        raise ValueError(f"unknown builtin data {source!r}; known: {', '.join(BUILTIN_PREFIX + n for n in BUILTINS)}")
-    return BUILTINS[name]
+    known = {**BUILTINS, **BUILTIN_PAIRS}
+    if name not in known:
+        raise ValueError(f"unknown builtin data {source!r}; known: {', '.join(BUILTIN_PREFIX + n for n in known)}")
+    return known[name]
 
 
 def _text_records(path: Path) -> Iterator[Record]:
