@@ -1,0 +1,188 @@
+"""Thin Kubernetes API helpers for the operator: create (409 = already there), get, delete, patch status.
+
+One aiohttp session speaks plain JSON to the API server, with the credentials
+the kubernetes client library resolves (in-cluster ServiceAccount token, or a
+kubeconfig), so children are created from the builders' dicts as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import aiohttp
+
+from kubespeed import wiring
+
+logger = logging.getLogger(__name__)
+
+# apiVersion/kind -> plural, for every kind the operator touches.
+PLURALS = {
+    "Pod": "pods",
+    "Service": "services",
+    "ConfigMap": "configmaps",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+    "Event": "events",
+    "NetworkPolicy": "networkpolicies",
+    "PodGroup": "podgroups",
+    "Lease": "leases",
+    wiring.KIND: wiring.PLURAL,
+}
+JOB_API_VERSION = f"{wiring.API_GROUP}/{wiring.API_VERSION}"
+CONFLICT_RETRIES = 5
+
+
+class ApiError(Exception):
+    """A refused request; `status` is the HTTP code, `reason` the API's (AlreadyExists, Forbidden, ...)."""
+
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def path(api_version: str, kind: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    parts = [base]
+    if namespace:
+        parts.append(f"namespaces/{namespace}")
+    parts.append(PLURALS[kind])
+    if name:
+        parts.append(name)
+    if sub:
+        parts.append(sub)
+    return "/".join(parts)
+
+
+def job_path(namespace: str, name: str, sub: str | None = None) -> str:
+    return path(JOB_API_VERSION, wiring.KIND, namespace, name, sub)
+
+
+@dataclass
+class Credentials:
+    host: str
+    ssl: ssl.SSLContext | bool
+    token: Callable[[], str | None]
+
+
+def load_credentials() -> Credentials:
+    """In-cluster ServiceAccount first, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=cfg)
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=cfg)
+    context: ssl.SSLContext | bool
+    if cfg.verify_ssl:
+        context = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+        if cfg.cert_file:
+            context.load_cert_chain(cfg.cert_file, cfg.key_file)
+    else:
+        context = False
+
+    def token() -> str | None:
+        # The library's refresh hook re-reads a rotated in-cluster token.
+        return cfg.get_api_key_with_prefix("authorization") or None
+
+    return Credentials(host=cfg.host.rstrip("/"), ssl=context, token=token)
+
+
+class Kube:
+    """The operator's API calls; every one is counted in `on_request(verb, code)`."""
+
+    def __init__(self, credentials: Credentials, on_request: Callable[[str, int], None] = lambda verb, code: None):
+        self.credentials = credentials
+        self.on_request = on_request
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Kube:
+        connector = aiohttp.TCPConnector(limit=32, ssl=self.credentials.ssl)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def request(self, method: str, url_path: str, body: Any = None, content_type: str = "application/json", params: dict | None = None) -> dict[str, Any]:
+        assert self.session is not None
+        headers = {"Accept": "application/json"}
+        token = self.credentials.token()
+        if token:
+            headers["Authorization"] = token
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body)
+        async with self.session.request(method, self.credentials.host + url_path, data=data, headers=headers, params=params) as response:
+            self.on_request(method, response.status)
+            text = await response.text()
+            payload = json.loads(text) if text else {}
+            if response.status >= 400:
+                raise ApiError(response.status, payload.get("reason") or str(response.status), payload.get("message") or text)
+            return payload
+
+    async def get(self, url_path: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        try:
+            return await self.request("GET", url_path)
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def create(self, obj: dict[str, Any]) -> bool:
+        """Create `obj`; False when it is there already (409 is success for a deterministic name)."""
+        meta = obj["metadata"]
+        try:
+            await self.request("POST", path(obj["apiVersion"], obj["kind"], meta.get("namespace")), obj)
+            return True
+        except ApiError as err:
+            if err.status == 409 and err.reason == "AlreadyExists":
+                return False
+            raise
+
+    async def delete(self, url_path: str, grace_seconds: int | None = None, propagation: str | None = None) -> None:
+        """Delete; an object already gone is fine."""
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
+        if propagation:
+            body["propagationPolicy"] = propagation
+        try:
+            await self.request("DELETE", url_path, body)
+        except ApiError as err:
+            if err.status != 404:
+                raise
+
+    async def patch_status(self, job: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the job's status, guarded by the resourceVersion it was computed from.
+
+        A 409 means the job changed since it was read: the caller recomputes from a
+        fresh read (raised as ApiError) rather than writing a status from stale input.
+        """
+        meta = job["metadata"]
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch}
+        return await self.request(
+            "PATCH", job_path(meta["namespace"], meta["name"], "status"), body, content_type="application/merge-patch+json"
+        )
+
+
+async def with_conflict_retry(attempt: Callable[[], Any], retries: int = CONFLICT_RETRIES) -> Any:
+    """Run `attempt` (which reads fresh state itself) again after each 409 Conflict, a few times."""
+    for n in range(retries):
+        try:
+            return await attempt()
+        except ApiError as err:
+            if err.status != 409 or n == retries - 1:
+                raise
+            logger.debug("conflict, retrying from fresh state: %s", err.message)
+            await asyncio.sleep(0.05 * (n + 1))
+    return None

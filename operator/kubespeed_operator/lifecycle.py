@@ -1,0 +1,285 @@
+"""The job's lifecycle as one pure decision: (job, observed pods, clock) -> status and actions.
+
+Pending -> Running -> Succeeded | Failed, with Suspended and Restarting on the way.
+The rules that keep the gang whole:
+
+- The current attempt is the highest of `status.attempt` and the pods' attempt
+  labels (the status is written before an attempt's pods are created, so a stale
+  read can only lag). Pods of any other attempt are deleted, and the current
+  attempt's pods are created only once those are gone: pod names are the same
+  in every attempt, so old and new never mix.
+- Ending an attempt (a failure, or suspend) first records the next attempt
+  number in the status, then deletes the pods with the spec's grace period, so
+  rank 0 can write a checkpoint on SIGTERM.
+- Succeeded and Failed are final: nothing that happens to pods afterwards (the
+  TTL deleting them, cleanPodPolicy) starts anything again.
+
+The handlers run `decide` on every pod event and on a timer, and apply the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from kubespeed.spec import LMTrainingJobSpec, SpecError, parse_job_spec
+from kubespeed_operator import progress as progress_mod
+from kubespeed_operator.observed import RUNNING, SUCCEEDED, PodView
+from kubespeed_operator.restart import attempt_failure, verdict
+from kubespeed_operator.status import (
+    TERMINAL,
+    Cond,
+    Event,
+    merge_conditions,
+    parse_time,
+    phase_conditions,
+    replicas,
+    timestamp,
+    transition_events,
+)
+
+# Waiting reasons that are part of a normal start, not a problem to report.
+STARTING_REASONS = ("ContainerCreating", "PodInitializing")
+DEFAULT_GRACE_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How often time-driven work happens (the operator's `settings` may override these)."""
+
+    progress_interval: float = 15.0  # reading rank 0's metrics, per running job
+    blocked_retry: float = 30.0  # a job waiting for a claim, quota or permission tries again
+    resync: float = 300.0  # the timer reconcile when nothing else is due
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """Why the current attempt's pods could not be created; permanent ones fail the job."""
+
+    reason: str
+    message: str
+    permanent: bool = False
+
+
+@dataclass
+class Decision:
+    status: dict[str, Any]
+    reason: str
+    delete_pods: list[str] = field(default_factory=list)
+    grace_seconds: int = DEFAULT_GRACE_SECONDS
+    create_attempt: int | None = None
+    create_ranks: list[int] = field(default_factory=list)
+    delete_job: bool = False
+    wake_after: float = 300.0
+    events: list[Event] = field(default_factory=list)
+
+
+class _Context:
+    """The inputs of one decision, with the helpers every branch needs."""
+
+    def __init__(self, job: dict[str, Any], pods: list[PodView], now: datetime, timing: Timing):
+        self.job = job
+        self.name = job["metadata"]["name"]
+        self.generation = job["metadata"].get("generation")
+        self.old: dict[str, Any] = job.get("status") or {}
+        self.pods = sorted(pods, key=lambda p: (p.attempt, p.rank))
+        self.now = now
+        self.timing = timing
+        self.attempt = max([self.old.get("attempt") or 0, *(p.attempt for p in pods)])
+        self.restarts = self.old.get("restarts") or 0
+        raw_policy = (job.get("spec") or {}).get("runPolicy") or {}
+        self.grace = int(raw_policy.get("terminationGracePeriodSeconds") or DEFAULT_GRACE_SECONDS)
+        self.ttl = raw_policy.get("ttlSecondsAfterFinished")
+        self.clean_policy = raw_policy.get("cleanPodPolicy") or "Running"
+
+    def of_attempt(self, attempt: int) -> list[PodView]:
+        return [p for p in self.pods if p.attempt == attempt]
+
+    def status(self, phase: str, reason: str, message: str, extra: dict[str, Cond] | None = None, **fields: Any) -> dict[str, Any]:
+        wanted = phase_conditions(self.old.get("conditions") or [], phase, reason, message)
+        wanted.update(extra or {})
+        status = {k: v for k, v in self.old.items() if k not in ("phase", "message", "conditions")}
+        status.update(
+            phase=phase,
+            message=message,
+            conditions=merge_conditions(self.old.get("conditions") or [], wanted, self.now, self.generation),
+            observedGeneration=self.generation,
+            attempt=self.attempt or None,
+            restarts=self.restarts,
+            replicas=replicas(self.of_attempt(self.attempt)),
+        )
+        status.update(fields)
+        return {k: v for k, v in status.items() if v is not None}
+
+    def decision(self, status: dict[str, Any], reason: str, **kwargs: Any) -> Decision:
+        decision = Decision(status=status, reason=reason, grace_seconds=self.grace, **kwargs)
+        decision.events = transition_events(self.old, status, reason)
+        return decision
+
+    def cleanup(self, everything_active: bool = False) -> list[str]:
+        """Pods to delete when the job ends, per runPolicy.cleanPodPolicy."""
+        live = [p for p in self.pods if not p.deleting]
+        if self.clean_policy == "All":
+            return [p.name for p in live]
+        if self.clean_policy == "Running" or everything_active:
+            return [p.name for p in live if not p.finished]
+        return []
+
+    def deadline_left(self, spec: LMTrainingJobSpec) -> float | None:
+        start = parse_time(self.old.get("startTime"))
+        limit = spec.runPolicy.activeDeadlineSeconds
+        if start is None or limit is None:
+            return None
+        return (start + timedelta(seconds=limit) - self.now).total_seconds()
+
+
+def decide(
+    job: dict[str, Any],
+    pods: list[PodView],
+    now: datetime,
+    timing: Timing = Timing(),
+    blocker: Blocker | None = None,
+    progress: progress_mod.Progress | None = None,
+) -> Decision:
+    """What the job's status should be and what to do about its pods, from what was observed."""
+    ctx = _Context(job, pods, now, timing)
+    if ctx.old.get("phase") in TERMINAL:
+        return _finished(ctx)
+    try:
+        spec = parse_job_spec(job.get("spec") or {})
+    except SpecError as err:
+        return _end(ctx, "Failed", "InvalidSpec", f"{err}; fix the spec and create the job again")
+    if blocker is not None and blocker.permanent:
+        return _end(ctx, "Failed", blocker.reason, blocker.message)
+    left = ctx.deadline_left(spec)
+    if left is not None and left <= 0 and not spec.runPolicy.suspend:
+        message = f"the job ran longer than runPolicy.activeDeadlineSeconds ({spec.runPolicy.activeDeadlineSeconds}s)"
+        return _end(ctx, "Failed", "DeadlineExceeded", message, everything_active=True)
+    if spec.runPolicy.suspend:
+        return _suspended(ctx)
+    return _active(ctx, spec, blocker, progress, left)
+
+
+def _end(ctx: _Context, phase: str, reason: str, message: str, everything_active: bool = False) -> Decision:
+    status = ctx.status(phase, reason, message, completionTime=timestamp(ctx.now))
+    wake = ctx.ttl if ctx.ttl is not None else ctx.timing.resync
+    return ctx.decision(status, reason, delete_pods=ctx.cleanup(everything_active), wake_after=max(float(wake), 0.0))
+
+
+def _finished(ctx: _Context) -> Decision:
+    """A job that has ended stays ended: only cleanup and the TTL remain."""
+    old = ctx.old
+    status = {**old, "observedGeneration": ctx.generation, "replicas": replicas(ctx.of_attempt(ctx.attempt))}
+    own = next((c for c in old.get("conditions") or [] if c.get("type") == old.get("phase")), {})
+    decision = Decision(status=status, reason=own.get("reason") or old["phase"], grace_seconds=ctx.grace)
+    decision.delete_pods = ctx.cleanup()
+    decision.wake_after = ctx.timing.resync
+    completed = parse_time(old.get("completionTime"))
+    if ctx.ttl is not None and completed is not None:
+        left = (completed + timedelta(seconds=int(ctx.ttl)) - ctx.now).total_seconds()
+        decision.delete_job = left <= 0
+        decision.wake_after = max(left, 0.0)
+    return decision
+
+
+def _suspended(ctx: _Context) -> Decision:
+    """Suspending ends the attempt: its pods go, the ConfigMap and checkpoints stay."""
+    if ctx.old.get("phase") != "Suspended" and ctx.attempt >= 1:
+        # The attempt that resumes is a new one, so its pods never meet the suspended ones.
+        ctx.attempt += 1
+    message = "suspended: pods deleted, config and checkpoints kept; set spec.runPolicy.suspend to false to resume"
+    # Like a batch Job, the deadline clock starts again when the job resumes.
+    status = ctx.status("Suspended", "Suspended", message, startTime=None)
+    doomed = [p.name for p in ctx.pods if not p.deleting]
+    return ctx.decision(status, "Suspended", delete_pods=doomed, wake_after=ctx.timing.resync)
+
+
+def _pending_problem(pods: list[PodView]) -> tuple[str, str] | None:
+    for pod in pods:
+        if not pod.started and pod.reason and pod.reason not in STARTING_REASONS:
+            hint = {
+                "ErrImagePull": "check spec.image and the pull secret of the pods' ServiceAccount",
+                "ImagePullBackOff": "check spec.image and the pull secret of the pods' ServiceAccount",
+                "Unschedulable": "check spec.nodes, spec.procsPerNode, spec.resources and spec.scheduling against the cluster's nodes",
+            }.get(pod.reason, "see `kubectl describe pod`")
+            return pod.reason, f"pod {pod.name}: {pod.message or pod.reason}; {hint}"
+    return None
+
+
+def _active(
+    ctx: _Context,
+    spec: LMTrainingJobSpec,
+    blocker: Blocker | None,
+    progress: progress_mod.Progress | None,
+    deadline_left: float | None,
+) -> Decision:
+    ctx.attempt = max(ctx.attempt, 1)
+    attempt, nodes = ctx.attempt, spec.nodes
+    current = ctx.of_attempt(attempt)
+    stale = [p for p in ctx.pods if p.attempt != attempt]
+    timers = [ctx.timing.resync] + ([deadline_left] if deadline_left is not None else [])
+    resumed = ctx.old.get("phase") == "Suspended"
+
+    if stale:
+        # Same names in every attempt: the next attempt waits until the old pods are gone.
+        phase = "Restarting" if ctx.old.get("phase") == "Restarting" else "Pending"
+        reason = "Resumed" if resumed else (_own_reason(ctx.old) if phase == "Restarting" else "WaitingForOldPods")
+        message = f"waiting for {len(stale)} pods of earlier attempts to terminate before attempt {attempt} starts"
+        if phase == "Restarting":
+            message = ctx.old.get("message") or message
+        doomed = [p.name for p in stale if not p.deleting]
+        return ctx.decision(ctx.status(phase, reason, message), reason, delete_pods=doomed, wake_after=min(timers))
+
+    failure = attempt_failure(current, nodes, ctx.name)
+    if failure is not None:
+        judged = verdict(failure, spec.runPolicy, ctx.restarts, attempt)
+        if not judged.restart:
+            return _end(ctx, "Failed", judged.reason, judged.message)
+        ctx.attempt, ctx.restarts = attempt + 1, ctx.restarts + 1
+        status = ctx.status("Restarting", judged.reason, judged.message, replicas=replicas(current))
+        doomed = [p.name for p in current if not p.deleting]
+        return ctx.decision(status, judged.reason, delete_pods=doomed, wake_after=min(timers))
+
+    if len(current) == nodes and all(p.phase == SUCCEEDED for p in current):
+        message = f"training finished: all {nodes} pods of attempt {attempt} exited 0"
+        return _end(ctx, "Succeeded", "Succeeded", message)
+
+    start = ctx.old.get("startTime") or min((p.created for p in current if p.created), default=None)
+    fields: dict[str, Any] = {"startTime": start}
+    extra: dict[str, Cond] = {}
+    missing = sorted(set(range(nodes)) - {p.rank for p in current})
+    if missing and blocker is not None:
+        extra["Created"] = Cond("False", blocker.reason, blocker.message)
+        status = ctx.status("Pending", blocker.reason, blocker.message, extra, **fields)
+        return ctx.decision(status, blocker.reason, wake_after=min(timers + [ctx.timing.blocked_retry]))
+    if not missing:
+        extra["Created"] = Cond("True", "PodsCreated", f"attempt {attempt}: all {nodes} pods created")
+
+    if not missing and all(p.phase in (RUNNING, SUCCEEDED) for p in current):
+        message = f"attempt {attempt}: all {nodes} pods running"
+        if progress is not None:
+            read_at = timestamp(ctx.now)
+            fields["progress"] = progress_mod.progress_status(progress, read_at)
+            fields["checkpoint"] = progress_mod.checkpoint_status(progress, ctx.old.get("checkpoint"), read_at)
+        status = ctx.status("Running", "PodsRunning", message, extra, **fields)
+        return ctx.decision(status, "PodsRunning", wake_after=min(timers + [ctx.timing.progress_interval]))
+
+    problem = _pending_problem(current)
+    if problem is not None:
+        reason, message = problem
+        extra["Running"] = Cond("False", reason, message)
+    else:
+        running = sum(1 for p in current if p.phase == RUNNING)
+        reason = "Resumed" if resumed else ("CreatingPods" if missing else "PodsStarting")
+        message = f"attempt {attempt}: {running} of {nodes} pods running"
+    status = ctx.status("Pending", reason, message, extra, **fields)
+    create = {"create_attempt": attempt, "create_ranks": missing} if missing else {}
+    return ctx.decision(status, reason, wake_after=min(timers), **create)
+
+
+def _own_reason(old: dict[str, Any]) -> str:
+    for cond in old.get("conditions") or []:
+        if cond.get("type") == old.get("phase"):
+            return cond.get("reason") or old.get("phase") or ""
+    return old.get("phase") or ""

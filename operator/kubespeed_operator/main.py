@@ -1,0 +1,138 @@
+"""`kubespeed operator`: run the LMTrainingJob operator.
+
+    kubespeed operator --all-namespaces            # cluster-wide (the chart's default)
+    kubespeed operator --namespace team-a          # one namespace (a Role is enough)
+
+It takes the Lease (leader election) before it starts kopf, serves /metrics and
+/healthz, and stops non-zero if it loses the Lease, so its Deployment restarts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import aiohttp
+
+from kubespeed import wiring
+from kubespeed_operator.kube import Kube, load_credentials
+from kubespeed_operator.leader import Lease
+from kubespeed_operator.lifecycle import Timing
+from kubespeed_operator.metrics import OperatorMetrics
+from kubespeed_operator.reconciler import Reconciler
+from kubespeed_operator.workers import Workers
+
+logger = logging.getLogger("kubespeed.operator")
+DEFAULT_LEASE_NAMESPACE = "kubespeed-system"
+
+
+class Operator:
+    """What the kopf handlers reach through `memo.operator`: route events to the jobs' tasks."""
+
+    def __init__(self, reconciler: Reconciler, workers: Workers, metrics: OperatorMetrics):
+        self.reconciler = reconciler
+        self.workers = workers
+        self.metrics = metrics
+
+    def _use_index(self, index: Any) -> None:
+        self.reconciler.pods_of = lambda namespace, name: list(index.get((namespace, name), ()))
+
+    def job_seen(self, namespace: str, name: str, phase: str | None, index: Any) -> None:
+        self._use_index(index)
+        self.metrics.observe_job(namespace, name, phase)
+        self.workers.wake(namespace, name)
+
+    def pod_seen(self, namespace: str, job: str, index: Any) -> None:
+        self._use_index(index)
+        self.workers.wake(namespace, job)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.metrics.forget_job(namespace, name)
+        self.reconciler.forget(namespace, name)
+        self.workers.forget(namespace, name)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kubespeed operator", description=__doc__.splitlines()[0])
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", help="watch this namespace (repeatable)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE"),
+                        help="namespace of the leader-election Lease (default: $POD_NAMESPACE, else the first --namespace, else kubespeed-system)")
+    parser.add_argument("--lease-name", default="kubespeed-operator", help="name of the leader-election Lease")
+    parser.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}", help="this replica's name in the Lease")
+    parser.add_argument("--metrics-port", type=int, default=wiring.OPERATOR_METRICS_PORT, help="Prometheus /metrics port (0: off)")
+    parser.add_argument("--health-port", type=int, default=wiring.OPERATOR_HEALTH_PORT, help="liveness /healthz port (0: off)")
+    parser.add_argument("--progress-interval", type=float, default=Timing.progress_interval, help="seconds between reads of a job's rank 0 metrics")
+    parser.add_argument("--resync", type=float, default=Timing.resync, help="seconds between timer reconciles of a quiet job")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
+    args = parser.parse_args(argv)
+    if args.lease_namespace is None:
+        args.lease_namespace = args.namespace[0] if args.namespace else DEFAULT_LEASE_NAMESPACE
+    return args
+
+
+async def run(args: argparse.Namespace) -> int:
+    import kopf
+
+    import kubespeed_operator.handlers  # noqa: F401  (registers the handlers)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    metrics = OperatorMetrics()
+    async with Kube(load_credentials(), on_request=metrics.count_request) as kube, aiohttp.ClientSession() as http:
+        servers = await metrics.serve(args.metrics_port, args.health_port)
+        lease = Lease(kube, args.lease_namespace, args.lease_name, args.identity)
+        acquiring = asyncio.create_task(lease.acquire())
+        await asyncio.wait({acquiring, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            acquiring.cancel()
+            return 0
+        timing = Timing(progress_interval=args.progress_interval, resync=args.resync)
+        reconciler = Reconciler(kube, metrics, timing, args.identity, http)
+        workers = Workers(reconciler.reconcile, on_error=metrics.reconcile_errors.inc)
+        kopf_stop: asyncio.Future = loop.create_future()
+        operator = asyncio.create_task(
+            kopf.operator(
+                clusterwide=not args.namespace,
+                namespaces=args.namespace or [],
+                standalone=True,
+                memo=kopf.Memo(operator=Operator(reconciler, workers, metrics)),
+                stop_flag=kopf_stop,
+            )
+        )
+        keeping = asyncio.create_task(lease.keep())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({operator, keeping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        lost = keeping.done()
+        if not kopf_stop.done():
+            kopf_stop.set_result(None)
+        await asyncio.gather(operator, return_exceptions=True)
+        await workers.stop()
+        keeping.cancel()
+        stopping.cancel()
+        if not lost:
+            await lease.release()
+        for server in servers:
+            await server.cleanup()
+        return 1 if lost else 0
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # kopf logs every event at INFO; the operator's own lines say what matters.
+    logging.getLogger("kopf").setLevel(logging.WARNING)
+    return asyncio.run(run(args))

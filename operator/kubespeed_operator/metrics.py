@@ -1,0 +1,78 @@
+"""The operator's own Prometheus metrics and its liveness endpoint.
+
+    curl localhost:8080/metrics   # jobs by phase, reconcile durations, gang restarts, API requests
+    curl localhost:8081/healthz   # 200 while the event loop answers
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from kubespeed.spec.status import PHASES
+
+
+class _JobsByPhase(Collector):
+    """`kubespeed_operator_jobs{phase}` from the phases the job watch last showed."""
+
+    def __init__(self) -> None:
+        self.phases: dict[tuple[str, str], str] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("kubespeed_operator_jobs", "LMTrainingJobs by phase.", labels=["phase"])
+        counts = {phase: 0 for phase in ("New", *PHASES)}
+        for phase in self.phases.values():
+            counts[phase] = counts.get(phase, 0) + 1
+        for phase, count in counts.items():
+            family.add_metric([phase], count)
+        yield family
+
+
+class OperatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.jobs = _JobsByPhase()
+        self.registry.register(self.jobs)
+        self.reconcile_seconds = Histogram(
+            "kubespeed_operator_reconcile_duration_seconds", "Time to reconcile one job.", registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.restarts = Counter("kubespeed_operator_gang_restarts", "Gang restarts started.", registry=self.registry)
+        self.api_requests = Counter(
+            "kubespeed_operator_api_requests", "Requests to the API server by verb and HTTP code.", ["verb", "code"], registry=self.registry
+        )
+        self.reconcile_errors = Counter("kubespeed_operator_reconcile_errors", "Reconciles that failed and were retried.", registry=self.registry)
+
+    def observe_job(self, namespace: str, name: str, phase: str | None) -> None:
+        self.jobs.phases[(namespace, name)] = phase or "New"
+
+    def forget_job(self, namespace: str, name: str) -> None:
+        self.jobs.phases.pop((namespace, name), None)
+
+    def count_request(self, verb: str, code: int) -> None:
+        self.api_requests.labels(verb, str(code)).inc()
+
+    async def serve(self, metrics_port: int, health_port: int, host: str = "0.0.0.0") -> list[web.AppRunner]:
+        """Start /metrics and /healthz (each on its port; 0 leaves it off)."""
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(self.registry), content_type="text/plain", charset="utf-8")
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.Response(text="ok\n")
+
+        runners = []
+        for port, route, handler in ((metrics_port, "/metrics", metrics), (health_port, "/healthz", healthz)):
+            if not port:
+                continue
+            app = web.Application()
+            app.router.add_get(route, handler)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, host, port).start()
+            runners.append(runner)
+        return runners

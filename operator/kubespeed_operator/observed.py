@@ -1,0 +1,93 @@
+"""What the operator observes of a training pod, reduced to the facts its decisions use.
+
+The pod watch keeps one `PodView` per pod (not the whole object), so the
+operator's memory stays small with thousands of pods, and the decision tables
+in the tests build views directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubespeed import wiring
+
+PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    rank: int
+    attempt: int
+    phase: str = PENDING
+    deleting: bool = False
+    ip: str | None = None
+    ready: bool = False
+    created: str | None = None
+    # The trainer container's exit, when it has terminated.
+    exit_code: int | None = None
+    # Why it ended or cannot start: pod reason (Evicted), terminated reason
+    # (OOMKilled, Error), waiting reason (ErrImagePull), or Unschedulable.
+    reason: str | None = None
+    message: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in (SUCCEEDED, FAILED)
+
+    @property
+    def started(self) -> bool:
+        """The pod's containers ran (or ran and ended): its gang has begun to train."""
+        return self.phase in (RUNNING, SUCCEEDED, FAILED)
+
+
+def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    for status in statuses:
+        if status.get("name") == wiring.TRAINER_CONTAINER_NAME:
+            return status
+    return statuses[0] if statuses else {}
+
+
+def _unschedulable(status: dict[str, Any]) -> str | None:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            return cond.get("message") or "no node fits the pod"
+    return None
+
+
+def view(pod: dict[str, Any]) -> PodView | None:
+    """The view of a training pod; None for a pod without kubespeed's rank and attempt labels."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    try:
+        rank = int(labels[wiring.NODE_RANK_LABEL])
+        attempt = int(labels[wiring.ATTEMPT_LABEL])
+    except (KeyError, ValueError):
+        return None
+    status = pod.get("status") or {}
+    container = _trainer_status(pod)
+    state = container.get("state") or {}
+    terminated = state.get("terminated") or {}
+    waiting = state.get("waiting") or {}
+    exit_code = terminated.get("exitCode")
+    reason = status.get("reason") or terminated.get("reason") or waiting.get("reason")
+    message = status.get("message") or terminated.get("message") or waiting.get("message")
+    unschedulable = _unschedulable(status)
+    if reason is None and unschedulable:
+        reason, message = "Unschedulable", unschedulable
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return PodView(
+        name=meta.get("name", ""),
+        rank=rank,
+        attempt=attempt,
+        phase=status.get("phase") or PENDING,
+        deleting=meta.get("deletionTimestamp") is not None,
+        ip=status.get("podIP"),
+        ready=ready,
+        created=meta.get("creationTimestamp"),
+        exit_code=exit_code,
+        reason=reason,
+        message=message,
+    )

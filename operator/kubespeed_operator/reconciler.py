@@ -1,0 +1,211 @@
+"""One reconcile of one job: read it, decide (lifecycle.decide), apply the decision.
+
+The order of writes is what keeps a crash at any point harmless: pods of the
+current attempt are created (idempotently) first, then the status is written
+(guarded by the job's resourceVersion), then the Events, then the pods of an
+ended attempt are deleted. A restart re-reads everything and lands on the same
+decision, so no step is remembered in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+import aiohttp
+
+from kubespeed import wiring
+from kubespeed.spec import SpecError, parse_job_spec
+from kubespeed_operator import progress as progress_mod
+from kubespeed_operator.children import attempt_pods, job_children
+from kubespeed_operator.kube import ApiError, Kube, job_path, path, with_conflict_retry
+from kubespeed_operator.lifecycle import Blocker, Decision, Timing, decide
+from kubespeed_operator.metrics import OperatorMetrics
+from kubespeed_operator.observed import RUNNING, PodView, view
+from kubespeed_operator.status import Event, diff, timestamp
+
+logger = logging.getLogger("kubespeed.operator")
+
+PodsOf = Callable[[str, str], Iterable[PodView]]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _blocker_for(err: ApiError, what: str) -> Blocker:
+    """What a refused create means for the job: wait and retry, or fail (the API says the object is invalid)."""
+    if err.status == 422:
+        return Blocker("InvalidSpec", f"the API server refused {what}: {err.message}; fix the spec", permanent=True)
+    if err.status == 403 and "exceeded quota" in err.message:
+        return Blocker("QuotaExceeded", f"{what}: {err.message}; raise the namespace's ResourceQuota or wait")
+    if err.status == 404:
+        return Blocker("APINotInstalled", f"{what}: the API it needs is not installed ({err.message})")
+    return Blocker(err.reason or "CreateFailed", f"{what}: {err.message}")
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, metrics: OperatorMetrics, timing: Timing, identity: str, http: aiohttp.ClientSession):
+        self.kube = kube
+        self.metrics = metrics
+        self.timing = timing
+        self.identity = identity
+        self.http = http
+        self.pods_of: PodsOf = lambda namespace, name: ()
+        # Monotonic time of the next metrics read per job: a rate limit, not state.
+        self._next_progress_read: dict[tuple[str, str], float] = {}
+
+    async def reconcile(self, namespace: str, name: str) -> float | None:
+        """Bring one job a step closer to its decision; seconds until the next timed look, None if it is gone."""
+        started = time.monotonic()
+        try:
+            return await with_conflict_retry(lambda: self._reconcile_once(namespace, name))
+        finally:
+            self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._next_progress_read.pop((namespace, name), None)
+
+    async def _reconcile_once(self, namespace: str, name: str) -> float | None:
+        job = await self.kube.get(job_path(namespace, name))
+        if job is None or job["metadata"].get("deletionTimestamp"):
+            self.forget(namespace, name)
+            return None
+        pods = await self._observe_pods(job, list(self.pods_of(namespace, name)))
+        now = _now()
+        progress = await self._read_progress(job, pods)
+        decision = decide(job, pods, now, self.timing, progress=progress)
+        if decision.create_attempt is not None:
+            blocker = await self._create(job, decision)
+            if blocker is not None:
+                log = logger.error if blocker.permanent else logger.warning
+                log("%s/%s: %s: %s", namespace, name, blocker.reason, blocker.message)
+                decision = decide(job, pods, now, self.timing, blocker=blocker, progress=progress)
+        await self._write_status(job, decision)
+        for pod_name in decision.delete_pods:
+            await self.kube.delete(path("v1", "Pod", namespace, pod_name), grace_seconds=decision.grace_seconds)
+        if decision.delete_job:
+            logger.info("%s/%s: ttlSecondsAfterFinished passed, deleting the job", namespace, name)
+            await self.kube.delete(job_path(namespace, name), propagation="Background")
+            return None
+        return decision.wake_after
+
+    async def _observe_pods(self, job: dict[str, Any], pods: list[PodView]) -> list[PodView]:
+        """The watched pods, with any rank that looks missing from a started gang confirmed by a read.
+
+        The watch can lag a create by a moment; a missing pod ends the attempt, so
+        it must really be gone.
+        """
+        attempt = max([(job.get("status") or {}).get("attempt") or 0, *(p.attempt for p in pods)])
+        current = [p for p in pods if p.attempt == attempt]
+        nodes = (job.get("spec") or {}).get("nodes") or 1
+        if not any(p.started for p in current):
+            return pods
+        present = {p.rank for p in current}
+        meta = job["metadata"]
+        for rank in range(nodes):
+            if rank in present:
+                continue
+            body = await self.kube.get(path("v1", "Pod", meta["namespace"], wiring.pod_name(meta["name"], rank)))
+            seen = view(body) if body else None
+            if seen is not None:
+                pods.append(seen)
+        return pods
+
+    async def _read_progress(self, job: dict[str, Any], pods: list[PodView]) -> progress_mod.Progress | None:
+        status = job.get("status") or {}
+        if status.get("phase") != "Running":
+            return None
+        rank0 = next((p for p in pods if p.attempt == status.get("attempt") and p.rank == 0), None)
+        if rank0 is None or rank0.phase != RUNNING or not rank0.ip:
+            return None
+        key = (job["metadata"]["namespace"], job["metadata"]["name"])
+        if time.monotonic() < self._next_progress_read.get(key, 0.0):
+            return None
+        if not progress_mod.is_due(status.get("progress"), _now(), self.timing.progress_interval):
+            return None
+        self._next_progress_read[key] = time.monotonic() + self.timing.progress_interval
+        return await progress_mod.read(self.http, rank0.ip)
+
+    async def _create(self, job: dict[str, Any], decision: Decision) -> Blocker | None:
+        """Create the job's children and the attempt's missing pods; a Blocker says why not."""
+        meta = job["metadata"]
+        try:
+            spec = parse_job_spec(job.get("spec") or {})
+        except SpecError as err:
+            return Blocker("InvalidSpec", str(err), permanent=True)
+        for field_path, claim in (("spec.checkpoint.claimName", spec.checkpoint.claimName), ("spec.data.claimName", spec.data.claimName)):
+            if claim and await self.kube.get(path("v1", "PersistentVolumeClaim", meta["namespace"], claim)) is None:
+                return Blocker(
+                    "ClaimNotFound",
+                    f"PersistentVolumeClaim {claim!r} ({field_path}) does not exist in namespace {meta['namespace']}; create it or fix {field_path}",
+                )
+        for child in job_children(job):
+            try:
+                await self.kube.create(child)
+            except ApiError as err:
+                if err.status >= 500:
+                    raise
+                return _blocker_for(err, f"{child['kind']} {child['metadata']['name']}")
+        assert decision.create_attempt is not None
+        wanted = set(decision.create_ranks)
+        for pod in attempt_pods(job, decision.create_attempt):
+            if int(pod["metadata"]["labels"][wiring.NODE_RANK_LABEL]) not in wanted:
+                continue
+            try:
+                await self.kube.create(pod)
+            except ApiError as err:
+                if err.status >= 500:
+                    raise
+                return _blocker_for(err, f"pod {pod['metadata']['name']}")
+        return None
+
+    async def _write_status(self, job: dict[str, Any], decision: Decision) -> None:
+        meta = job["metadata"]
+        old = job.get("status") or {}
+        patch = diff(old, decision.status)
+        if not patch:
+            return
+        await self.kube.patch_status(job, patch)
+        if old.get("phase") != decision.status.get("phase"):
+            logger.info(
+                "%s/%s: %s -> %s (%s): %s",
+                meta["namespace"], meta["name"], old.get("phase") or "new", decision.status.get("phase"),
+                decision.reason, decision.status.get("message"),
+            )
+        if (decision.status.get("restarts") or 0) > (old.get("restarts") or 0):
+            self.metrics.restarts.inc()
+        for event in decision.events:
+            await self._post_event(job, event)
+
+    async def _post_event(self, job: dict[str, Any], event: Event) -> None:
+        meta = job["metadata"]
+        now = timestamp(_now())
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": job["apiVersion"],
+                "kind": job["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": "kubespeed-operator"},
+            "reportingComponent": "kubespeed.io/operator",
+            "reportingInstance": self.identity,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.kube.create(body)
+        except ApiError as err:
+            # An Event is a courtesy to people; the status already says the same.
+            logger.warning("%s/%s: could not post Event %s: %s", meta["namespace"], meta["name"], event.reason, err)

@@ -1,0 +1,110 @@
+"""When an attempt ends in failure, and whether the gang restarts or the job fails.
+
+Any pod failure ends the whole attempt (a DeepSpeed gang cannot lose a rank
+and go on). Whether a new attempt can help depends on the restart policy and
+the trainer's exit code (`wiring.PERMANENT_EXIT_CODES`), and the number of gang
+restarts is bounded by `runPolicy.backoffLimit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kubespeed import wiring
+from kubespeed.spec.job import RunPolicy
+from kubespeed_operator.observed import FAILED, PodView
+
+# Reasons named after the trainer's permanent exit codes; another permanent code is `PermanentExitCode`.
+EXIT_REASONS = {
+    wiring.EXIT_CONFIG_ERROR.code: "ConfigError",
+    wiring.EXIT_DATA_ERROR.code: "DataError",
+}
+EXIT_MEANINGS = {e.code: e.meaning for e in wiring.EXIT_CODES}
+
+# Waiting reasons of a container that no retry can fix: the image reference is malformed,
+# or pulling is forbidden (imagePullPolicy Never) and the image is not on the node.
+HOPELESS_WAITING = {
+    "InvalidImageName": "the image reference is not valid; fix spec.image",
+    "ErrImageNeverPull": "imagePullPolicy is Never and the image is not on the node; fix spec.image or spec.imagePullPolicy",
+}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The first sign that an attempt cannot go on."""
+
+    pod: str
+    reason: str
+    detail: str
+    exit_code: int | None = None
+    retryable: bool = True
+
+    def describe(self) -> str:
+        return f"pod {self.pod} {self.detail}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    restart: bool
+    reason: str
+    message: str
+
+
+def _pod_failure(pod: PodView) -> Failure:
+    if pod.exit_code is not None:
+        meaning = EXIT_MEANINGS.get(pod.exit_code) or (pod.reason or "failed")
+        detail = f"exited with code {pod.exit_code} ({meaning})"
+        permanent = pod.exit_code in wiring.PERMANENT_EXIT_CODES
+        reason = EXIT_REASONS.get(pod.exit_code, "PermanentExitCode") if permanent else "PodFailed"
+        return Failure(pod.name, reason, detail, pod.exit_code, retryable=not permanent)
+    # Failed with no container exit: evicted, node lost, or the pod's own deadline.
+    why = pod.reason or "Failed"
+    detail = f"failed ({why}{': ' + pod.message if pod.message else ''})"
+    return Failure(pod.name, "PodFailed", detail)
+
+
+def attempt_failure(pods: list[PodView], nodes: int, job: str) -> Failure | None:
+    """Why the attempt whose pods these are cannot go on, or None while it can.
+
+    `pods` are the attempt's pods; a rank that is missing or being deleted by
+    someone else (preemption, a drained node) after the gang started counts as
+    failed, since the other ranks cannot continue without it.
+    """
+    by_rank = sorted(pods, key=lambda p: p.rank)
+    for pod in by_rank:
+        if pod.phase == FAILED:
+            return _pod_failure(pod)
+    for pod in by_rank:
+        if pod.reason in HOPELESS_WAITING and not pod.started:
+            message = f"cannot start: {pod.reason}: {HOPELESS_WAITING[pod.reason]}"
+            return Failure(pod.name, "ImagePullFailed", message, retryable=False)
+    if not any(p.started for p in pods):
+        return None
+    for pod in by_rank:
+        if pod.deleting and not pod.finished:
+            return Failure(pod.name, "PodDeleted", "was deleted while the gang was training")
+    present = {p.rank for p in pods}
+    for rank in range(nodes):
+        if rank not in present:
+            return Failure(wiring.pod_name(job, rank), "PodDeleted", "disappeared while the gang was training")
+    return None
+
+
+def verdict(failure: Failure, policy: RunPolicy, restarts: int, attempt: int) -> Verdict:
+    """Restart the gang as the next attempt, or fail the job, and why (for the condition and the Event)."""
+    what = failure.describe()
+    if policy.restartPolicy == "Never":
+        return Verdict(False, failure.reason if not failure.retryable else "PodFailed", f"{what}; runPolicy.restartPolicy is Never")
+    if not failure.retryable and (policy.restartPolicy == "ExitCode" or failure.exit_code is None):
+        return Verdict(False, failure.reason, f"{what}; a retry cannot help, so the job fails without restarting")
+    if restarts >= policy.backoffLimit:
+        return Verdict(
+            False,
+            "BackoffLimitExceeded",
+            f"{what}; the gang was restarted {restarts} times, runPolicy.backoffLimit is {policy.backoffLimit}",
+        )
+    return Verdict(
+        True,
+        failure.reason,
+        f"{what}; restarting the gang as attempt {attempt + 1} (restart {restarts + 1} of {policy.backoffLimit})",
+    )

@@ -1,0 +1,39 @@
+"""kopf's settings for the kubespeed operator, set once at startup; each non-default says why."""
+
+from __future__ import annotations
+
+import kopf
+
+from kubespeed import wiring
+
+TRAINING_POD_SELECTOR = f"{wiring.MANAGED_BY_LABEL}={wiring.MANAGED_BY},{wiring.NODE_RANK_LABEL}"
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    # Leader election is a Lease (leader.py), taken before kopf starts; kopf's own
+    # peering would need its KopfPeering CRDs and RBAC on them.
+    settings.peering.standalone = True
+    # The CRD is installed by the chart/manifests, and the namespaces are given on the
+    # command line: no need to watch CRDs or namespaces cluster-wide (less RBAC).
+    settings.scanning.disabled = True
+    # kopf would turn every handler log line into a Kubernetes Event; the operator
+    # posts its own Events, one per lifecycle transition.
+    settings.posting.enabled = False
+    # The operator registers no change-detecting handlers, so kopf stores nothing;
+    # should it ever, keep it in annotations: the CRD's status schema prunes
+    # `status.kopf`, and kopf would loop re-writing it.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=wiring.API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=wiring.API_GROUP)
+    # Watch only training pods, filtered by the API server: the operator's memory and
+    # the API server's work do not grow with the other pods in the cluster.
+    settings.watching.label_selectors["v1", "pods"] = TRAINING_POD_SELECTOR
+    # Restart every watch now and then and give up on a silent connection: after an
+    # API server restart the watches come back within a minute instead of hanging.
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 10
+    # A restarting API server is not hammered with reconnects (default 0.1 s).
+    settings.watching.reconnect_backoff = 1.0
+    # API calls that hang (an overloaded server) fail in a minute, not five.
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
