@@ -1,4 +1,4 @@
-"""The `kubespeed local` command: parse the job, build its pods, run the gang, report."""
+"""The `kubespeed local` command: parse the job, build its pods, run the gang attempt by attempt, report."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kubespeed local", description=__doc__)
+    p = argparse.ArgumentParser(prog="kubespeed local", description="Run an LMTrainingJob on this machine, each pod a local process group.")
     p.add_argument("job", help="an LMTrainingJob manifest (YAML)")
     p.add_argument("--run-dir", type=Path, default=Path("runs"), help="checkpoints, logs and summary go to RUN_DIR/<job>/ (default: ./runs)")
     p.add_argument("--fresh", action="store_true", help="delete RUN_DIR/<job>/ first instead of resuming from its latest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="print a line per log interval instead of a progress bar")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change a spec field, e.g. --set training.steps=20 (repeatable; value read as YAML)")
+                   help="change a spec field, e.g. --set training.steps=20 (repeatable; the value is YAML)")
     return p
 
 
@@ -46,13 +46,6 @@ def gpu_available(procs_per_node: int) -> bool:
     return torch.cuda.is_available() and torch.cuda.device_count() >= procs_per_node
 
 
-def should_restart(exit_code: int, restart_policy: str, restarts: int, backoff_limit: int) -> bool:
-    """The operator's gang-restart rule: within backoffLimit, and for ExitCode only when a retry can help."""
-    if restarts >= backoff_limit or restart_policy == "Never":
-        return False
-    return restart_policy == "OnFailure" or exit_code not in wiring.PERMANENT_EXIT_CODES
-
-
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -60,8 +53,7 @@ def main(argv: list[str]) -> int:
     except SpecError as err:
         print(f"kubespeed local: {err}", file=sys.stderr)
         return wiring.EXIT_CONFIG_ERROR.code
-    name = job["metadata"]["name"]
-    folder = rewire.RunFolder(args.run_dir.resolve() / name)
+    folder = rewire.RunFolder(args.run_dir.resolve() / job["metadata"]["name"])
     if args.fresh and folder.root.exists():
         shutil.rmtree(folder.root)
     return run_job(job, spec, folder, plain=args.no_progress, job_path=args.job)
@@ -69,10 +61,12 @@ def main(argv: list[str]) -> int:
 
 def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFolder, *, plain: bool, job_path: str) -> int:
     from kubespeed_operator.children import attempt_pods, job_children
+    from kubespeed_operator.observed import FAILED, PodView
     from kubespeed_operator.render import FIRST_ATTEMPT
+    from kubespeed_operator.restart import attempt_failure, verdict
 
     name = job["metadata"]["name"]
-    clock = progress.StepClock()
+    clock = progress.StepClock(start_step=resume_step(folder, spec))
     use_gpu = spec.gpu and gpu_available(spec.procsPerNode)
     config_map = next(c for c in job_children(job) if c["kind"] == "ConfigMap")
     rewire.write_config_files(config_map, folder)
@@ -85,20 +79,15 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
     try:
         while True:
             pods = local_pods(attempt_pods(job, attempt), spec, folder, use_gpu)
-            rank0_port = pods[0].metrics_port
-
-            def tick() -> None:
-                snapshot = progress.scrape(rank0_port)
-                if snapshot is not None:
-                    clock.observe(snapshot.step)
-                    view.update(snapshot)
-
-            result = runner.run_gang(pods, attempt, spec.runPolicy.terminationGracePeriodSeconds, interrupt, tick)
+            result = runner.run_gang(pods, attempt, spec.runPolicy.terminationGracePeriodSeconds, interrupt,
+                                     on_tick=lambda port=pods[0].metrics_port: show(port, clock, view))
             if result.exit_code == 0 or result.interrupted:
                 break
-            if not should_restart(result.exit_code, spec.runPolicy.restartPolicy, attempt - 1, spec.runPolicy.backoffLimit):
+            failed = PodView(result.failed_pod, result.failed_rank, attempt, phase=FAILED, exit_code=result.exit_code)
+            decision = verdict(attempt_failure([failed], spec.nodes, name), spec.runPolicy, attempt - FIRST_ATTEMPT, attempt)
+            print(f"{name}: {decision.message}", file=sys.stderr)
+            if not decision.restart:
                 break
-            print(f"{result.failed_pod} exited {result.exit_code}; restarting the gang (restart {attempt} of at most {spec.runPolicy.backoffLimit})", file=sys.stderr)
             attempt += 1
     finally:
         view.close()
@@ -111,16 +100,33 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
         outcome, code = "succeeded", 0
     else:
         outcome, code = f"failed: {result.failed_pod} exited {result.exit_code}", result.exit_code
-    report(name, outcome, folder, clock, restarts=attempt - 1)
+    report(name, outcome, folder, clock, restarts=attempt - FIRST_ATTEMPT)
     if result.interrupted:
-        print(f"checkpoint written; resume with: kubespeed local {job_path}")
+        print(f"resume with: kubespeed local {job_path}")
     elif code:
         print(f"logs: {folder.logs}", file=sys.stderr)
     return code
 
 
+def show(metrics_port: int, clock: progress.StepClock, view: progress.LineProgress | progress.BarProgress) -> None:
+    snapshot = progress.scrape(metrics_port)
+    if snapshot is not None:
+        clock.observe(snapshot.step)
+        view.update(snapshot)
+
+
+def resume_step(folder: rewire.RunFolder, spec: LMTrainingJobSpec) -> int:
+    """The step this run resumes from (the latest complete checkpoint), 0 when it starts fresh."""
+    from kubespeed_trainer import checkpoint
+
+    if spec.checkpoint.resume == "never":
+        return 0
+    tag = checkpoint.latest_complete(folder.checkpoints)
+    return checkpoint.step_of(tag) if tag else 0
+
+
 def local_pods(pods: list[dict[str, Any]], spec: LMTrainingJobSpec, folder: rewire.RunFolder, use_gpu: bool) -> list[rewire.LocalPod]:
-    """This attempt's pods as local process groups, node rank 0 first; one rendezvous port for the gang."""
+    """One attempt's pods as local process groups, node rank 0 first; one rendezvous port for the gang."""
     master_port = rewire.free_port()
     ordered = sorted(pods, key=lambda p: int(p["metadata"]["labels"][wiring.NODE_RANK_LABEL]))
     return [
@@ -137,8 +143,13 @@ def local_pods(pods: list[dict[str, Any]], spec: LMTrainingJobSpec, folder: rewi
 
 
 def report(name: str, outcome: str, folder: rewire.RunFolder, clock: progress.StepClock, restarts: int) -> None:
-    records = summary.read_metrics(folder.metrics)
+    from kubespeed_trainer import checkpoint
+    from kubespeed_trainer.metrics import read_jsonl
+
+    records = read_jsonl(folder.checkpoints / checkpoint.METRICS_FILE)
     drew = plot_loss(summary.history(records), folder.loss_plot, f"{name}: loss")
+    tag = checkpoint.latest_complete(folder.checkpoints)
+    export = folder.checkpoints / checkpoint.EXPORT_DIR
     result = summary.build_summary(
         job=name,
         outcome=outcome,
@@ -147,8 +158,8 @@ def report(name: str, outcome: str, folder: rewire.RunFolder, clock: progress.St
         seconds_to_first_step=clock.seconds_to_first_step,
         steps_per_second=clock.steps_per_second,
         restarts=restarts,
-        checkpoint=None,
-        export=None,
+        checkpoint=folder.checkpoints / tag if tag else None,
+        export=export if export.is_dir() else None,
         sample_command=None,
         loss_plot=folder.loss_plot if drew else None,
     )

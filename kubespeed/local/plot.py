@@ -8,7 +8,7 @@ from pathlib import Path
 def plot_loss(records: list[dict], png: Path, title: str) -> bool:
     """Training loss (and eval loss, where measured) against step; False when there is nothing to draw."""
     train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
-    evals = [(r["step"], r["eval_loss"]) for r in records if r.get("eval_loss") is not None]
+    evals = [(r["step"], r["evalLoss"]) for r in records if r.get("evalLoss") is not None]
     if not train and not evals:
         return False
     import matplotlib

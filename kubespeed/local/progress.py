@@ -7,6 +7,7 @@ times a second; it updates every step, where metrics.jsonl only gets a line ever
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import urllib.error
@@ -15,14 +16,8 @@ from dataclasses import dataclass, field
 
 from kubespeed import wiring
 
-# Prometheus names rank 0 serves -> the fields of a Snapshot.
-GAUGES = {
-    "kubespeed_step": "step",
-    "kubespeed_total_steps": "total",
-    "kubespeed_loss": "loss",
-    "kubespeed_tokens_per_second": "tokens_per_second",
-    "kubespeed_eta_seconds": "eta_seconds",
-}
+# The trainer's gauges we show (kubespeed_trainer.metrics.GAUGES names them), as Snapshot fields.
+SHOWN = {"step": "step", "totalSteps": "total", "loss": "loss", "tokensPerSecond": "tokens_per_second", "etaSeconds": "eta_seconds"}
 
 
 @dataclass(frozen=True)
@@ -35,22 +30,25 @@ class Snapshot:
 
 
 def parse_metrics(text: str) -> Snapshot | None:
-    """The gauges we show, from Prometheus text; None until the trainer has published a step count."""
+    """The gauges we show, from Prometheus text; None until the trainer has done a step.
+
+    The trainer leaves a gauge it does not know yet at NaN."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    from kubespeed_trainer.metrics import GAUGES
+
+    fields = {GAUGES[key][0]: name for key, name in SHOWN.items()}
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name in GAUGES:
-                values[GAUGES[sample.name]] = sample.value
+            if sample.name in fields and not math.isnan(sample.value):
+                values[fields[sample.name]] = sample.value
     if "step" not in values or "total" not in values:
         return None
     return Snapshot(
-        step=int(values["step"]),
-        total=int(values["total"]),
-        loss=values.get("loss"),
-        tokens_per_second=values.get("tokens_per_second"),
-        eta_seconds=values.get("eta_seconds"),
+        step=int(values.pop("step")),
+        total=int(values.pop("total")),
+        **values,
     )
 
 
@@ -68,27 +66,24 @@ def scrape(port: int, timeout: float = 0.5) -> Snapshot | None:
 class StepClock:
     """When steps happened in this run: time to the first step, and steps per second after it.
 
-    A resumed run starts at the checkpoint's step, so "first step" is the first time
-    the step count moves past where this run found it.
+    A resumed run starts at its checkpoint's step (`start_step`), so its first step
+    is the first time the step count moves past that.
     """
 
+    start_step: int = 0
     started: float = field(default_factory=time.monotonic)
-    start_step: int | None = None
     first_step_at: float | None = None
     first_step: int | None = None
     last_step_at: float | None = None
     last_step: int | None = None
 
     def observe(self, step: int, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        if self.start_step is None:
-            self.start_step = step
-        if step <= self.start_step:
+        if step <= self.start_step or step == self.last_step:
             return
+        now = time.monotonic() if now is None else now
         if self.first_step_at is None:
             self.first_step_at, self.first_step = now, step
-        if step != self.last_step:
-            self.last_step_at, self.last_step = now, step
+        self.last_step_at, self.last_step = now, step
 
     @property
     def seconds_to_first_step(self) -> float | None:
@@ -101,8 +96,9 @@ class StepClock:
         return (self.last_step - self.first_step) / (self.last_step_at - self.first_step_at)
 
 
-def describe(s: Snapshot) -> str:
-    parts = [f"step {s.step}/{s.total}"]
+def details(s: Snapshot) -> str:
+    """Loss, throughput and ETA, as far as the trainer has published them."""
+    parts = []
     if s.loss is not None:
         parts.append(f"loss {s.loss:.4f}")
     if s.tokens_per_second is not None:
@@ -110,6 +106,10 @@ def describe(s: Snapshot) -> str:
     if s.eta_seconds is not None:
         parts.append(f"eta {format_seconds(s.eta_seconds)}")
     return "  ".join(parts)
+
+
+def describe(s: Snapshot) -> str:
+    return "  ".join(filter(None, [f"step {s.step}/{s.total}", details(s)]))
 
 
 def format_seconds(seconds: float) -> str:
@@ -153,8 +153,7 @@ class BarProgress:
         self.progress.start()
 
     def update(self, s: Snapshot) -> None:
-        detail = describe(s).split("  ", 1)[1] if s.loss is not None else ""
-        self.progress.update(self.task, completed=s.step, total=s.total, detail=detail)
+        self.progress.update(self.task, completed=s.step, total=s.total, detail=details(s))
 
     def close(self) -> None:
         self.progress.stop()

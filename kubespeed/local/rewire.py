@@ -35,10 +35,6 @@ class RunFolder:
         return self.root / "logs"
 
     @property
-    def metrics(self) -> Path:
-        return self.checkpoints / "metrics.jsonl"
-
-    @property
     def summary(self) -> Path:
         return self.root / "summary.json"
 

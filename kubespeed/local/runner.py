@@ -79,8 +79,9 @@ def stop_gang(procs: list[subprocess.Popen], grace_seconds: float, interrupt: In
 @dataclass(frozen=True)
 class AttemptResult:
     exit_code: int
-    failed_pod: str | None
     interrupted: bool
+    failed_pod: str | None = None
+    failed_rank: int | None = None
 
 
 def run_gang(
@@ -90,23 +91,25 @@ def run_gang(
     interrupt: Interrupt,
     on_tick: Callable[[], None],
 ) -> AttemptResult:
-    """Run one attempt: all pods succeed, or the first failure (or Ctrl-C) stops the whole gang."""
+    """Run one attempt: all pods succeed, or the first failure (or Ctrl-C) stops the whole gang.
+
+    `pods` are in node-rank order."""
     procs = [start_pod(pod, attempt) for pod in pods]
     try:
         while True:
             on_tick()
             if interrupt.count:
                 stop_gang(procs, grace_seconds, interrupt)
-                return AttemptResult(exit_code(procs[0].returncode), None, interrupted=True)
+                return AttemptResult(exit_code(procs[0].returncode), interrupted=True)
             codes = [p.poll() for p in procs]
-            failed = [(pod, exit_code(c)) for pod, c in zip(pods, codes) if c not in (None, 0)]
+            failed = [(rank, exit_code(c)) for rank, c in enumerate(codes) if c not in (None, 0)]
             if failed:
                 stop_gang(procs, grace_seconds, interrupt)
-                pod, code = failed[0]
-                return AttemptResult(code, pod.name, interrupted=False)
+                rank, code = failed[0]
+                return AttemptResult(code, interrupted=False, failed_pod=pods[rank].name, failed_rank=rank)
             if all(c == 0 for c in codes):
                 stop_gang(procs, 0, interrupt)
-                return AttemptResult(0, None, interrupted=False)
+                return AttemptResult(0, interrupted=False)
             time.sleep(POLL_SECONDS)
     finally:
         for proc in procs:

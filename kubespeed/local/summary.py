@@ -1,28 +1,12 @@
-"""What a run did, from its metrics.jsonl and the step clock: summary.json and the lines printed at the end."""
+"""What a run did, from the trainer's metrics.jsonl and the step clock: summary.json and the lines printed at the end."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from kubespeed.local.progress import format_seconds
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The JSON lines the trainer wrote; a line cut short by a kill is skipped."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            records.append(record)
-    return records
 
 
 def history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -57,15 +41,14 @@ def build_summary(
     loss_plot: Path | None,
 ) -> dict[str, Any]:
     steps = history(records)
-    eval_loss = _last(steps, "eval_loss")
     return {
         "job": job,
         "outcome": outcome,
         "step": steps[-1]["step"] if steps else 0,
         "first_loss": _first(steps, "loss"),
         "final_loss": _last(steps, "loss"),
-        "eval_loss": eval_loss,
-        "eval_perplexity": _last(steps, "eval_perplexity") or (math.exp(eval_loss) if eval_loss is not None else None),
+        "eval_loss": _last(steps, "evalLoss"),
+        "eval_perplexity": _last(steps, "evalPerplexity"),
         "wall_seconds": round(wall_seconds, 2),
         "seconds_to_first_step": None if seconds_to_first_step is None else round(seconds_to_first_step, 2),
         "steps_per_second": None if steps_per_second is None else round(steps_per_second, 3),

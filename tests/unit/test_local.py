@@ -19,6 +19,7 @@ from kubespeed.local import command, progress, rewire, runner, summary
 from kubespeed.local.overrides import apply_overrides
 from kubespeed.local.plot import plot_loss
 from kubespeed.spec import SpecError, load_job, parse_job_spec
+from kubespeed_trainer.metrics import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
@@ -155,24 +156,6 @@ def test_config_files_are_written_as_the_kubelet_projects_them(tmp_path):
     assert sorted(p.name for p in folder.config.iterdir()) == sorted(config_map["data"])
 
 
-# ---------------------------------------------------------------- restarts
-
-
-@pytest.mark.parametrize(
-    "name, code, policy, restarts, limit, want",
-    [
-        ("retryable code restarts", wiring.EXIT_RETRYABLE.code, "ExitCode", 0, 3, True),
-        ("crash restarts", 137, "ExitCode", 0, 3, True),
-        ("config error does not", wiring.EXIT_CONFIG_ERROR.code, "ExitCode", 0, 3, False),
-        ("OnFailure restarts a config error", wiring.EXIT_CONFIG_ERROR.code, "OnFailure", 0, 3, True),
-        ("Never never restarts", wiring.EXIT_RETRYABLE.code, "Never", 0, 3, False),
-        ("backoff limit reached", wiring.EXIT_RETRYABLE.code, "ExitCode", 3, 3, False),
-    ],
-)
-def test_gang_restart_rule(name, code, policy, restarts, limit, want):
-    assert command.should_restart(code, policy, restarts, limit) is want, name
-
-
 # ---------------------------------------------------------------- process groups
 
 
@@ -252,8 +235,8 @@ def test_progress_is_nothing_before_the_first_step_count():
 
 
 def test_step_clock_counts_from_where_a_resumed_run_starts():
-    clock = progress.StepClock(started=100.0)
-    for step, now in [(50, 101.0), (50, 104.0), (51, 105.0), (55, 107.0), (61, 110.0)]:
+    clock = progress.StepClock(start_step=50, started=100.0)
+    for step, now in [(50, 101.0), (50, 104.0), (51, 105.0), (55, 107.0), (61, 110.0), (61, 111.0)]:
         clock.observe(step, now)
     assert clock.seconds_to_first_step == 5.0
     assert clock.steps_per_second == 2.0
@@ -270,23 +253,23 @@ def test_plain_progress_prints_one_line_per_log_interval(capsys):
 
 
 def synthetic_metrics(path: Path) -> None:
-    lines = [{"step": s, "loss": 4.0 - s / 10} for s in range(10, 40, 10)]
-    lines.append({"step": 30, "eval_loss": 3.2})
-    lines += [{"step": s, "loss": 3.0 - s / 100} for s in (30, 40)]  # a resumed run logs step 30 again
+    lines = [{"kind": "train", "step": s, "loss": 4.0 - s / 10} for s in range(10, 40, 10)]
+    lines.append({"kind": "eval", "step": 30, "evalLoss": 3.2, "evalPerplexity": 24.53})
+    lines += [{"kind": "train", "step": s, "loss": 3.0 - s / 100} for s in (30, 40)]  # a resumed run logs step 30 again
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(json.dumps(r) for r in lines) + '\n{"step": 50, "lo')
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
 
 
 def test_summary_follows_the_run_the_weights_came_from(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     synthetic_metrics(metrics)
-    records = summary.read_metrics(metrics)
+    records = read_jsonl(metrics)
     assert [r["step"] for r in summary.history(records)] == [10, 20, 30, 40]
     s = summary.build_summary(job="demo", outcome="succeeded", records=records, wall_seconds=12.345,
                               seconds_to_first_step=3.21, steps_per_second=2.5, restarts=1,
                               checkpoint=None, export=None, sample_command=None, loss_plot=None)
     assert (s["step"], s["first_loss"], s["final_loss"], s["eval_loss"]) == (40, 3.0, 2.6, 3.2)
-    assert s["eval_perplexity"] == pytest.approx(24.53, abs=0.01)
+    assert s["eval_perplexity"] == 24.53
     summary.write_summary(s, tmp_path / "summary.json")
     assert json.loads((tmp_path / "summary.json").read_text()) == s
     text = summary.format_summary(s)
@@ -296,7 +279,7 @@ def test_summary_follows_the_run_the_weights_came_from(tmp_path):
 def test_loss_plot_is_a_png(tmp_path):
     synthetic_metrics(tmp_path / "metrics.jsonl")
     png = tmp_path / "loss.png"
-    assert plot_loss(summary.history(summary.read_metrics(tmp_path / "metrics.jsonl")), png, "demo")
+    assert plot_loss(summary.history(read_jsonl(tmp_path / "metrics.jsonl")), png, "demo")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plot_loss([], tmp_path / "none.png", "empty") and not (tmp_path / "none.png").exists()
 
