@@ -50,7 +50,9 @@ class Operator:
 
     def pod_seen(self, namespace: str, job: str, index: Any) -> None:
         self._use_index(index)
-        self.workers.wake(namespace, job)
+        # Pods of a deleted job (going with it) wake nothing; the job's own event starts its task.
+        if (namespace, job) in self.metrics.jobs.phases:
+            self.workers.wake(namespace, job)
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget_job(namespace, name)
@@ -66,6 +68,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE"),
                         help="namespace of the leader-election Lease (default: $POD_NAMESPACE, else the first --namespace, else kubespeed-system)")
     parser.add_argument("--lease-name", default="kubespeed-operator", help="name of the leader-election Lease")
+    parser.add_argument("--lease-seconds", type=int, default=15, help="how long a silent leader keeps the Lease")
     parser.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}", help="this replica's name in the Lease")
     parser.add_argument("--metrics-port", type=int, default=wiring.OPERATOR_METRICS_PORT, help="Prometheus /metrics port (0: off)")
     parser.add_argument("--health-port", type=int, default=wiring.OPERATOR_HEALTH_PORT, help="liveness /healthz port (0: off)")
@@ -90,7 +93,7 @@ async def run(args: argparse.Namespace) -> int:
     metrics = OperatorMetrics()
     async with Kube(load_credentials(), on_request=metrics.count_request) as kube, aiohttp.ClientSession() as http:
         servers = await metrics.serve(args.metrics_port, args.health_port)
-        lease = Lease(kube, args.lease_namespace, args.lease_name, args.identity)
+        lease = Lease(kube, args.lease_namespace, args.lease_name, args.identity, args.lease_seconds)
         acquiring = asyncio.create_task(lease.acquire())
         await asyncio.wait({acquiring, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
         if stop.is_set():
@@ -135,4 +138,10 @@ def main(argv: list[str]) -> int:
     )
     # kopf logs every event at INFO; the operator's own lines say what matters.
     logging.getLogger("kopf").setLevel(logging.WARNING)
-    return asyncio.run(run(args))
+    from kubernetes.config import ConfigException
+
+    try:
+        return asyncio.run(run(args))
+    except ConfigException as err:
+        print(f"kubespeed operator: no cluster credentials (in-cluster or kubeconfig): {err}", file=sys.stderr)
+        return 2

@@ -41,6 +41,8 @@ def _blocker_for(err: ApiError, what: str) -> Blocker:
         return Blocker("InvalidSpec", f"the API server refused {what}: {err.message}; fix the spec", permanent=True)
     if err.status == 403 and "exceeded quota" in err.message:
         return Blocker("QuotaExceeded", f"{what}: {err.message}; raise the namespace's ResourceQuota or wait")
+    if err.status == 403 and "service account" in err.message:
+        return Blocker("ServiceAccountNotFound", f"{what}: {err.message}; create it or fix spec.serviceAccountName")
     if err.status == 404:
         return Blocker("APINotInstalled", f"{what}: the API it needs is not installed ({err.message})")
     return Blocker(err.reason or "CreateFailed", f"{what}: {err.message}")

@@ -1,0 +1,203 @@
+"""How the operator scales: N jobs of M nodes created at once on a real control plane, then deleted.
+
+    python bench/operator_scale.py                  # 200 jobs x 4 nodes
+    python bench/operator_scale.py --jobs 50 --nodes 2
+
+Starts its own control plane (kubespeed/devcluster) with fake GPU nodes, installs
+the CRD and the shipped RBAC, runs `kubespeed operator` as a subprocess under its
+ServiceAccount, and plays the kubelet: every pod bound to a node is reported
+Running. Prints one JSON line: time until every pod exists (and per job p50/p99),
+time until every job is Running, the operator's API requests per job and its
+error responses, its peak RSS, and the same for deleting the jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+
+from kubespeed import wiring  # noqa: E402
+from kubespeed.devcluster.cluster import ControlPlane  # noqa: E402
+from kubespeed.spec import crd  # noqa: E402
+from kubelet import FakeKubelet  # noqa: E402
+from operator_fixture import OperatorProcess, install_operator_rbac, job_manifest, operator_kubeconfig  # noqa: E402
+
+PODS_PER_FAKE_NODE = 100
+NAMESPACE = "bench"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def requests_by_code(metrics: str) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for line in metrics.splitlines():
+        match = re.match(r'kubespeed_operator_api_requests_total\{code="(\d+)",verb="(\w+)"\} (\S+)', line)
+        if match:
+            counts[f"{match.group(2)} {match.group(1)}"] = counts.get(f"{match.group(2)} {match.group(1)}", 0) + float(match.group(3))
+    return counts
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Observer:
+    """Watches pods and jobs as admin: when each job's pods all exist, when each job is Running;
+    reports every bound pod Running (the kubelet's part)."""
+
+    def __init__(self, control_plane: ControlPlane, kubelet: FakeKubelet, nodes: int):
+        from kubernetes import client
+
+        self.core = client.CoreV1Api(control_plane.api_client())
+        self.custom = client.CustomObjectsApi(control_plane.api_client())
+        self.kubelet = kubelet
+        self.nodes = nodes
+        self.pods_seen: dict[str, set[str]] = {}
+        self.all_pods_at: dict[str, float] = {}
+        self.running_at: dict[str, float] = {}
+        self.started: set[str] = set()
+        self.pool = ThreadPoolExecutor(8)
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._watch_pods, daemon=True), threading.Thread(target=self._watch_jobs, daemon=True)]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def _watch_pods(self) -> None:
+        from kubernetes import watch
+
+        while not self.stop.is_set():
+            for event in watch.Watch().stream(self.core.list_namespaced_pod, NAMESPACE, timeout_seconds=5):
+                pod = event["object"]
+                job = pod.metadata.labels.get(wiring.JOB_LABEL)
+                if event["type"] == "DELETED" or job is None:
+                    continue
+                seen = self.pods_seen.setdefault(job, set())
+                seen.add(pod.metadata.name)
+                if len(seen) == self.nodes and job not in self.all_pods_at:
+                    self.all_pods_at[job] = time.monotonic()
+                if pod.spec.node_name and pod.status.phase == "Pending" and pod.metadata.uid not in self.started and not pod.metadata.deletion_timestamp:
+                    self.started.add(pod.metadata.uid)
+                    self.pool.submit(self.kubelet.run, NAMESPACE, pod.metadata.name)
+
+    def _watch_jobs(self) -> None:
+        from kubernetes import watch
+
+        while not self.stop.is_set():
+            stream = watch.Watch().stream(
+                self.custom.list_namespaced_custom_object, wiring.API_GROUP, wiring.API_VERSION, NAMESPACE, wiring.PLURAL, timeout_seconds=5
+            )
+            for event in stream:
+                job = event["object"]
+                if (job.get("status") or {}).get("phase") == "Running":
+                    self.running_at.setdefault(job["metadata"]["name"], time.monotonic())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--nodes", type=int, default=4, help="pods per job")
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args(argv)
+    from kubernetes import client
+
+    with ControlPlane() as cp, tempfile.TemporaryDirectory(prefix="kubespeed-bench-") as folder:
+        total_pods = args.jobs * args.nodes
+        cp.add_gpu_nodes(math.ceil(total_pods / PODS_PER_FAKE_NODE), gpus=PODS_PER_FAKE_NODE)
+        crd.install(cp.api_client())
+        install_operator_rbac(cp)
+        core = client.CoreV1Api(cp.api_client())
+        core.create_namespace({"metadata": {"name": NAMESPACE}})
+        while True:
+            try:
+                core.read_namespaced_service_account("default", NAMESPACE)
+                break
+            except client.exceptions.ApiException:
+                time.sleep(0.2)
+        operator = OperatorProcess(operator_kubeconfig(cp, Path(folder)), Path(folder), extra_args=["--resync", "300", "--progress-interval", "60"])
+        operator.start()
+        kubelet = FakeKubelet(cp.api_client(), interval=0.5).start()
+        observer = Observer(cp, kubelet, args.nodes)
+        observer.start()
+        custom = client.CustomObjectsApi(cp.api_client())
+        names = [f"job-{i:04d}" for i in range(args.jobs)]
+        created_at: dict[str, float] = {}
+        before = requests_by_code(operator.metrics())
+
+        def create(name: str) -> None:
+            manifest = job_manifest(name, nodes=args.nodes, training={"steps": 10, "globalBatchSize": 4 * args.nodes, "microBatchSize": 4})
+            created_at[name] = time.monotonic()
+            custom.create_namespaced_custom_object(wiring.API_GROUP, wiring.API_VERSION, NAMESPACE, wiring.PLURAL, manifest)
+
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(create, names))
+        deadline = t0 + args.timeout
+        while time.monotonic() < deadline and (len(observer.all_pods_at) < args.jobs or len(observer.running_at) < args.jobs):
+            time.sleep(0.2)
+        per_job = [observer.all_pods_at[n] - created_at[n] for n in names if n in observer.all_pods_at]
+        create_requests = requests_by_code(operator.metrics())
+        create_delta = {k: v - before.get(k, 0) for k, v in create_requests.items()}
+
+        t1 = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda n: custom.delete_namespaced_custom_object(wiring.API_GROUP, wiring.API_VERSION, NAMESPACE, wiring.PLURAL, n), names))
+        while time.monotonic() < t1 + args.timeout:
+            jobs_left = custom.list_namespaced_custom_object(wiring.API_GROUP, wiring.API_VERSION, NAMESPACE, wiring.PLURAL, limit=1)["items"]
+            pods_left = core.list_namespaced_pod(NAMESPACE, limit=1).items
+            if not jobs_left and not pods_left:
+                break
+            time.sleep(0.5)
+        deleted_s = time.monotonic() - t1
+        delete_requests = requests_by_code(operator.metrics())
+        delete_delta = {k: v - create_requests.get(k, 0) for k, v in delete_requests.items()}
+        rss = peak_rss_mb(operator.process.pid)
+        observer.stop.set()
+        kubelet.stop()
+        operator.stop()
+
+        def errors(counts: dict[str, float]) -> dict[str, float]:
+            return {k: v for k, v in counts.items() if int(k.split()[1]) >= 400 and v}
+
+        result = {
+            "jobs": args.jobs,
+            "nodes_per_job": args.nodes,
+            "all_pods_exist_s": round(max(observer.all_pods_at.values()) - t0, 2) if len(per_job) == args.jobs else None,
+            "pods_exist_per_job_p50_s": round(statistics.median(per_job), 2) if per_job else None,
+            "pods_exist_per_job_p99_s": round(percentile(per_job, 0.99), 2) if per_job else None,
+            "all_jobs_running_s": round(max(observer.running_at.values()) - t0, 2) if len(observer.running_at) == args.jobs else None,
+            "jobs_running": len(observer.running_at),
+            "api_requests_per_job_create": round(sum(create_delta.values()) / args.jobs, 1),
+            "api_errors_create": errors(create_delta),
+            "delete_all_s": round(deleted_s, 2),
+            "api_requests_per_job_delete": round(sum(delete_delta.values()) / args.jobs, 1),
+            "api_errors_delete": errors(delete_delta),
+            "operator_peak_rss_mb": round(rss, 1),
+            "operator_log_tracebacks": operator.log().count("Traceback"),
+        }
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""The operator as the tests run it: a real `kubespeed operator` process under the shipped RBAC.
+
+    def test_x(operator, namespace): ...        # one operator for the session, --all-namespaces
+
+`manifests/rbac` is applied with `kubectl apply -k` (as a user would), and the
+process authenticates with a token of the `kubespeed-operator` ServiceAccount
+from the TokenRequest API, so every request it makes is authorised by exactly
+the rules that ship: a missing rule shows as a 403 in its log, which
+`assert_clean_log` checks with "no Traceback". tests/e2e imports this module too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubespeed.devcluster.cluster import ControlPlane
+from kubespeed.devcluster.processes import free_port
+from kubespeed.spec import crd
+
+REPO = Path(__file__).resolve().parents[2]
+RBAC_DIR = REPO / "manifests" / "rbac"
+OPERATOR_NAMESPACE = "kubespeed-system"
+OPERATOR_ACCOUNT = "kubespeed-operator"
+TOKEN_SECONDS = 4 * 3600
+RBAC_DENIAL = f'User "system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}" cannot'
+
+
+def install_operator_rbac(control_plane: ControlPlane) -> None:
+    """The namespace, then `kubectl apply -k manifests/rbac`."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core = client.CoreV1Api(control_plane.api_client())
+    try:
+        core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
+    except ApiException as error:
+        if error.status != 409:
+            raise
+    subprocess.run(["kubectl", "apply", "-k", str(RBAC_DIR)], env=control_plane.env(), check=True, capture_output=True, text=True)
+
+
+def operator_kubeconfig(control_plane: ControlPlane, folder: Path) -> Path:
+    """A kubeconfig whose only credential is a bound token of the operator's ServiceAccount."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(control_plane.api_client())
+    request = core.create_namespaced_service_account_token(
+        OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, {"spec": {"expirationSeconds": TOKEN_SECONDS}}
+    )
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "kubespeed", "cluster": {"server": control_plane.server, "certificate-authority": str(control_plane.pki.ca.cert)}}],
+        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": request.status.token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "kubespeed", "user": OPERATOR_ACCOUNT}}],
+        "current-context": "operator",
+    }
+    path = folder / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+class OperatorProcess:
+    """`python -m kubespeed.cli operator ...` with its log in a file; started, killed and restarted by tests."""
+
+    def __init__(self, kubeconfig: Path, folder: Path, extra_args: list[str] | None = None, identity: str = "test-operator"):
+        self.kubeconfig = kubeconfig
+        self.folder = folder
+        self.identity = identity
+        self.extra_args = extra_args or []
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.log_path = folder / f"operator-{identity}.log"
+        self.process: subprocess.Popen | None = None
+
+    def args(self) -> list[str]:
+        return [
+            sys.executable, "-m", "kubespeed.cli", "operator", "--all-namespaces",
+            "--lease-namespace", OPERATOR_NAMESPACE, "--identity", self.identity,
+            "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
+            # Tests drive pods by the second: quick progress reads and timer reconciles.
+            "--progress-interval", "1", "--resync", "5",
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self, wait_for_lease: bool = True, timeout: float = 60.0) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env.pop("POD_NAMESPACE", None)
+        log = open(self.log_path, "a")
+        log.write(f"\n===== start {time.strftime('%H:%M:%S')}\n")
+        log.flush()
+        self.process = subprocess.Popen(self.args(), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        marker = "leading: Lease" if wait_for_lease else "/healthz"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the operator exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            if wait_for_lease and self.log().rfind(marker) > self.log().rfind("===== start"):
+                return
+            if not wait_for_lease and self.healthy():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"the operator did not start within {timeout}s:\n{self.log()[-3000:]}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no Lease release, as when a node dies."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def assert_clean_log(self) -> None:
+        """No traceback and no request the shipped RBAC refused."""
+        text = self.log()
+        assert "Traceback" not in text, f"the operator logged a traceback:\n{text[-5000:]}"
+        assert RBAC_DENIAL not in text, f"the shipped RBAC refused the operator something:\n{text[-5000:]}"
+
+
+@pytest.fixture(scope="session")
+def operator_setup(control_plane: ControlPlane) -> Iterator[tuple[Path, Path]]:
+    """CRD and RBAC installed, a token kubeconfig written: (kubeconfig, folder for logs)."""
+    crd.install(control_plane.api_client())
+    install_operator_rbac(control_plane)
+    with tempfile.TemporaryDirectory(prefix="kubespeed-operator-") as folder:
+        yield operator_kubeconfig(control_plane, Path(folder)), Path(folder)
+
+
+@pytest.fixture(scope="session")
+def operator(operator_setup: tuple[Path, Path], gpu_nodes: list[str]) -> Iterator[OperatorProcess]:
+    """One operator for the session, watching every namespace; tests may kill and restart it."""
+    kubeconfig, folder = operator_setup
+    process = OperatorProcess(kubeconfig, folder)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def job_manifest(name: str, **spec: Any) -> dict[str, Any]:
+    """A small LMTrainingJob: `spec` overrides a CPU-free default (gpu true, 2 nodes)."""
+    from kubespeed import wiring
+
+    body: dict[str, Any] = {
+        "image": "ghcr.io/kubespeed/kubespeed-trainer:0.1.0",
+        "nodes": 2,
+        "data": {"train": "builtin:tiny"},
+        "training": {"steps": 10, "globalBatchSize": 8, "microBatchSize": 4},
+    }
+    body.update(spec)
+    return {"apiVersion": f"{wiring.API_GROUP}/{wiring.API_VERSION}", "kind": wiring.KIND, "metadata": {"name": name}, "spec": body}
+
+
+@pytest.fixture(scope="session")
+def kubelet(control_plane: ControlPlane) -> Iterator[Any]:
+    """Pod status driven by the tests as a kubelet would report it (kubelet.py)."""
+    from kubelet import FakeKubelet
+
+    fake = FakeKubelet(control_plane.api_client()).start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def wait_for(check: Any, what: str, timeout: float = 60.0, interval: float = 0.2) -> Any:
+    """Poll `check()` until it returns something truthy; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last saw {last!r}")
+
+
+class JobClient:
+    """LMTrainingJobs, their pods and Events in one namespace, as a user (cluster admin) sees them."""
+
+    def __init__(self, control_plane: ControlPlane, namespace: str):
+        from kubernetes import client
+
+        from kubespeed import wiring
+
+        self.api = control_plane.api_client()
+        self.core = client.CoreV1Api(self.api)
+        self.networking = client.NetworkingV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.namespace = namespace
+        self.group = (wiring.API_GROUP, wiring.API_VERSION)
+        self.plural = wiring.PLURAL
+
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(*self.group, self.namespace, self.plural, manifest)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.custom.get_namespaced_custom_object(*self.group, self.namespace, self.plural, name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.patch_namespaced_custom_object(*self.group, self.namespace, self.plural, name, {"spec": spec})
+
+    def status(self, name: str) -> dict[str, Any]:
+        return (self.get(name) or {}).get("status") or {}
+
+    def condition(self, name: str, ctype: str) -> dict[str, Any] | None:
+        return next((c for c in self.status(name).get("conditions") or [] if c["type"] == ctype), None)
+
+    def pods(self, name: str) -> list[Any]:
+        from kubespeed import wiring
+
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"{wiring.JOB_LABEL}={name}").items
+        return sorted(pods, key=lambda p: p.metadata.name)
+
+    def events(self, name: str) -> list[tuple[str, str, str]]:
+        events = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
+        return [(e.type, e.reason, e.message) for e in sorted(events, key=lambda e: e.metadata.creation_timestamp)]
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 60.0) -> dict[str, Any]:
+        return wait_for(lambda: (self.status(name).get("phase") == phase) and self.status(name), f"{name} to be {phase}", timeout)
+
+    def wait_pods(self, name: str, count: int, attempt: int, bound: bool = True, timeout: float = 60.0) -> list[Any]:
+        """Exactly `count` live pods of the job, all of `attempt` (and bound to a node)."""
+        from kubespeed import wiring
+
+        def ready() -> list[Any] | None:
+            pods = [p for p in self.pods(name) if p.metadata.deletion_timestamp is None]
+            ok = len(pods) == count and all(p.metadata.labels[wiring.ATTEMPT_LABEL] == str(attempt) for p in pods)
+            ok = ok and (not bound or all(p.spec.node_name for p in pods))
+            return pods if ok else None
+
+        return wait_for(ready, f"{count} pods of {name} attempt {attempt}", timeout)
+
+
+def run_all(lmtj: JobClient, kubelet: Any, name: str, attempt: int, nodes: int = 2) -> list[Any]:
+    """Wait for the attempt's pods to be bound, report them all Running, wait for the job to be Running."""
+    pods = lmtj.wait_pods(name, nodes, attempt)
+    for pod in pods:
+        kubelet.run(lmtj.namespace, pod.metadata.name)
+    lmtj.wait_phase(name, "Running")
+    return pods
+
+
+@pytest.fixture
+def lmtj(control_plane: ControlPlane, namespace: str, operator: OperatorProcess, kubelet: Any) -> Iterator[JobClient]:
+    """Jobs in the test's namespace, with the session's operator running; its log stays clean."""
+    yield JobClient(control_plane, namespace)
+    if operator.process is not None and operator.process.poll() is None:
+        operator.assert_clean_log()

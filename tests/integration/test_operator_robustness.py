@@ -1,0 +1,82 @@
+"""The operator survives itself: killed mid-creation, restarted mid-run, a second replica, its metrics."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from kubespeed import wiring
+from operator_fixture import OperatorProcess, job_manifest, run_all, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _ranks(lmtj, name):
+    return sorted(int(p.metadata.labels[wiring.NODE_RANK_LABEL]) for p in lmtj.pods(name))
+
+
+def test_killed_between_pod_0_and_pod_1_a_restart_makes_exactly_one_pod_per_rank(lmtj, kubelet, operator):
+    # A quota of one pod stops the operator right after it created pod 0, deterministically.
+    quota = {"metadata": {"name": "one-pod"}, "spec": {"hard": {"pods": "1"}}}
+    lmtj.core.create_namespaced_resource_quota(lmtj.namespace, quota)
+    wait_for(lambda: (lmtj.core.read_namespaced_resource_quota("one-pod", lmtj.namespace).status.hard or {}).get("pods"), "the quota to be counted")
+    lmtj.create(job_manifest("crash", nodes=2))
+    created = wait_for(lambda: (c := lmtj.condition("crash", "Created")) and c["reason"] == "QuotaExceeded" and c, "QuotaExceeded")
+    assert "quota" in created["message"]
+    assert _ranks(lmtj, "crash") == [0]
+
+    operator.kill()
+    lmtj.core.patch_namespaced_resource_quota("one-pod", lmtj.namespace, {"spec": {"hard": {"pods": "10"}}})
+    wait_for(lambda: lmtj.core.read_namespaced_resource_quota("one-pod", lmtj.namespace).status.hard["pods"] == "10", "the quota to be raised")
+    operator.start()
+
+    pods = lmtj.wait_pods("crash", 2, attempt=1)
+    assert _ranks(lmtj, "crash") == [0, 1]
+    run_all(lmtj, kubelet, "crash", attempt=1)
+    assert [p.metadata.uid for p in lmtj.pods("crash")] == [p.metadata.uid for p in pods]
+
+
+def test_a_restart_mid_run_converges_to_the_same_state(lmtj, kubelet, operator):
+    lmtj.create(job_manifest("steady"))
+    pods = run_all(lmtj, kubelet, "steady", attempt=1)
+    before = lmtj.status("steady")
+    operator.kill()
+    kubelet.exit(lmtj.namespace, "steady-0", 0)
+    kubelet.exit(lmtj.namespace, "steady-1", 0)
+    operator.start()
+    status = lmtj.wait_phase("steady", "Succeeded")
+    assert (status["attempt"], status["restarts"], status["startTime"]) == (1, 0, before["startTime"])
+    assert [p.metadata.uid for p in lmtj.pods("steady")] == [p.metadata.uid for p in pods]
+
+
+def test_a_second_replica_waits_for_the_lease_and_takes_over_when_the_leader_dies(lmtj, kubelet, operator, operator_setup):
+    kubeconfig, folder = operator_setup
+    standby = OperatorProcess(kubeconfig, folder, identity="standby-operator")
+    standby.start(wait_for_lease=False)
+    try:
+        time.sleep(2)
+        assert "waiting for Lease" in standby.log() and "leading" not in standby.log()
+        assert 'verb="POST"' not in standby.metrics()
+
+        operator.kill()
+        wait_for(lambda: "leading: Lease" in standby.log(), "the standby to take the Lease", timeout=40)
+        lmtj.create(job_manifest("handover"))
+        run_all(lmtj, kubelet, "handover", attempt=1)
+        standby.assert_clean_log()
+    finally:
+        standby.stop()
+        operator.start()
+
+
+def test_operator_metrics_show_jobs_by_phase_reconciles_and_restarts(lmtj, kubelet, operator):
+    lmtj.create(job_manifest("counted", runPolicy={"backoffLimit": 1}))
+    run_all(lmtj, kubelet, "counted", attempt=1)
+    kubelet.exit(lmtj.namespace, "counted-0", 1)
+    run_all(lmtj, kubelet, "counted", attempt=2)
+    text = operator.metrics()
+    assert 'kubespeed_operator_jobs{phase="Running"}' in text
+    assert "kubespeed_operator_reconcile_duration_seconds_count" in text
+    restarts = [line for line in text.splitlines() if line.startswith("kubespeed_operator_gang_restarts_total")]
+    assert restarts and float(restarts[0].split()[-1]) >= 1
+    assert operator.healthy()
