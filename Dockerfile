@@ -1,0 +1,95 @@
+# kubespeed images, one file, two targets:
+#
+#   docker build --target operator -t kubespeed-operator .   # kopf operator, no torch
+#   docker build --target trainer  -t kubespeed-trainer  .   # DeepSpeed trainer, entrypoint `kubespeed launch`
+#
+# The paths, user and entrypoint below are the ones kubespeed/wiring.py writes into
+# pods; tests/unit/test_ship.py fails when the two disagree.
+
+# ---------------------------------------------------------------- operator
+
+FROM python:3.11-slim-bookworm AS operator-build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/kubespeed
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY kubespeed ./kubespeed
+COPY operator ./operator
+COPY trainer ./trainer
+# Only the operator extra: kopf and the Kubernetes client, never torch. The
+# versions are the exact pins in pyproject.toml, which hadolint does not read.
+# hadolint ignore=DL3013
+RUN /opt/kubespeed/bin/pip install ".[operator]"
+
+FROM python:3.11-slim-bookworm AS operator
+COPY --from=operator-build /opt/kubespeed /opt/kubespeed
+# The Deployment mounts the root filesystem read-only: no bytecode is written at
+# run time (pip compiled it at install) and Python's stdout is not buffered.
+ENV PATH=/opt/kubespeed/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# 65532 is the conventional "nonroot" id; numeric so that runAsNonRoot can be verified.
+USER 65532:65532
+EXPOSE 8080 8081
+ENTRYPOINT ["kubespeed", "operator"]
+
+# ---------------------------------------------------------------- trainer
+
+# torch 2.13.0's wheel on PyPI is built for CUDA 13.0 (it pulls the CUDA 13 runtime,
+# cuBLAS, cuDNN and NCCL as nvidia-* wheels). DeepSpeed compiles its ops with nvcc
+# against that torch and requires the same CUDA major.minor, so the build stage is
+# the CUDA 13.0 devel image; the final stage needs no compiler and takes the small
+# CUDA base image, which carries the NVIDIA container toolkit settings.
+# Ubuntu 24.04 ships Python 3.12 (kubespeed needs >= 3.11).
+FROM nvidia/cuda:13.0.2-devel-ubuntu24.04 AS trainer-build
+ARG TORCH_VERSION=2.13.0
+ARG DEEPSPEED_VERSION=0.19.8
+# Volta and older are gone in CUDA 13; Ampere, Ada, Hopper, Blackwell, and PTX for what comes next.
+ARG TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.12 python3.12-dev python3.12-venv g++ \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3.12 -m venv /opt/kubespeed
+ENV PATH=/opt/kubespeed/bin:$PATH
+# torch, DeepSpeed and the rest are separate layers: a code change rebuilds only the last.
+# hadolint ignore=DL3059
+RUN pip install "torch==${TORCH_VERSION}"
+# Prebuilt ops, so no pod compiles at start-up and the image needs no nvcc:
+# FusedAdam for the GPU optimizer, CPUAdam for ZeRO-Offload of optimizer state.
+# --no-build-isolation lets DeepSpeed's build see the torch installed above.
+# hadolint ignore=DL3059
+RUN DS_BUILD_FUSED_ADAM=1 DS_BUILD_CPU_ADAM=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST}" \
+    pip install --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY kubespeed ./kubespeed
+COPY operator ./operator
+COPY trainer ./trainer
+# The exact pins are in pyproject.toml (torch and DeepSpeed match the ARGs above; a test checks).
+# hadolint ignore=DL3013
+RUN pip install ".[trainer]"
+
+FROM nvidia/cuda:13.0.2-base-ubuntu24.04 AS trainer
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.12 \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=trainer-build /opt/kubespeed /opt/kubespeed
+# The image's stock `ubuntu` user holds uid 1000; the trainer user takes its place.
+RUN userdel --remove ubuntu \
+    && groupadd --gid 1000 kubespeed \
+    && useradd --uid 1000 --gid 1000 --home-dir /workspace --no-create-home --shell /usr/sbin/nologin kubespeed \
+    && mkdir -p /workspace /checkpoints /data /tmp/kubespeed-cache \
+    && chown 1000:1000 /workspace /checkpoints /data /tmp/kubespeed-cache
+# Pods mount the root filesystem read-only with emptyDirs at /tmp and /workspace:
+# caches (torch extensions, Triton, Hugging Face) go under XDG_CACHE_HOME there.
+ENV PATH=/opt/kubespeed/bin:$PATH \
+    HOME=/workspace \
+    XDG_CACHE_HOME=/tmp/kubespeed-cache \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+WORKDIR /workspace
+USER 1000:1000
+EXPOSE 29500 9400
+ENTRYPOINT ["kubespeed", "launch"]
