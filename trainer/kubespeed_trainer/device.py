@@ -1,0 +1,76 @@
+"""Which device trains, which collective backend joins the ranks, and the device's peak FLOP/s.
+
+One code path for both: with a GPU, DeepSpeed's CUDA accelerator and NCCL; without
+one, DeepSpeed's CPU accelerator and gloo. DeepSpeed picks its accelerator once, at
+import, from `DS_ACCELERATOR`, so `select_accelerator` must run before anything
+imports deepspeed. On the CPU accelerator, DeepSpeed 0.19 needs nothing beyond
+itself and torch: intel_extension_for_pytorch and oneccl are optional there (the
+CPU accelerator compiles a small shared-memory op for intra-node collectives on
+first use, with the system C++ compiler, and caches it under
+`~/.cache/torch_extensions`); collectives go through torch's gloo backend.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kubespeed import wiring
+
+# Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity), in FLOP/s,
+# matched against torch.cuda.get_device_name(); the first match wins, so more
+# specific names come first. A GPU not listed reports no MFU rather than a guess.
+GPU_PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("B200", 2.25e15),
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("A10G", 70e12),
+    ("L4", 121e12),
+)
+
+
+def gpu_requested() -> bool:
+    """KUBESPEED_GPU when set ("1"/"true"/"0"/"false"), else whether torch sees a GPU."""
+    value = os.environ.get(wiring.ENV_USE_GPU, "").strip().lower()
+    if value:
+        return value in ("1", "true", "yes")
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def select_accelerator(gpu: bool) -> None:
+    """Tell DeepSpeed which accelerator to use; call before importing deepspeed."""
+    os.environ["DS_ACCELERATOR"] = "cuda" if gpu else "cpu"
+
+
+def backend(gpu: bool) -> str:
+    return "nccl" if gpu else "gloo"
+
+
+def bf16_supported(gpu: bool) -> bool:
+    """bf16 on this device: GPUs from Ampere on; the CPU always (torch emulates where AVX-512 BF16 is missing)."""
+    if not gpu:
+        return True
+    import torch
+
+    return torch.cuda.is_bf16_supported()
+
+
+def peak_flops(gpu: bool) -> float | None:
+    """Dense bf16 peak FLOP/s of one rank's GPU, or None on a CPU or an unlisted GPU (MFU is then not reported).
+
+    A CPU's peak depends on its vector units, clock and core count in ways torch
+    cannot see, so the trainer reports no MFU there instead of a nominal figure.
+    """
+    if not gpu:
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name()
+    for marker, flops in GPU_PEAK_BF16_FLOPS:
+        if marker in name:
+            return flops
+    return None

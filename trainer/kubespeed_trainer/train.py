@@ -1,0 +1,107 @@
+"""`kubespeed train CONFIG`: train one rank group from a trainer config file.
+
+The config file holds the LMTrainingJob's five training sections (`model`, `data`,
+`training`, `deepspeed`, `checkpoint`) with the same names and nesting, so a job's
+spec and a local config are one format. A minimal one:
+
+    data: {train: ../shared/data/tinyshakespeare.txt}
+    training: {steps: 200, globalBatchSize: 16, microBatchSize: 8, seqLength: 64}
+
+One process (a world of one; checkpoints go to `checkpoint.mountPath` unless told):
+
+    kubespeed train config.yaml --checkpoint-dir /tmp/run
+
+Several ranks on this machine, through torch's launcher (or `kubespeed launch`):
+
+    torchrun --nproc-per-node 2 -m kubespeed_trainer.train config.yaml --checkpoint-dir /tmp/run
+
+Several nodes: `kubespeed launch` on each (see launch.py). Rerunning the same
+command resumes from the newest complete checkpoint (`checkpoint.resume: auto`).
+
+The DeepSpeed config is resolved here from the trainer config with the same
+function the operator uses for the ConfigMap's `deepspeed.json`, so both agree;
+the resolved one is written beside the checkpoints.
+
+Exit codes (kubespeed.wiring): 0 done (or `--max-steps-this-run` steps done and
+checkpointed), 64 invalid config, 65 data or tokenizer unreadable, 143 stopped by
+SIGTERM after a complete checkpoint; a crash exits non-zero otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from kubespeed import wiring
+from kubespeed.spec import SpecError, TrainerConfig, parse_trainer_config
+
+
+def load_config(path: str) -> TrainerConfig:
+    """Parse a trainer config file; errors name the file and the field."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) or {}
+    except OSError as err:
+        raise SpecError(path, f"cannot read: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise SpecError(path, f"not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise SpecError(path, "must be a mapping with sections model, data, training, deepspeed, checkpoint")
+    return parse_trainer_config(raw, path)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kubespeed train", description="Train one rank group from a trainer config file.")
+    parser.add_argument("config", nargs="?", default=os.environ.get(wiring.ENV_TRAINER_CONFIG, wiring.TRAINER_CONFIG_PATH),
+                        help=f"trainer config (default: ${wiring.ENV_TRAINER_CONFIG} or {wiring.TRAINER_CONFIG_PATH})")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None,
+                        help=f"checkpoints, metrics and prepared data (default: ${wiring.ENV_CHECKPOINT_DIR}, else checkpoint.mountPath)")
+    parser.add_argument("--metrics-port", type=int, default=_env_int(wiring.ENV_METRICS_PORT),
+                        help=f"rank 0 serves Prometheus metrics here (default: ${wiring.ENV_METRICS_PORT}; unset: no server)")
+    parser.add_argument("--max-steps-this-run", type=int, default=None,
+                        help="stop after this many steps with a checkpoint and exit 0 (the next run resumes)")
+    parser.add_argument("--gpu", choices=("auto", "true", "false"), default="auto",
+                        help=f"train on GPUs (default: ${wiring.ENV_USE_GPU}, else whether one is visible)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except SpecError as err:
+        print(f"kubespeed train: {err}", file=sys.stderr)
+        return wiring.EXIT_CONFIG_ERROR.code
+    from kubespeed_trainer import device
+
+    if args.gpu != "auto":
+        os.environ[wiring.ENV_USE_GPU] = args.gpu
+    gpu = device.gpu_requested()
+    device.select_accelerator(gpu)
+    from kubespeed_trainer import trainer
+
+    directory = args.checkpoint_dir or Path(os.environ.get(wiring.ENV_CHECKPOINT_DIR) or config.checkpoint.mountPath)
+    options = trainer.RunOptions(checkpoint_dir=directory, metrics_port=args.metrics_port,
+                                 max_steps_this_run=args.max_steps_this_run,
+                                 attempt=_env_int(wiring.ENV_ATTEMPT) or 0, gpu=gpu)
+    try:
+        return trainer.run(config, options)
+    except SpecError as err:
+        print(f"kubespeed train: {err}", file=sys.stderr)
+        return wiring.EXIT_CONFIG_ERROR.code
+    except trainer.DataError as err:
+        print(f"kubespeed train: {err}", file=sys.stderr)
+        return wiring.EXIT_DATA_ERROR.code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

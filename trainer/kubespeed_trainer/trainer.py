@@ -1,0 +1,416 @@
+"""The training loop: one DeepSpeed engine, resumable data, checkpoints, evaluation and metrics.
+
+`run(config, options)` is what every rank executes, under a process group the
+launcher set up (env RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or,
+with none of that set, as a world of one. It returns an exit code from
+`kubespeed.wiring` (`train.py` maps exceptions to the others):
+
+- EXIT_SUCCESS: every step done, final checkpoint written (and weights exported), or
+  `max_steps_this_run` steps done and checkpointed;
+- EXIT_PREEMPTED: SIGTERM arrived; all ranks stopped at the same step boundary and
+  a complete checkpoint of that step exists.
+
+Rank 0 alone writes metrics and the files beside the checkpoints (`is_rank0`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from kubespeed import wiring
+from kubespeed.spec import TrainerConfig, to_dict
+from kubespeed_trainer import checkpoint, device, dsconfig, schedule
+from kubespeed_trainer.signals import StopRequest
+
+
+class DataError(RuntimeError):
+    """A data source or tokenizer is missing or unreadable (exit code wiring.EXIT_DATA_ERROR)."""
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    checkpoint_dir: Path
+    metrics_port: int | None = None
+    max_steps_this_run: int | None = None
+    attempt: int = 0
+    gpu: bool = False
+
+
+@dataclass
+class Progress:
+    """What a checkpoint's client state carries besides DeepSpeed's own state."""
+
+    step: int = 0
+    tokens: int = 0
+
+
+def init_distributed(gpu: bool) -> None:
+    """Join the launcher's process group, or make a world of one when no launcher set one up."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    deepspeed.init_distributed(dist_backend=device.backend(gpu), verbose=False)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prepare_data(config: TrainerConfig, directory: Path) -> tuple[Path, Any]:
+    """Token shards and tokenizer; one rank per node tokenizes, the others then reuse its result."""
+    from kubespeed_trainer import data
+
+    def prepare() -> Path:
+        try:
+            return data.prepare_dataset(config.data, None, directory / checkpoint.DATA_DIR, seq_length=config.training.seqLength)
+        except (OSError, ValueError, UnicodeError) as err:
+            raise DataError(f"data: {err}") from err
+
+    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    prepared = prepare() if first else None
+    dist.barrier()
+    prepared = prepared or prepare()
+    return prepared, data.prepared_tokenizer(prepared)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only: biases, norms and (as in nanoGPT/GPT-2) nothing one-dimensional."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    rest = [p for p in params if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def build_engine(config: TrainerConfig, ds_config: dict[str, Any], vocab_size: int, init_state: dict[str, torch.Tensor] | None):
+    """The model, wrapped by DeepSpeed (a pipeline engine when `deepspeed.pipelineStages` > 1)."""
+    import deepspeed
+
+    from kubespeed_trainer import models
+
+    torch.manual_seed(config.training.seed)
+    model = models.build_model(config.model, vocab_size=vocab_size, seq_length=config.training.seqLength)
+    if init_state is not None:
+        model.load_state_dict(init_state, strict=False)
+    if config.deepspeed.activationCheckpointing and hasattr(model, "gradient_checkpointing"):
+        model.gradient_checkpointing(True)
+    if config.deepspeed.pipelineStages > 1:
+        from kubespeed_trainer.parallel import pipeline
+
+        model = pipeline.gpt_pipeline(model, config)
+    peak = config.training.optimizer.lr
+    total = config.training.steps
+
+    def lr_scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        factor = lambda step: schedule.lr_factor(step, peak=peak, schedule=config.training.schedule, total_steps=total)  # noqa: E731
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=_param_groups(model, config.training.optimizer.weightDecay),
+        config=ds_config,
+        # A `scheduler` in deepspeed.overrides replaces ours; DeepSpeed prefers a client one.
+        lr_scheduler=None if "scheduler" in ds_config else lr_scheduler,
+    )
+    return engine
+
+
+class Trainer:
+    def __init__(self, config: TrainerConfig, options: RunOptions) -> None:
+        self.config, self.options = config, options
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.is_rank0 = self.rank == 0
+        self.directory = options.checkpoint_dir
+        self.ds_config = dsconfig.resolve_deepspeed_config(
+            config, self.world, options.gpu, bf16_supported=device.bf16_supported(options.gpu))
+        self.prepared, self.tokenizer = prepare_data(config, self.directory)
+        if self.is_rank0:
+            self._write_run_files()
+        self.engine = build_engine(config, self.ds_config, self.tokenizer.vocab_size, self._init_state())
+        self.pipelined = config.deepspeed.pipelineStages > 1
+        self.device = self.engine.device
+        self.dp_rank, self.dp_size = self._data_parallel_coords()
+        self.progress = Progress()
+        self.stop = StopRequest().install()
+        self.metrics = None
+        if self.is_rank0:
+            from kubespeed_trainer.metrics import Metrics
+
+            self.metrics = Metrics(self.directory / checkpoint.METRICS_FILE, port=options.metrics_port,
+                                   attempt=options.attempt, total_steps=config.training.steps)
+        self._build_data()
+
+    # ------------------------------------------------------------ set-up
+
+    def _write_run_files(self) -> None:
+        import json
+
+        import yaml
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_atomically(self.directory / checkpoint.TRAINER_CONFIG_FILE, yaml.safe_dump(to_dict(self.config), sort_keys=False))
+        checkpoint.write_atomically(self.directory / checkpoint.DEEPSPEED_CONFIG_FILE, json.dumps(self.ds_config, indent=2) + "\n")
+        if not (self.directory / checkpoint.TOKENIZER_DIR).is_dir():
+            self.tokenizer.save(self.directory / checkpoint.TOKENIZER_DIR)
+
+    def _init_state(self) -> dict[str, torch.Tensor] | None:
+        """Weights to start from, for objective finetune: a checkpoint directory or exported weights."""
+        source = self.config.training.initFrom
+        if not source:
+            return None
+        from kubespeed_trainer import export
+
+        try:
+            return export.state_dict_from(Path(source), self.config.model)
+        except (OSError, ValueError) as err:
+            raise DataError(f"training.initFrom: {err}") from err
+
+    def _data_parallel_coords(self) -> tuple[int, int]:
+        if self.pipelined:
+            grid = self.engine.grid
+            return grid.get_data_parallel_rank(), grid.get_data_parallel_world_size()
+        return self.rank, self.world
+
+    def _build_data(self) -> None:
+        from kubespeed_trainer import data
+
+        training = self.config.training
+        self.train_set = data.TokenDataset(self.prepared, "train", training.seqLength)
+        self.val_set = data.TokenDataset(self.prepared, "validation", training.seqLength)
+        if len(self.train_set) < training.microBatchSize * self.dp_size:
+            raise DataError(f"data.train: {len(self.train_set)} sequences of {training.seqLength} tokens cannot fill one "
+                            f"micro batch on each of {self.dp_size} data-parallel ranks")
+        self.sampler = data.ResumableSampler(len(self.train_set), rank=self.dp_rank, world_size=self.dp_size,
+                                             seed=training.seed, micro_batch_size=training.microBatchSize)
+        self.batches = data.batches(self.train_set, self.sampler)
+
+    # ------------------------------------------------------------ batches
+
+    def _generator(self, step: int, micro: int) -> torch.Generator:
+        """Noise for the denoising objective: a function of (seed, step, rank, micro batch), so resume repeats it."""
+        seed = hash((self.config.training.seed, step, self.dp_rank, micro)) & (2**63 - 1)
+        return torch.Generator().manual_seed(seed)
+
+    def _make(self, batch: dict[str, Any], step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from kubespeed_trainer import objectives
+
+        inputs, targets, mask = objectives.make_batch(
+            self.config.training.objective, batch, tokenizer=self.tokenizer,
+            denoising=self.config.training.denoising, generator=self._generator(step, micro))
+        return inputs.to(self.device), targets.to(self.device), mask.to(self.device)
+
+    def _pipeline_iter(self, step: int) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]:
+        micro = 0
+        while True:
+            inputs, targets, mask = self._make(next(self.batches), step, micro)
+            micro += 1
+            yield inputs, (targets, mask)
+
+    # ------------------------------------------------------------ steps
+
+    def train_step(self, step: int) -> torch.Tensor:
+        """One optimizer step (all its micro batches); returns this rank's mean loss as a 0-d tensor."""
+        from kubespeed_trainer import objectives
+
+        engine = self.engine
+        if self.pipelined:
+            return engine.train_batch(data_iter=self._pipeline_iter(step)).detach().float()
+        total = torch.zeros((), device=self.device)
+        accumulation = engine.gradient_accumulation_steps()
+        for micro in range(accumulation):
+            inputs, targets, mask = self._make(next(self.batches), step, micro)
+            loss = objectives.loss(engine(inputs), targets, mask)
+            engine.backward(loss)
+            if micro == accumulation - 1 and engine.get_global_grad_norm() is None and self.config.deepspeed.zeroStage == 0:
+                self._grad_norm = _grad_norm(engine.module)
+            engine.step()
+            total += loss.detach().float()
+        return total / accumulation
+
+    def grad_norm(self) -> float | None:
+        norm = self.engine.get_global_grad_norm()
+        if norm is None:
+            norm = getattr(self, "_grad_norm", None)
+        return None if norm is None else float(norm)
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean validation loss over `training.evalBatches` micro batches per data-parallel rank, all ranks averaged."""
+        from kubespeed_trainer import data, objectives
+
+        training = self.config.training
+        if len(self.val_set) < training.microBatchSize * self.dp_size:
+            return None
+        sampler = data.ResumableSampler(len(self.val_set), rank=self.dp_rank, world_size=self.dp_size,
+                                        seed=training.seed, micro_batch_size=training.microBatchSize)
+        batches = data.batches(self.val_set, sampler)
+        self.engine.eval()
+        total = torch.zeros((), device=self.device)
+        if self.pipelined:
+            def items() -> Iterator[Any]:
+                for i in range(10**9):
+                    inputs, targets, mask = self._make(next(batches), -1, i)
+                    yield inputs, (targets, mask)
+
+            stream = items()
+            # eval_batch runs gradient_accumulation_steps micro batches per call.
+            calls = max(1, math.ceil(training.evalBatches / self.engine.gradient_accumulation_steps()))
+            for _ in range(calls):
+                total += self.engine.eval_batch(stream).float()
+            total /= calls
+        else:
+            for i in range(training.evalBatches):
+                inputs, targets, mask = self._make(next(batches), -1, i)
+                total += objectives.loss(self.engine(inputs), targets, mask).float()
+            total /= training.evalBatches
+        self.engine.train()
+        return _mean_over_ranks(total)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save(self) -> None:
+        client = {"step": self.progress.step, "tokens": self.progress.tokens, "sampler": self.sampler.state_dict(),
+                  "trainerConfig": to_dict(self.config)}
+        checkpoint.save(self.engine, self.directory, self.progress.step, client, keep=self.config.checkpoint.keep)
+        if self.metrics:
+            self.metrics.record("checkpoint", step=self.progress.step, checkpointStep=self.progress.step)
+
+    def resume(self) -> None:
+        tag = checkpoint.agreed_resume_tag(self.directory, self.config.checkpoint.resume)
+        if tag is None:
+            return
+        client, _ = checkpoint.load(self.engine, self.directory, tag)
+        self.progress = Progress(step=int(client["step"]), tokens=int(client.get("tokens", 0)))
+        self.sampler.load_state_dict(client["sampler"])
+        if self.metrics:
+            self.metrics.record("resume", step=self.progress.step, checkpointStep=self.progress.step, tag=tag)
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self) -> int:
+        training, options = self.config.training, self.options
+        self.resume()
+        tokens_per_step = training.globalBatchSize * training.seqLength
+        flops_per_token = self._flops_per_token()
+        peak = device.peak_flops(options.gpu)
+        start_step = self.progress.step
+        run_start = time.perf_counter()
+        window_start, window_steps = time.perf_counter(), 0
+        loss_sum = torch.zeros((), device=self.device)
+        saved_at = start_step if start_step else None
+        while self.progress.step < training.steps:
+            step = self.progress.step
+            loss_sum += self.train_step(step)
+            self.progress.step += 1
+            self.progress.tokens += tokens_per_step
+            window_steps += 1
+            done = self.progress.step
+            if self.metrics:
+                self.metrics.update(step=done)
+            if done % training.logInterval == 0 or done == training.steps:
+                elapsed = time.perf_counter() - window_start
+                loss = _mean_over_ranks(loss_sum / window_steps)
+                tps = tokens_per_step * window_steps / elapsed if elapsed > 0 else None
+                eta = (training.steps - done) * elapsed / window_steps
+                if self.metrics:
+                    self.metrics.record(
+                        "train", step=done, totalSteps=training.steps, loss=loss, lr=self.engine.get_lr()[0],
+                        gradNorm=self.grad_norm(), lossScale=self._loss_scale(), tokensPerSecond=tps,
+                        mfu=tps * flops_per_token / (peak * self.world) if peak and tps else None,
+                        etaSeconds=eta, elapsedSeconds=time.perf_counter() - run_start, tokens=self.progress.tokens)
+                loss_sum.zero_()
+                window_start, window_steps = time.perf_counter(), 0
+            if training.evalInterval and done % training.evalInterval == 0 and done < training.steps:
+                self._eval_and_record()
+                window_start = time.perf_counter()
+            stop = self.stop.agreed(self.device)
+            ran = done - start_step
+            if stop or done % self.config.checkpoint.interval == 0 or (options.max_steps_this_run and ran >= options.max_steps_this_run):
+                if saved_at != done:
+                    self.save()
+                    saved_at = done
+                window_start = time.perf_counter()
+            if stop:
+                return wiring.EXIT_PREEMPTED.code
+            if options.max_steps_this_run and ran >= options.max_steps_this_run and done < training.steps:
+                return wiring.EXIT_SUCCESS.code
+        self._eval_and_record()
+        if saved_at != self.progress.step:
+            self.save()
+        if self.config.checkpoint.exportWeights:
+            self._export()
+        if self.metrics:
+            self.metrics.record("end", step=self.progress.step, finished=1)
+        return wiring.EXIT_SUCCESS.code
+
+    def _eval_and_record(self) -> None:
+        eval_loss = self.evaluate()
+        if self.metrics and eval_loss is not None:
+            self.metrics.record("eval", step=self.progress.step, evalLoss=eval_loss, evalPerplexity=math.exp(min(eval_loss, 80.0)))
+
+    def _export(self) -> None:
+        from kubespeed_trainer import export
+
+        if self.is_rank0:
+            export.export_checkpoint(self.directory, checkpoint.latest_complete(self.directory), self.directory / checkpoint.EXPORT_DIR)
+        dist.barrier()
+
+    def _flops_per_token(self) -> float:
+        from kubespeed_trainer import models
+
+        return models.estimate_flops_per_token(self.engine.module, self.config.model,
+                                               vocab_size=self.tokenizer.vocab_size, seq_length=self.config.training.seqLength)
+
+    def _loss_scale(self) -> float | None:
+        if "fp16" not in self.ds_config or not self.ds_config["fp16"].get("enabled"):
+            return None
+        scale = getattr(self.engine.optimizer, "cur_scale", None)
+        if scale is None:
+            scale = getattr(getattr(self.engine.optimizer, "loss_scaler", None), "cur_scale", None)
+        return None if scale is None else float(scale)
+
+    def close(self) -> None:
+        if self.metrics:
+            self.metrics.close()
+
+
+def _grad_norm(module: torch.nn.Module) -> float:
+    """The global L2 norm of the gradients (ZeRO 0 in fp32 has no optimizer that reports it)."""
+    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
+def _mean_over_ranks(value: torch.Tensor) -> float:
+    value = value.detach().clone()
+    if dist.get_world_size() > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= dist.get_world_size()
+    return float(value)
+
+
+def run(config: TrainerConfig, options: RunOptions) -> int:
+    init_distributed(options.gpu)
+    try:
+        trainer = Trainer(config, options)
+        try:
+            return trainer.run()
+        finally:
+            trainer.close()
+    finally:
+        dist.destroy_process_group()
