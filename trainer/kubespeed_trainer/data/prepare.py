@@ -59,14 +59,15 @@ def prepare_dataset(data: DataSpec, tokenizer: Tokenizer | None, out_dir: str | 
     if data.format == "tokens":
         if data.validation:
             raise ValueError("data.validation does not apply to format tokens: the prepared directory carries its own split")
-        return _check(Path(data.train), tokenizer, seq_length)
+        return _check(Path(data.train), tokenizer.fingerprint if tokenizer is not None else None, seq_length)
     out = Path(out_dir)
     key = _key(data, tokenizer)
-    if _matches(out, key):
-        return _check(out, tokenizer, seq_length)
+    fingerprint = tokenizer.fingerprint if tokenizer is not None else None
+    if _matches(out, key, fingerprint):
+        return _check(out, fingerprint, seq_length)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _locked(out.parent / f".{out.name}.lock"):
-        if not _matches(out, key):
+        if not _matches(out, key, fingerprint):
             tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
             try:
                 _write(data, tokenizer or build_tokenizer(data.tokenizer, sources.training_text(data)), tmp, key,
@@ -74,7 +75,7 @@ def prepare_dataset(data: DataSpec, tokenizer: Tokenizer | None, out_dir: str | 
                 _replace(tmp, out)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-    return _check(out, tokenizer, seq_length)
+    return _check(out, fingerprint, seq_length)
 
 
 def prepared_tokenizer(prepared_dir: str | Path) -> Tokenizer:
@@ -89,29 +90,34 @@ def read_index(prepared_dir: str | Path) -> dict:
 
 
 def _key(data: DataSpec, tokenizer: Tokenizer | None) -> str:
-    if tokenizer is not None:
-        tok = tokenizer.fingerprint
-    elif data.tokenizer.type in ("byte", "pretrained"):
-        tok = build_tokenizer(data.tokenizer, None).fingerprint
+    """What the shards depend on: the sources, the split and how the tokenizer is made.
+
+    A learned tokenizer (char, bpe) is named by its recipe, which the training
+    text determines; a fixed one (byte, pretrained) by its fingerprint. So the
+    key is the same whether the caller passes the tokenizer or lets it be built.
+    """
+    if data.tokenizer.type in ("char", "bpe"):
+        tok = f"learned:{data.tokenizer.type}:{data.tokenizer.vocabSize}"
     else:
-        tok = f"learned:{data.tokenizer.type}:{data.tokenizer.vocabSize}"  # determined by the training text
+        tok = (tokenizer or build_tokenizer(data.tokenizer, None)).fingerprint  # cheap: nothing to learn
     parts = [FORMAT_VERSION, sources.fingerprint(data.train, data),
              sources.fingerprint(data.validation, data) if data.validation else None, data.validationSplit, tok]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def _matches(out: Path, key: str) -> bool:
+def _matches(out: Path, key: str, fingerprint: str | None) -> bool:
     try:
-        return read_index(out).get("key") == key
+        index = read_index(out)
     except (FileNotFoundError, json.JSONDecodeError):
         return False
+    return index.get("key") == key and (fingerprint is None or index.get("tokenizer") == fingerprint)
 
 
-def _check(prepared: Path, tokenizer: Tokenizer | None, seq_length: int) -> Path:
+def _check(prepared: Path, fingerprint: str | None, seq_length: int) -> Path:
     index = read_index(prepared)
     if index.get("version") != FORMAT_VERSION:
         raise ValueError(f"{prepared}: prepared with format version {index.get('version')}, this trainer reads {FORMAT_VERSION}")
-    if tokenizer is not None and index["tokenizer"] != tokenizer.fingerprint:
+    if fingerprint is not None and index["tokenizer"] != fingerprint:
         raise ValueError(f"{prepared}: the shards were made by a different tokenizer than the configured one")
     train = index["splits"]["train"]
     if train["end"] - train["start"] < seq_length + 1:

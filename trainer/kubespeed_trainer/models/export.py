@@ -110,7 +110,10 @@ def _write(out: Path, config: dict, weights: dict[str, torch.Tensor]) -> None:
 
 def _load_allowing_ties(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Strict loading, except that a name missing from `state` is fine when it aliases a loaded tensor (tied weights)."""
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # torch reports shape mismatches this way
+        raise ValueError(f"weights do not fit the model: {err}") from err
     aliases: dict[int, set[str]] = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
         aliases.setdefault(id(tensor), set()).add(name)

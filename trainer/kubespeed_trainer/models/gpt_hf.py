@@ -85,7 +85,12 @@ def to_hf(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.
 
 
 def from_hf(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """GPT-2's state dict -> ours (the inverse of `to_hf`)."""
+    """GPT-2's state dict -> ours (the inverse of `to_hf`); refuses weights of another depth."""
+    expected = {hf for _, hf in _TOP_PARAMS} | {f"transformer.h.{i}.{hf}" for i in range(config.layers) for _, hf, _ in _BLOCK_PARAMS}
+    missing = sorted(expected - state.keys())
+    extra = sorted(k for k in state.keys() - expected if k != "lm_head.weight")
+    if missing or extra:
+        raise ValueError(f"GPT-2 weights do not fit a {config.layers}-layer GPT: missing {missing[:3]}, unexpected {extra[:3]}")
     out = {ours: state[hf] for ours, hf in _TOP_PARAMS}
     for i in range(config.layers):
         for ours, hf, transposed in _BLOCK_PARAMS:

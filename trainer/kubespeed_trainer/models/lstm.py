@@ -50,7 +50,12 @@ class LSTMLanguageModel(nn.Module):
         self.proj = nn.Linear(config.hidden_dim, config.embed_dim, bias=False) if needs_projection else None
         head_in = config.embed_dim if config.tie_weights else config.hidden_dim
         self.head = nn.Linear(head_in, config.vocab_size)
-        nn.init.normal_(self.tok_emb.weight, std=0.02)
+        # PyTorch's word_language_model init: GPT's std 0.02 would feed the LSTM
+        # inputs so small that its gates barely see them and learning stalls.
+        nn.init.uniform_(self.tok_emb.weight, -0.1, 0.1)
+        nn.init.zeros_(self.head.bias)
+        if not config.tie_weights:
+            nn.init.uniform_(self.head.weight, -0.1, 0.1)
         if config.tie_weights:
             self.head.weight = self.tok_emb.weight
 
