@@ -272,3 +272,44 @@ def test_rules_block_keeps_comments_and_blank_lines_and_drops_the_indent():
     assert block.startswith("# Watch jobs.\n- apiGroups: [kubespeed.io]\n")
     assert "\n\n# Create the gang.\n" in block
     assert yaml.safe_load(block) == yaml.safe_load(RULES_SAMPLE)["rules"]
+
+
+# ---------------------------------------------------------------- GitOps: the Argo CD health check
+
+
+def argocd_health(obj: dict) -> dict:
+    """manifests/gitops/argocd-health.yaml's Lua run on `obj` with LuaJIT (Lua 5.1, as Argo CD's gopher-lua)."""
+    from lupa import luajit21
+
+    config = yaml.safe_load((REPO / "manifests" / "gitops" / "argocd-health.yaml").read_text())
+    script = config["data"][f"resource.customizations.health.{wiring.API_GROUP}_{wiring.KIND}"]
+    lua = luajit21.LuaRuntime()
+    check = lua.execute(f"return function(obj)\n{script}\nend")
+    return dict(check(lua.table_from(obj, recursive=True)))
+
+
+def job_with(status: dict | None, generation: int = 1) -> dict:
+    job = {"apiVersion": f"{wiring.API_GROUP}/{wiring.API_VERSION}", "kind": wiring.KIND, "metadata": {"name": "j", "generation": generation}}
+    return job | ({"status": status} if status is not None else {})
+
+
+def phase_status(phase: str, message: str, observed: int = 1) -> dict:
+    condition = {"type": phase, "status": "True", "reason": phase, "message": message}
+    return {"phase": phase, "observedGeneration": observed, "message": f"{phase}.", "conditions": [condition]}
+
+
+HEALTH = [
+    ("no status yet", job_with(None), "Progressing", "waiting for the kubespeed operator"),
+    ("pending", job_with({"phase": "Pending", "observedGeneration": 1, "message": "Waiting for 2 pods."}), "Progressing", "Waiting for 2 pods."),
+    ("running", job_with(phase_status("Running", "Step 40 of 300.")), "Progressing", "Step 40 of 300."),
+    ("restarting", job_with(phase_status("Restarting", "Rank 1 exited with 75; attempt 2.")), "Progressing", "Rank 1 exited with 75; attempt 2."),
+    ("suspended", job_with(phase_status("Suspended", "Suspended by spec.runPolicy.suspend.")), "Suspended", "Suspended by spec.runPolicy.suspend."),
+    ("succeeded", job_with(phase_status("Succeeded", "Trained 300 steps.")), "Healthy", "Trained 300 steps."),
+    ("failed", job_with(phase_status("Failed", "Backoff limit 3 reached.")), "Degraded", "Backoff limit 3 reached."),
+    ("succeeded, but the spec changed since", job_with(phase_status("Succeeded", "Trained."), generation=2), "Progressing", "the operator has not seen the latest spec yet"),
+]
+
+
+@pytest.mark.parametrize("what, job, status, message", HEALTH, ids=[h[0].replace(" ", "-").replace(",", "") for h in HEALTH])
+def test_argocd_health_follows_the_jobs_phase_and_message(what, job, status, message):
+    assert argocd_health(job) == {"status": status, "message": message}
