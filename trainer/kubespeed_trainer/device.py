@@ -4,10 +4,9 @@ One code path for both: with a GPU, DeepSpeed's CUDA accelerator and NCCL; witho
 one, DeepSpeed's CPU accelerator and gloo. DeepSpeed picks its accelerator once, at
 import, from `DS_ACCELERATOR`, so `select_accelerator` must run before anything
 imports deepspeed. On the CPU accelerator, DeepSpeed 0.19 needs nothing beyond
-itself and torch: intel_extension_for_pytorch and oneccl are optional there (the
-CPU accelerator compiles a small shared-memory op for intra-node collectives on
-first use, with the system C++ compiler, and caches it under
-`~/.cache/torch_extensions`); collectives go through torch's gloo backend.
+itself and torch: intel_extension_for_pytorch and oneccl are optional there, and
+collectives go through torch's gloo backend (see `skip_shm_comm_op` for the one
+op it would otherwise compile).
 """
 
 from __future__ import annotations
@@ -44,6 +43,22 @@ def gpu_requested() -> bool:
 def select_accelerator(gpu: bool) -> None:
     """Tell DeepSpeed which accelerator to use; call before importing deepspeed."""
     os.environ["DS_ACCELERATOR"] = "cuda" if gpu else "cpu"
+
+
+def skip_shm_comm_op() -> None:
+    """Keep DeepSpeed's CPU backend from compiling its shared-memory op when the process group starts.
+
+    `deepspeed.comm.torch.TorchBackend` builds `deepspeed_shm_comm` (C++, with the
+    system compiler) whenever `deepspeed.ops.__compatible_ops__` says it can, after
+    probing every op builder. The op serves only `inference_all_reduce`, which
+    training never calls, yet building it costs minutes on a busy machine and in
+    every fresh pod (the cache lives under $HOME). That dict has no other reader
+    in DeepSpeed 0.19 and is documented there as the editable, cached probe result,
+    so saying "not compatible" skips both the probe and the build.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__ = {"deepspeed_shm_comm": False}
 
 
 def backend(gpu: bool) -> str:

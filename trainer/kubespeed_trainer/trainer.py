@@ -62,6 +62,8 @@ def init_distributed(gpu: bool) -> None:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     if gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        device.skip_shm_comm_op()
     deepspeed.init_distributed(dist_backend=device.backend(gpu), verbose=False)
 
 
