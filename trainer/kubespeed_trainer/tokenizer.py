@@ -27,6 +27,7 @@ import json
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from functools import cached_property
 from pathlib import Path
 
 from kubespeed.spec.job import TokenizerSpec
@@ -61,7 +62,7 @@ class Tokenizer(ABC):
         (directory / META_FILE).write_text(json.dumps({"type": self.kind}) + "\n")
         return directory
 
-    @property
+    @cached_property  # tokenizers never change after construction
     def fingerprint(self) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             self.save(tmp)

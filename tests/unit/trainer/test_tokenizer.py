@@ -86,3 +86,15 @@ def test_bpe_learns_the_requested_vocabulary_size(shakespeare_text):
 def test_learned_tokenizer_without_training_text_is_refused(kind):
     with pytest.raises(ValueError, match="training text"):
         build_tokenizer(TokenizerSpec(type=kind), None)
+
+
+def test_plain_hugging_face_directory_loads_as_pretrained(shakespeare_text, tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = build_tokenizer(TokenizerSpec(type="bpe", vocabSize=300), [shakespeare_text])
+    PreTrainedTokenizerFast(tokenizer_object=bpe.tokenizer, eos_token="<|endoftext|>").save_pretrained(tmp_path / "hf")
+    loaded = load_tokenizer(tmp_path / "hf")
+    assert loaded.kind == "pretrained"
+    assert loaded.encode(SAMPLE) == bpe.encode(SAMPLE)
+    assert loaded.eos_id == bpe.eos_id
+    assert loaded.pad_id == loaded.mask_id == loaded.eos_id  # neither exists: eos stands in

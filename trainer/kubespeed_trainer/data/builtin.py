@@ -19,6 +19,7 @@ import ast
 import sys
 import sysconfig
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 
 SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
@@ -53,18 +54,26 @@ def module_name(rel: Path) -> str:
 
 def python_docs(modules: set[str] | None = None) -> Iterator[str]:
     """One pydoc-style document per stdlib module; `modules` narrows it to those dotted names."""
+    for name, document in _all_python_docs():
+        if modules is None or name in modules:
+            yield document
+
+
+@lru_cache(maxsize=1)
+def _all_python_docs() -> tuple[tuple[str, str], ...]:
+    """Parsed once per process (a few seconds): a learned tokenizer reads the text, then tokenizing reads it again."""
     root = stdlib_dir()
+    documents = []
     for path in stdlib_sources(root):
         name = module_name(path.relative_to(root))
-        if modules is not None and name not in modules:
-            continue
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         except (SyntaxError, UnicodeDecodeError, ValueError):
             continue  # a few stdlib files are deliberately broken or not UTF-8 (lib2to3 fixtures)
         document = _render_module(name, tree)
         if document:
-            yield document
+            documents.append((name, document))
+    return tuple(documents)
 
 
 def _render_module(name: str, tree: ast.Module) -> str:

@@ -2,8 +2,11 @@
 
 Nothing is downloaded: directories are read with `local_files_only`. The
 tokenizer decides the vocabulary, so a config's `vocab_size` is replaced by the
-tokenizer's and a loaded model's embeddings are resized to it. Weights stay in
-float32; DeepSpeed casts for mixed precision.
+tokenizer's, and a loaded model's embeddings grow when the tokenizer has more
+ids than the model. They never shrink: many checkpoints pad the vocabulary past
+the tokenizer's size (to a multiple of 64 or 128), and cutting those rows would
+change the model's shape for nothing. Weights stay in float32; DeepSpeed casts
+for mixed precision.
 """
 
 from __future__ import annotations
@@ -47,6 +50,6 @@ def from_directory(path: str, *, vocab_size: int | None = None) -> HFCausalLM:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-    if vocab_size is not None and model.get_input_embeddings().num_embeddings != vocab_size:
+    if vocab_size is not None and model.get_input_embeddings().num_embeddings < vocab_size:
         model.resize_token_embeddings(vocab_size)
     return HFCausalLM(model)
