@@ -60,8 +60,8 @@ def test_unknown_builtin_is_refused_listing_the_known_ones(source, data_spec):
         list(sources.read_records(source, data_spec(source)))
 
 
-def test_only_python_docs_is_builtin():
-    assert set(BUILTINS) == {"python-docs"}
+def test_builtins_are_the_python_docs_and_nothing_vendored():
+    assert set(BUILTINS) | set(sources.BUILTIN_PAIRS) == {"python-docs", "python-docs-qa"}
 
 
 def test_python_docs_are_stdlib_docstrings_and_deterministic():

@@ -76,8 +76,8 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     state = read_safetensors(Path(path))
     if isinstance(model, gpt.GPT) and any(k.startswith("transformer.") for k in state):
         state = gpt_hf.from_hf(state, model.config)
-    elif isinstance(model, hf.HFCausalLM) and not any(k.startswith("model.") and k in model.state_dict() for k in state):
-        state = {f"model.{k}": v for k, v in state.items()}
+    elif isinstance(model, hf.HFCausalLM) and not state.keys() & model.state_dict().keys():
+        state = {f"model.{k}": v for k, v in state.items()}  # saved by save_pretrained: the inner model's names
     _load_allowing_ties(model, state)
     return model
 
