@@ -216,6 +216,7 @@ class DeepSpeedSpec:
         rule("self.offload.parameters != 'cpu' || self.zeroStage == 3", "parameter offload needs zeroStage 3", ".offload.parameters"),
         rule("self.offload.optimizer != 'cpu' || self.zeroStage > 0", "optimizer offload needs zeroStage 1, 2 or 3", ".offload.optimizer"),
         rule("self.pipelineStages == 1 || self.zeroStage <= 1", "pipeline parallelism works with zeroStage 0 or 1", ".zeroStage"),
+        rule("self.pipelineStages == 1 || (self.offload.optimizer == 'none' && self.offload.parameters == 'none')", "offload does not combine with pipeline parallelism", ".offload"),
     )
 
     def validate(self, path: str) -> None:
@@ -225,6 +226,8 @@ class DeepSpeedSpec:
             raise SpecError(f"{path}.offload.optimizer", "optimizer offload needs zeroStage 1, 2 or 3")
         if self.pipelineStages > 1 and self.zeroStage > 1:
             raise SpecError(f"{path}.zeroStage", f"pipeline parallelism works with ZeRO stage 0 or 1, got {self.zeroStage}")
+        if self.pipelineStages > 1 and "cpu" in (self.offload.optimizer, self.offload.parameters):
+            raise SpecError(f"{path}.offload", "offload does not combine with pipeline parallelism")
 
 
 # ---------------------------------------------------------------- checkpoint
@@ -374,6 +377,12 @@ class LMTrainingJobSpec:
             ".training.globalBatchSize",
         ),
         rule("self.deepspeed.pipelineStages == 1 || self.model.type == 'gpt'", "pipeline parallelism needs model type gpt", ".deepspeed.pipelineStages"),
+        rule("!self.deepspeed.activationCheckpointing || self.model.type != 'lstm'", "activation checkpointing applies to gpt and hf models, not lstm", ".deepspeed.activationCheckpointing"),
+        rule(
+            "self.deepspeed.offload.optimizer != 'cpu' || self.training.optimizer.type != 'sgd'",
+            "optimizer offload runs DeepSpeed's CPU Adam: it needs optimizer adam or adamw, not sgd",
+            ".deepspeed.offload.optimizer",
+        ),
         rule(
             "!has(self.checkpoint.volumeClaim) || self.nodes == 1 || self.checkpoint.volumeClaim.accessMode == 'ReadWriteMany'",
             "a job of several nodes needs a ReadWriteMany checkpoint volume: every node writes its shard",
@@ -407,6 +416,10 @@ class LMTrainingJobSpec:
     def validate(self, path: str) -> None:
         if self.deepspeed.pipelineStages > 1 and self.model.type != "gpt":
             raise SpecError(f"{path}.deepspeed.pipelineStages", f"pipeline parallelism needs model type gpt, not {self.model.type}")
+        if self.deepspeed.activationCheckpointing and self.model.type == "lstm":
+            raise SpecError(f"{path}.deepspeed.activationCheckpointing", "applies to gpt and hf models, not lstm")
+        if self.deepspeed.offload.optimizer == "cpu" and self.training.optimizer.type == "sgd":
+            raise SpecError(f"{path}.deepspeed.offload.optimizer", "optimizer offload runs DeepSpeed's CPU Adam: it needs optimizer adam or adamw, not sgd")
         claim = self.checkpoint.volumeClaim
         if claim is not None and self.nodes > 1 and claim.accessMode != "ReadWriteMany":
             raise SpecError(f"{path}.checkpoint.volumeClaim.accessMode", f"{self.nodes} nodes need ReadWriteMany: every node writes its shard")

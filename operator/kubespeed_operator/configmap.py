@@ -14,6 +14,7 @@ import yaml
 from kubespeed import wiring
 from kubespeed.spec import LMTrainingJobSpec, to_dict
 from kubespeed_operator.meta import child_metadata, labels
+from kubespeed_trainer.dsconfig import resolve_deepspeed_config
 
 
 def hostfile(job_name: str, spec: LMTrainingJobSpec) -> str:
@@ -23,17 +24,12 @@ def hostfile(job_name: str, spec: LMTrainingJobSpec) -> str:
 
 
 def deepspeed_config(spec: LMTrainingJobSpec) -> dict[str, Any]:
-    """The DeepSpeed config the trainer will run with, resolved once so the ConfigMap shows it."""
-    data_parallel = spec.world_size // spec.deepspeed.pipelineStages
-    micro = spec.training.microBatchSize
-    return {
-        "train_batch_size": spec.training.globalBatchSize,
-        "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": spec.training.globalBatchSize // (micro * data_parallel),
-        "gradient_clipping": spec.training.gradientClipping,
-        "zero_optimization": {"stage": spec.deepspeed.zeroStage},
-        **spec.deepspeed.overrides,
-    }
+    """The DeepSpeed config the trainer will run with, from the trainer's own resolver.
+
+    Precision `auto` resolves as for a GPU with bf16; on an older GPU the trainer
+    resolves fp32 at start-up instead, the one value that can differ from the file.
+    """
+    return resolve_deepspeed_config(spec.trainer_config(), spec.world_size, spec.gpu, path="spec")
 
 
 def config_map(job: dict[str, Any], spec: LMTrainingJobSpec) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import yaml
 from kubespeed import wiring
 from kubespeed.spec import SpecError, parse_trainer_config
 from kubespeed_operator.children import attempt_pods, job_children, labels, owner_reference
+from kubespeed_trainer.dsconfig import resolve_deepspeed_config
 
 
 def by_kind(objects):
@@ -81,16 +82,19 @@ def test_hostfile_lists_each_pod_with_its_slots_in_node_rank_order(make_job, nod
     assert data[wiring.HOSTFILE_KEY].splitlines() == lines
 
 
-def test_configmap_carries_the_trainer_config_and_the_resolved_deepspeed_config(make_job):
-    job = make_job(nodes=2, procsPerNode=2, training__globalBatchSize=64, training__microBatchSize=4, training__steps=7)
+def test_configmap_carries_the_trainer_config_and_the_deepspeed_config_the_trainer_resolves(make_job):
+    job = make_job(
+        nodes=2, procsPerNode=2, gpu=False, training__globalBatchSize=64, training__microBatchSize=4, training__steps=7,
+        deepspeed__overrides={"zero_optimization": {"reduce_bucket_size": 1000}},
+    )
     data = by_kind(job_children(job))["ConfigMap"]["data"]
     assert sorted(data) == sorted([wiring.HOSTFILE_KEY, wiring.DEEPSPEED_CONFIG_KEY, wiring.TRAINER_CONFIG_KEY])
     trainer = parse_trainer_config(yaml.safe_load(data[wiring.TRAINER_CONFIG_KEY]))
     assert trainer.training.steps == 7
     deepspeed = json.loads(data[wiring.DEEPSPEED_CONFIG_KEY])
-    assert deepspeed["train_batch_size"] == 64
-    assert deepspeed["train_micro_batch_size_per_gpu"] == 4
+    assert deepspeed == resolve_deepspeed_config(trainer, world_size=4, gpu=False)
     assert deepspeed["gradient_accumulation_steps"] == 64 // (4 * 4)
+    assert deepspeed["zero_optimization"]["reduce_bucket_size"] == 1000
 
 
 def test_headless_service_resolves_pods_before_they_are_ready(make_job):

@@ -1,0 +1,170 @@
+"""The LMTrainingJob CRD against a real kube-apiserver: accepted, defaults like the parser's,
+`kubectl explain` teaches, `kubectl get` shows progress, and what `kubespeed render` prints
+is accepted too, pods under Pod Security `restricted`, and goes with the job."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client, dynamic
+from kubernetes.client.exceptions import ApiException
+
+from kubespeed import wiring
+from kubespeed.devcluster.cluster import ControlPlane
+from kubespeed.spec import crd, parse_job_spec, to_dict
+from kubespeed_operator.render import render
+
+pytestmark = pytest.mark.integration
+
+MINIMAL_SPEC = {"image": "trainer:1", "data": {"train": "builtin:tiny"}}
+
+
+def lmtj(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{wiring.API_GROUP}/{wiring.API_VERSION}",
+        "kind": wiring.KIND,
+        "metadata": {"name": name},
+        "spec": copy.deepcopy(spec),
+    }
+
+
+@pytest.fixture(scope="module")
+def installed_crd(control_plane: ControlPlane) -> dict[str, Any]:
+    return crd.install(control_plane.api_client())
+
+
+@pytest.fixture
+def jobs(control_plane: ControlPlane, installed_crd: dict[str, Any], namespace: str) -> Any:
+    """Create/read/patch LMTrainingJobs in the test's namespace."""
+    custom = client.CustomObjectsApi(control_plane.api_client())
+    group, version, plural = wiring.API_GROUP, wiring.API_VERSION, wiring.PLURAL
+
+    class Jobs:
+        def create(self, job: dict[str, Any]) -> dict[str, Any]:
+            return custom.create_namespaced_custom_object(group, version, namespace, plural, job, field_validation="Strict")
+
+        def get(self, name: str) -> dict[str, Any]:
+            return custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+
+        def patch_status(self, name: str, status: dict[str, Any]) -> dict[str, Any]:
+            return custom.patch_namespaced_custom_object_status(group, version, namespace, plural, name, {"status": status})
+
+        def delete(self, name: str) -> None:
+            custom.delete_namespaced_custom_object(group, version, namespace, plural, name)
+
+    return Jobs()
+
+
+def kubectl(control_plane: ControlPlane, *args: str) -> str:
+    result = subprocess.run(["kubectl", *args], env=control_plane.env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_crd_is_established_with_short_name_status_and_printer_columns(installed_crd):
+    spec = installed_crd["spec"]
+    assert spec["names"]["shortNames"] == [wiring.SHORT_NAME]
+    (version,) = spec["versions"]
+    assert version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert {"Phase", "Nodes", "Step", "Total", "Loss", "Age"} <= set(columns)
+
+
+def test_api_server_fills_in_the_same_defaults_as_the_parser(jobs):
+    created = jobs.create(lmtj("defaults", MINIMAL_SPEC))
+    assert created["spec"] == to_dict(parse_job_spec(MINIMAL_SPEC))
+
+
+def test_api_server_defaults_nested_sections_the_user_half_wrote(jobs):
+    spec = {**MINIMAL_SPEC, "training": {"steps": 5}, "checkpoint": {"volumeClaim": {"storageClassName": "fast"}}}
+    created = jobs.create(lmtj("partial", spec))
+    assert created["spec"] == to_dict(parse_job_spec(spec))
+
+
+@pytest.mark.parametrize(
+    "path, teaches",
+    [
+        ("lmtj.spec.checkpoint", ["claimName", "volumeClaim", "mountPath", "interval", "keep", "resume", "latest complete checkpoint"]),
+        ("lmtj.spec.checkpoint.volumeClaim", ["size", "storageClassName", "accessMode", "ReadWriteMany"]),
+        ("lmtj.spec.training", ["globalBatchSize", "gradient accumulation", "microBatchSize"]),
+        ("lmtj.spec.scheduling.tolerations", ["operator", "effect", "tolerationSeconds"]),
+        ("lmtj.status.progress", ["step", "totalSteps", "loss", "tokensPerSecond"]),
+    ],
+)
+def test_kubectl_explain_teaches(control_plane, installed_crd, path, teaches):
+    out = kubectl(control_plane, "explain", path)
+    for words in teaches:
+        assert words in out, f"`kubectl explain {path}` lacks {words!r}:\n{out}"
+
+
+def test_kubectl_get_shows_phase_nodes_progress_and_loss(control_plane, jobs, namespace):
+    jobs.create(lmtj("shown", {**MINIMAL_SPEC, "nodes": 2, "training": {"globalBatchSize": 32}}))
+    jobs.patch_status("shown", {"phase": "Running", "progress": {"step": 120, "totalSteps": 1000, "loss": "2.31"}})
+    header, row = kubectl(control_plane, "get", wiring.SHORT_NAME, "shown", "-n", namespace).splitlines()
+    assert header.split() == ["NAME", "PHASE", "NODES", "STEP", "TOTAL", "LOSS", "AGE"]
+    assert row.split()[:6] == ["shown", "Running", "2", "120", "1000", "2.31"]
+
+
+def test_status_is_a_subresource_the_spec_update_cannot_touch(jobs):
+    jobs.create(lmtj("guarded", MINIMAL_SPEC))
+    jobs.patch_status("guarded", {"phase": "Running"})
+    assert jobs.get("guarded")["status"]["phase"] == "Running"
+
+
+@pytest.fixture
+def restricted_namespace(control_plane: ControlPlane, namespace: str) -> Iterator[str]:
+    """The test's namespace, enforcing Pod Security `restricted` (the strictest standard)."""
+    core = client.CoreV1Api(control_plane.api_client())
+    level = "pod-security.kubernetes.io/enforce"
+    core.patch_namespace(namespace, {"metadata": {"labels": {level: "restricted"}}})
+    yield namespace
+
+
+def test_rendered_objects_are_accepted_pods_pass_restricted_and_go_with_the_job(
+    control_plane, jobs, restricted_namespace
+):
+    api = control_plane.api_client()
+    spec = {
+        **MINIMAL_SPEC,
+        "nodes": 2,
+        "procsPerNode": 2,
+        "training": {"globalBatchSize": 32, "microBatchSize": 4},
+        "checkpoint": {"volumeClaim": {"size": "1Gi"}},
+        "data": {"train": "/data/corpus.txt", "claimName": "corpus"},
+        "env": [{"name": "NCCL_DEBUG", "value": "INFO"}],
+        "resources": {"requests": {"cpu": 2, "memory": "8Gi"}, "limits": {"memory": "8Gi"}},
+        "scheduling": {"tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]},
+    }
+    job = jobs.create(lmtj("rendered", spec))
+    objects = render(job)
+    resources = dynamic.DynamicClient(api).resources
+    handles = [(resources.get(api_version=o["apiVersion"], kind=o["kind"]), o) for o in objects]
+    for resource, obj in handles:
+        try:
+            resource.create(body=obj, namespace=restricted_namespace)
+        except ApiException as error:
+            pytest.fail(f"the API server refused the rendered {obj['kind']} {obj['metadata']['name']}: {error.body}")
+    pods = client.CoreV1Api(api).list_namespaced_pod(restricted_namespace, label_selector=f"{wiring.JOB_LABEL}=rendered")
+    assert sorted(p.metadata.name for p in pods.items) == ["rendered-0", "rendered-1"]
+
+    jobs.delete("rendered")
+    deadline = time.monotonic() + 90
+    while left := [(o["kind"], o["metadata"]["name"]) for r, o in handles if _exists(r, o, restricted_namespace)]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the garbage collector left {left} after the job was deleted")
+        time.sleep(0.5)
+
+
+def _exists(resource: Any, obj: dict[str, Any], namespace: str) -> bool:
+    try:
+        resource.get(name=obj["metadata"]["name"], namespace=namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
