@@ -46,9 +46,6 @@ def wiring_env(job_name: str, spec: LMTrainingJobSpec, node_rank: int, attempt: 
         wiring.ENV_CHECKPOINT_DIR: spec.checkpoint.mountPath,
         wiring.ENV_METRICS_PORT: str(wiring.METRICS_PORT),
         wiring.ENV_USE_GPU: "1" if spec.gpu else "0",
-        # The root filesystem is read-only: caches (torch extensions, Hugging Face) go to /tmp.
-        "XDG_CACHE_HOME": wiring.CACHE_DIR,
-        "PYTHONUNBUFFERED": "1",
     }
 
 

@@ -69,6 +69,8 @@ def test_manifest_namespace_wins_over_the_flag(tmp_path, capsys):
         ("unknown enum value", GOOD.replace("nodes: 2", "nodes: 2\n  imagePullPolicy: Sometimes"), "spec.imagePullPolicy"),
         ("wrong apiVersion", GOOD.replace("v1alpha1", "v1"), "apiVersion"),
         ("no name", GOOD.replace("  name: shakespeare\n", "  labels: {}\n"), "metadata.name"),
+        ("name too long for pod hostnames", GOOD.replace("name: shakespeare", "name: " + "a" * 59), "metadata.name"),
+        ("name that cannot be a Service name", GOOD.replace("name: shakespeare", "name: 1st-run"), "metadata.name"),
         ("not YAML", "spec: [unclosed", "not valid YAML"),
     ],
 )
