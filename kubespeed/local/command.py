@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import signal
 import sys
@@ -142,6 +143,15 @@ def local_pods(pods: list[dict[str, Any]], spec: LMTrainingJobSpec, folder: rewi
     ]
 
 
+def sample_command(weights: Path) -> str:
+    """The command that generates text from these weights, with the path as short as it can be from here."""
+    try:
+        shown = weights.relative_to(Path.cwd())
+    except ValueError:
+        shown = weights
+    return f"kubespeed sample {shlex.quote(str(shown))} --tokens 200"
+
+
 def report(name: str, outcome: str, folder: rewire.RunFolder, clock: progress.StepClock, restarts: int) -> None:
     from kubespeed_trainer import checkpoint
     from kubespeed_trainer.metrics import read_jsonl
@@ -160,7 +170,7 @@ def report(name: str, outcome: str, folder: rewire.RunFolder, clock: progress.St
         restarts=restarts,
         checkpoint=folder.checkpoints / tag if tag else None,
         export=export if export.is_dir() else None,
-        sample_command=None,
+        sample_command=sample_command(export if export.is_dir() else folder.checkpoints) if tag else None,
         loss_plot=folder.loss_plot if drew else None,
     )
     summary.write_summary(result, folder.summary)
