@@ -110,3 +110,15 @@ def test_flops_per_token_is_six_n_plus_attention():
 def test_heads_must_divide_the_width():
     with pytest.raises(ValueError, match="multiple of heads"):
         build_model(ModelSpec(type="gpt", size="tiny", heads=3), vocab_size=VOCAB, seq_length=SEQ)
+
+
+@pytest.mark.parametrize("tokenizer_vocab, expected_rows", [(VOCAB, VOCAB), (VOCAB + 14, VOCAB + 14), (VOCAB - 10, VOCAB)],
+                         ids=["same vocabulary", "tokenizer has more ids: grows", "tokenizer has fewer ids: never shrinks"])
+def test_hf_model_from_a_local_directory(tmp_path, tokenizer_vocab, expected_rows):
+    saved = built("hf llama").eval()
+    saved.model.save_pretrained(tmp_path)
+    loaded = build_model(ModelSpec(type="hf", path=str(tmp_path)), vocab_size=tokenizer_vocab, seq_length=SEQ).eval()
+    assert loaded.model.get_input_embeddings().num_embeddings == expected_rows
+    tokens = torch.randint(0, min(VOCAB, tokenizer_vocab), (1, SEQ))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens)[..., :VOCAB], saved(tokens))
