@@ -69,8 +69,9 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
     name = job["metadata"]["name"]
     clock = progress.StepClock(start_step=resume_step(folder, spec))
     use_gpu = spec.gpu and gpu_available(spec.procsPerNode)
+    pods = attempt_pods(job, FIRST_ATTEMPT)
     config_map = next(c for c in job_children(job) if c["kind"] == "ConfigMap")
-    rewire.write_config_files(config_map, folder)
+    rewire.write_config_files(config_map, folder, rewire.shared_mounts(pods[0], spec.checkpoint.mountPath, folder), Path.cwd())
     folder.checkpoints.mkdir(parents=True, exist_ok=True)
 
     interrupt = runner.Interrupt()
@@ -79,9 +80,9 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
     attempt = FIRST_ATTEMPT
     try:
         while True:
-            pods = local_pods(attempt_pods(job, attempt), spec, folder, use_gpu)
-            result = runner.run_gang(pods, attempt, spec.runPolicy.terminationGracePeriodSeconds, interrupt,
-                                     on_tick=lambda port=pods[0].metrics_port: show(port, clock, view))
+            gang = local_pods(pods, spec, folder, use_gpu)
+            result = runner.run_gang(gang, attempt, spec.runPolicy.terminationGracePeriodSeconds, interrupt,
+                                     on_tick=lambda port=gang[0].metrics_port: show(port, clock, view))
             if result.exit_code == 0 or result.interrupted:
                 break
             failed = PodView(result.failed_pod, result.failed_rank, attempt, phase=FAILED, exit_code=result.exit_code)
@@ -90,6 +91,7 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
             if not decision.restart:
                 break
             attempt += 1
+            pods = attempt_pods(job, attempt)
     finally:
         view.close()
         for sig, handler in previous.items():

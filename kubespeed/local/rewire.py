@@ -7,11 +7,14 @@ volume lives on this machine and rewrites what cannot be the same off-cluster
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from kubespeed import wiring
 
@@ -65,11 +68,46 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_config_files(config_map: dict[str, Any], folder: RunFolder) -> None:
-    """The ConfigMap's keys as files, as the kubelet would project them into the config volume."""
+def write_config_files(config_map: dict[str, Any], folder: RunFolder, shared: dict[str, Path], cwd: Path) -> None:
+    """The ConfigMap's keys as files, as the kubelet would project them into the config volume,
+    with the trainer config's file paths as this machine sees them (`localize_trainer_config`)."""
     folder.config.mkdir(parents=True, exist_ok=True)
     for key, text in config_map["data"].items():
+        if key == wiring.TRAINER_CONFIG_KEY:
+            text = localize_trainer_config(text, shared, cwd)
         (folder.config / key).write_text(text, encoding="utf-8")
+
+
+# Trainer config fields that name a file or directory (the spec describes each as a path in the pod).
+PATH_FIELDS = (
+    ("data", "train"),
+    ("data", "validation"),
+    ("data", "tokenizer", "path"),
+    ("model", "path"),
+    ("training", "initFrom"),
+)
+
+
+def localize_trainer_config(text: str, shared: dict[str, Path], cwd: Path) -> str:
+    """trainer.yaml with each path field as this machine sees it.
+
+    A path inside a shared volume (a claim, the checkpoint volume) becomes that
+    volume's local folder; a relative path is taken from where `kubespeed local`
+    runs, since the pod's working directory here is a scratch folder; any other
+    absolute path, and `builtin:` data, is left as it is.
+    """
+    from kubespeed_trainer.data.sources import BUILTIN_PREFIX
+
+    config = yaml.safe_load(text)
+    for *parents, leaf in PATH_FIELDS:
+        node = config
+        for key in parents:
+            node = node.get(key) or {}
+        value = node.get(leaf)
+        if not isinstance(value, str) or value.startswith(BUILTIN_PREFIX):
+            continue
+        node[leaf] = _local_path(value, shared) if os.path.isabs(value) else str(cwd / value)
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def claim_dir(run_dir: Path, claim: str) -> Path:
@@ -82,13 +120,17 @@ def claim_dir(run_dir: Path, claim: str) -> Path:
     return run_dir / "claims" / claim
 
 
-def local_mounts(pod: dict[str, Any], checkpoint_mount: str, folder: RunFolder) -> dict[str, Path]:
-    """mountPath in the pod -> folder on this machine, for every volume of the trainer container."""
+def _mounted_volumes(pod: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(mountPath, mount, volume) for each mount of the trainer container."""
     sources = {v["name"]: v for v in pod["spec"].get("volumes", [])}
     container = pod["spec"]["containers"][0]
+    return [(m["mountPath"], m, sources[m["name"]]) for m in container.get("volumeMounts", [])]
+
+
+def local_mounts(pod: dict[str, Any], checkpoint_mount: str, folder: RunFolder) -> dict[str, Path]:
+    """mountPath in the pod -> folder on this machine, for every volume of the trainer container."""
     mounts: dict[str, Path] = {}
-    for mount in container.get("volumeMounts", []):
-        path, volume = mount["mountPath"], sources[mount["name"]]
+    for path, mount, volume in _mounted_volumes(pod):
         if path == checkpoint_mount:
             local = folder.checkpoints
         elif "configMap" in volume:
@@ -101,6 +143,12 @@ def local_mounts(pod: dict[str, Any], checkpoint_mount: str, folder: RunFolder) 
             local = folder.pod_dir(pod["metadata"]["name"]) / mount["name"]
         mounts[path] = local
     return mounts
+
+
+def shared_mounts(pod: dict[str, Any], checkpoint_mount: str, folder: RunFolder) -> dict[str, Path]:
+    """The mounts every pod sees alike (config, checkpoints, claims): not a pod's own scratch (emptyDir)."""
+    scratch = {path for path, _, volume in _mounted_volumes(pod) if "emptyDir" in volume and path != checkpoint_mount}
+    return {path: local for path, local in local_mounts(pod, checkpoint_mount, folder).items() if path not in scratch}
 
 
 def _local_path(value: str, mounts: dict[str, Path]) -> str:

@@ -118,8 +118,7 @@ def test_pod_paths_become_the_run_folder(tmp_path):
         assert pod.env[wiring.ENV_DEEPSPEED_CONFIG] == str(folder.config / wiring.DEEPSPEED_CONFIG_KEY)
         assert pod.env[wiring.ENV_HOSTFILE] == str(folder.config / wiring.HOSTFILE_KEY)
         assert pod.env[wiring.ENV_CHECKPOINT_DIR] == str(folder.checkpoints), "all pods share one checkpoint folder"
-        assert pod.env["XDG_CACHE_HOME"].startswith(str(folder.pod_dir(pod.name))), "scratch volumes are per pod"
-        assert pod.cwd == folder.pod_dir(pod.name) / "workspace"
+        assert pod.cwd == folder.pod_dir(pod.name) / "workspace", "scratch volumes are per pod"
         assert pod.log == folder.logs / f"{pod.name}.log"
 
 
@@ -151,9 +150,54 @@ def test_config_files_are_written_as_the_kubelet_projects_them(tmp_path):
     job, _ = command.load_local_job(str(write_job(tmp_path)), [])
     config_map = next(c for c in job_children(job) if c["kind"] == "ConfigMap")
     folder = rewire.RunFolder(tmp_path / "demo")
-    rewire.write_config_files(config_map, folder)
+    rewire.write_config_files(config_map, folder, {}, tmp_path)
     assert (folder.config / wiring.HOSTFILE_KEY).read_text() == config_map["data"][wiring.HOSTFILE_KEY]
     assert sorted(p.name for p in folder.config.iterdir()) == sorted(config_map["data"])
+
+
+FINETUNE = {**JOB, "spec": {**JOB["spec"], "data": {"train": "builtin:tiny", "claimName": "pretrain-checkpoints"}}}
+
+
+@pytest.mark.parametrize(
+    "name, field, value, want",
+    [
+        ("builtin data stays builtin", ("data", "train"), "builtin:python-docs", "builtin:python-docs"),
+        ("relative path is from where kubespeed local runs", ("data", "train"), "corpus/a.txt", "{cwd}/corpus/a.txt"),
+        ("path in a claim is the claim's folder", ("training", "initFrom"), "/data/export", "{runs}/pretrain/checkpoints/export"),
+        ("path in the checkpoint volume is the run's checkpoints", ("model", "path"), "/checkpoints/export", "{runs}/demo/checkpoints/export"),
+        ("path in a pod's scratch volume is left alone", ("data", "validation"), "/tmp/val.txt", "/tmp/val.txt"),
+        ("other absolute path is left alone", ("data", "tokenizer", "path"), "/srv/tok", "/srv/tok"),
+    ],
+)
+def test_trainer_config_paths_are_the_ones_this_machine_sees(tmp_path, name, field, value, want):
+    from kubespeed_operator.children import attempt_pods
+
+    job, spec = command.load_local_job(str(write_job(tmp_path, FINETUNE)), [])
+    folder = rewire.RunFolder(tmp_path / "runs" / "demo")
+    shared = rewire.shared_mounts(attempt_pods(job, 1)[0], spec.checkpoint.mountPath, folder)
+    config = {"data": {"train": "builtin:tiny", "tokenizer": {}}, "model": {}, "training": {}}
+    node = config
+    for key in field[:-1]:
+        node = node[key]
+    node[field[-1]] = value
+    local = yaml.safe_load(rewire.localize_trainer_config(yaml.safe_dump(config), shared, tmp_path / "cwd"))
+    for key in field:
+        local = local[key]
+    assert local == want.format(cwd=tmp_path / "cwd", runs=tmp_path / "runs"), name
+
+
+@pytest.mark.parametrize("field", rewire.PATH_FIELDS, ids=".".join)
+def test_every_path_field_is_a_trainer_config_field(field):
+    import dataclasses
+    import typing
+
+    from kubespeed.spec.job import TrainerConfig
+
+    cls = TrainerConfig
+    for key in field:
+        hints = typing.get_type_hints(cls)
+        assert key in {f.name for f in dataclasses.fields(cls)}, field
+        cls = typing.get_args(hints[key])[0] if typing.get_args(hints[key]) else hints[key]
 
 
 # ---------------------------------------------------------------- process groups
