@@ -55,6 +55,9 @@ def prepare_dataset(data: DataSpec, tokenizer: Tokenizer | None, out_dir: str | 
     With `tokenizer=None` the tokenizer is built from `data.tokenizer` (learned
     from the training text for char and bpe) and saved with the shards; read it
     back with `prepared_tokenizer(path)`, so a learned tokenizer is trained once.
+    Pass a tokenizer to tokenize with exactly that one: fine-tuning a char or
+    bpe model needs the `initFrom` run's tokenizer, not one learned afresh from
+    the fine-tuning text, or the ids would not match the trained embedding.
     """
     if data.format == "tokens":
         if data.validation:
