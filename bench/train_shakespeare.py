@@ -22,8 +22,9 @@ OMP_NUM_THREADS for all three): OpenMP threads that spin-wait make a shared or
 busy machine's figures swing by several times, and one thread per process keeps
 the comparison between the loops fair.
 
-Each reports tokens_per_s (training steps after the first 100 only, evaluation
-and checkpointing excluded), val_loss at the last iteration, wall_s (the whole
+Each reports tokens_per_s: the median over windows of 100 iterations, the first
+window (warm-up) left out, evaluation and checkpointing excluded; the median keeps
+a window slowed by other work on the machine from moving the figure. Then val_loss at the last iteration, wall_s (the whole
 process, start-up included) and peak_rss_mb (the largest single process, from
 wait4). Printed as one JSON line with the throughput ratios to `plain`.
 """
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,11 +91,8 @@ def deepspeed_run(data: Path, iters: int, ranks: int, zero: int, work: Path, por
         raise SystemExit(f"{' '.join(cmd)} exited {code}")
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in lines if r["kind"] == "train" and r["step"] > WARMUP_ITERS_EXCLUDED]
-    window_tokens = WARMUP_ITERS_EXCLUDED * 12 * 64
-    tokens = window_tokens * len(train)
-    seconds = sum(window_tokens / r["tokensPerSecond"] for r in train)
     val = [r["evalLoss"] for r in lines if r["kind"] == "eval"][-1]
-    return {"tokens_per_s": round(tokens / seconds, 1), "val_loss": round(val, 4), "wall_s": round(wall, 1), "peak_rss_mb": round(rss, 1)}
+    return {"tokens_per_s": round(statistics.median(r["tokensPerSecond"] for r in train), 1), "val_loss": round(val, 4), "wall_s": round(wall, 1), "peak_rss_mb": round(rss, 1)}
 
 
 def plain_loop(data: Path, iters: int, work: Path) -> dict:
@@ -119,10 +118,13 @@ def plain_loop(data: Path, iters: int, work: Path) -> dict:
     lr = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: schedule.lr_factor(s, peak=1e-3, schedule=cfg.training.schedule, total_steps=iters))
     batches = kdata.batches(train_set, kdata.ResumableSampler(len(train_set), rank=0, world_size=1, seed=cfg.training.seed, micro_batch_size=12))
-    timed_from = None
+    window_rates, window_start = [], time.perf_counter()
     for it in range(iters):
-        if it == WARMUP_ITERS_EXCLUDED:
-            timed_from = time.perf_counter()
+        if it and it % WARMUP_ITERS_EXCLUDED == 0:
+            now = time.perf_counter()
+            if it > WARMUP_ITERS_EXCLUDED:
+                window_rates.append(WARMUP_ITERS_EXCLUDED * 12 * 64 / (now - window_start))
+            window_start = now
         batch = next(batches)
         inputs, targets = batch["input_ids"][:, :-1], batch["input_ids"][:, 1:]
         loss = objectives.loss(model(inputs), targets, torch.ones_like(targets, dtype=torch.float32))
@@ -131,7 +133,7 @@ def plain_loop(data: Path, iters: int, work: Path) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         lr.step()
-    seconds = time.perf_counter() - (timed_from or time.perf_counter())
+    window_rates.append(WARMUP_ITERS_EXCLUDED * 12 * 64 / (time.perf_counter() - window_start))
     model.eval()
     val_batches = kdata.batches(val_set, kdata.ResumableSampler(len(val_set), rank=0, world_size=1, seed=cfg.training.seed, micro_batch_size=12))
     with torch.no_grad():
@@ -140,8 +142,7 @@ def plain_loop(data: Path, iters: int, work: Path) -> dict:
             batch = next(val_batches)
             inputs, targets = batch["input_ids"][:, :-1], batch["input_ids"][:, 1:]
             losses.append(float(objectives.loss(model(inputs), targets, torch.ones_like(targets, dtype=torch.float32))))
-    timed = max(0, iters - WARMUP_ITERS_EXCLUDED)
-    return {"tokens_per_s": round(timed * 12 * 64 / seconds, 1) if seconds else None, "val_loss": round(sum(losses) / len(losses), 4)}
+    return {"tokens_per_s": round(statistics.median(window_rates), 1), "val_loss": round(sum(losses) / len(losses), 4)}
 
 
 def main() -> None:

@@ -23,8 +23,10 @@ from the JSON line and left at NaN in Prometheus.
 | kubespeed_attempt                | attempt          | the operator's attempt number (KUBESPEED_ATTEMPT), 0 outside it |
 | kubespeed_finished               | finished         | 1 once the last step is done and saved                         |
 
-Each JSON line also has `time` (Unix seconds) and `kind`: `train` (every
-`training.logInterval` steps), `eval`, `checkpoint` or `end`.
+Each JSON line also has `time` (Unix seconds) and `kind`: `start` (parameters,
+worldSize, device, gradientAccumulation), `resume` (the checkpoint's step and
+tag), `train` (every `training.logInterval` steps; also `tokens` seen), `eval`,
+`checkpoint`, or `end` (peakRssMb of rank 0, and peakGpuMemoryGb on a GPU).
 """
 
 from __future__ import annotations

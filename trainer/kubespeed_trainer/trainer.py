@@ -15,6 +15,7 @@ Rank 0 alone writes metrics and the files beside the checkpoints (`is_rank0`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -100,14 +101,16 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def build_engine(config: TrainerConfig, ds_config: dict[str, Any], vocab_size: int, init_state: dict[str, torch.Tensor] | None):
-    """The model, wrapped by DeepSpeed (a pipeline engine when `deepspeed.pipelineStages` > 1)."""
+def build_engine(config: TrainerConfig, ds_config: dict[str, Any], vocab_size: int,
+                 init_state: dict[str, torch.Tensor] | None) -> tuple[Any, int]:
+    """(the model wrapped by DeepSpeed, a pipeline engine when `deepspeed.pipelineStages` > 1; its parameter count)."""
     import deepspeed
 
     from kubespeed_trainer import models
 
     torch.manual_seed(config.training.seed)
     model = models.build_model(config.model, vocab_size=vocab_size, seq_length=config.training.seqLength)
+    parameters = models.count_parameters(model)
     if init_state is not None:
         model.load_state_dict(init_state, strict=False)
     if config.deepspeed.activationCheckpointing and hasattr(model, "gradient_checkpointing"):
@@ -130,7 +133,7 @@ def build_engine(config: TrainerConfig, ds_config: dict[str, Any], vocab_size: i
         # A `scheduler` in deepspeed.overrides replaces ours; DeepSpeed prefers a client one.
         lr_scheduler=None if "scheduler" in ds_config else lr_scheduler,
     )
-    return engine
+    return engine, parameters
 
 
 class Trainer:
@@ -144,7 +147,7 @@ class Trainer:
         self.prepared, self.tokenizer = prepare_data(config, self.directory)
         if self.is_rank0:
             self._write_run_files()
-        self.engine = build_engine(config, self.ds_config, self.tokenizer.vocab_size, self._init_state())
+        self.engine, self.parameters = build_engine(config, self.ds_config, self.tokenizer.vocab_size, self._init_state())
         self.pipelined = config.deepspeed.pipelineStages > 1
         self.device = self.engine.device
         self.dp_rank, self.dp_size = self._data_parallel_coords()
@@ -266,16 +269,12 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         if self.pipelined:
             def items() -> Iterator[Any]:
-                for i in range(10**9):
+                for i in itertools.count():
                     inputs, targets, mask = self._make(next(batches), -1, i)
                     yield inputs, (targets, mask)
 
-            stream = items()
-            # eval_batch runs gradient_accumulation_steps micro batches per call.
-            calls = max(1, math.ceil(training.evalBatches / self.engine.gradient_accumulation_steps()))
-            for _ in range(calls):
-                total += self.engine.eval_batch(stream).float()
-            total /= calls
+            loss = self.engine.eval_batch(items(), num_micro_batches=training.evalBatches)
+            total += loss.float().reshape(())
         else:
             for i in range(training.evalBatches):
                 inputs, targets, mask = self._make(next(batches), -1, i)
@@ -307,6 +306,10 @@ class Trainer:
 
     def run(self) -> int:
         training, options = self.config.training, self.options
+        if self.metrics:
+            self.metrics.record("start", step=self.progress.step, parameters=self.parameters, worldSize=self.world,
+                                device=torch.cuda.get_device_name() if options.gpu else "cpu",
+                                gradientAccumulation=self.engine.gradient_accumulation_steps())
         self.resume()
         tokens_per_step = training.globalBatchSize * training.seqLength
         flops_per_token = self._flops_per_token()
@@ -358,7 +361,7 @@ class Trainer:
         if self.config.checkpoint.exportWeights:
             self._export()
         if self.metrics:
-            self.metrics.record("end", step=self.progress.step, finished=1)
+            self.metrics.record("end", step=self.progress.step, finished=1, **_peak_memory(options.gpu))
         return wiring.EXIT_SUCCESS.code
 
     def _eval_and_record(self) -> None:
@@ -390,6 +393,16 @@ class Trainer:
     def close(self) -> None:
         if self.metrics:
             self.metrics.close()
+
+
+def _peak_memory(gpu: bool) -> dict[str, float]:
+    """This process's peak host memory (and GPU memory), for the `end` metrics line."""
+    import resource
+
+    peak = {"peakRssMb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if gpu:
+        peak["peakGpuMemoryGb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+    return peak
 
 
 def _grad_norm(module: torch.nn.Module) -> float:
