@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# `control_plane`, `namespace` and `gpu_nodes`: a real control plane (kubespeed/devcluster).
+pytest_plugins = ["kubespeed.devcluster.pytest_plugin"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 

@@ -1,3 +1,8 @@
+// Pins for the control-plane binaries that the tests and `kubespeed dev cluster` run,
+// built by kubespeed/devcluster/build.py (tools/build-binaries.sh) into a per-machine cache.
+// k8s.io/kubernetes's own go.mod points the k8s.io/* staging modules at ./staging, so each
+// is replaced below by its release of the same version. etcd is held at the release this
+// Kubernetes expects (hack/lib/etcd.sh and build/dependencies.yaml in v1.37.2: 3.7.0).
 module github.com/kubespeed/kubespeed/tools/controlplane
 
 go 1.26.0

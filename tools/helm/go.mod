@@ -1,3 +1,5 @@
+// Pin for the helm binary beside kubectl in the control-plane cache (kubespeed/devcluster/build.py).
+// A module of its own: helm's dependency graph must not move the Kubernetes pins.
 module github.com/kubespeed/kubespeed/tools/helm
 
 go 1.26.0

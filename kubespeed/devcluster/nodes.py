@@ -1,0 +1,167 @@
+"""Fake GPU nodes: Node objects that look like a GPU node's kubelet registered them.
+
+There is no kubelet, so the scheduler binds pods to these nodes and nothing runs them
+(tests/e2e adds an agent for that). The node lifecycle controller stays on, as in a real
+cluster: it removes the `node.kubernetes.io/not-ready` taint the apiserver puts on every
+new node once the node reports Ready, and would mark the node unreachable if its Lease
+went stale. A heartbeat thread renews each node's Lease and Ready condition, as a
+kubelet does, so the nodes stay schedulable for as long as the control plane runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+from typing import Any
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
+# The taint GPU node pools carry (GKE, AKS and the NVIDIA GPU operator's docs use this key),
+# so only pods that ask for GPUs land there.
+GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
+NODE_LEASE_NAMESPACE = "kube-node-lease"
+LEASE_DURATION_SECONDS = 40
+# Well inside the controller's 50 s node-monitor grace period, like the kubelet's 10 s.
+HEARTBEAT_SECONDS = 10.0
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def gpu_node(name: str, gpus: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                GPU_PRESENT_LABEL: "true",
+                "nvidia.com/gpu.count": str(gpus),
+            },
+        },
+        "spec": {"taints": [dict(GPU_TAINT)]},
+    }
+
+
+def node_status(gpus: int, kubelet_version: str, cpu: str = "64", memory: str = "512Gi", pods: int = 110) -> dict[str, Any]:
+    resources = {"cpu": cpu, "memory": memory, "pods": str(pods), "ephemeral-storage": "1Ti", GPU_RESOURCE: str(gpus)}
+    return {
+        "status": {
+            "capacity": resources,
+            "allocatable": resources,
+            "conditions": conditions(),
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "nodeInfo": {
+                "architecture": "amd64",
+                "operatingSystem": "linux",
+                "kubeletVersion": kubelet_version,
+                "containerRuntimeVersion": "kubespeed-fake://0",
+                "osImage": "kubespeed fake GPU node",
+                "kernelVersion": "",
+                "kubeProxyVersion": "",
+                "bootID": "",
+                "machineID": "",
+                "systemUUID": "",
+            },
+        }
+    }
+
+
+def conditions() -> list[dict[str, str]]:
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    healthy = [
+        ("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+        ("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+        ("PIDPressure", "False", "KubeletHasSufficientPID"),
+        ("Ready", "True", "KubeletReady"),
+    ]
+    return [
+        {"type": kind, "status": status, "reason": reason, "message": f"fake node: {reason}",
+         "lastHeartbeatTime": now, "lastTransitionTime": now}
+        for kind, status, reason in healthy
+    ]  # fmt: skip
+
+
+def lease(name: str, node_uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": name,
+            "namespace": NODE_LEASE_NAMESPACE,
+            # As the kubelet does: the lease goes when the node does.
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": name, "uid": node_uid}],
+        },
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": _now()},
+    }
+
+
+def register(api_client: Any, name: str, gpus: int, kubelet_version: str) -> None:
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    node = core.create_node(gpu_node(name, gpus))
+    core.patch_node_status(name, node_status(gpus, kubelet_version))
+    client.CoordinationV1Api(api_client).create_namespaced_lease(NODE_LEASE_NAMESPACE, lease(name, node.metadata.uid))
+
+
+def heartbeat(api_client: Any, name: str) -> None:
+    from kubernetes import client
+
+    client.CoordinationV1Api(api_client).patch_namespaced_lease(
+        name, NODE_LEASE_NAMESPACE, {"spec": {"renewTime": _now()}}
+    )
+    # `lastTransitionTime` is rewritten too; it stays Ready, so nothing reads it as a transition.
+    client.CoreV1Api(api_client).patch_node_status(name, {"status": {"conditions": conditions()}})
+
+
+def schedulable(api_client: Any, name: str) -> bool:
+    """Ready, and no taint left but the GPU one (the not-ready taint is gone)."""
+    from kubernetes import client
+
+    node = client.CoreV1Api(api_client).read_node(name)
+    taints = {taint.key for taint in node.spec.taints or []}
+    ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+    return ready and taints == {GPU_TAINT["key"]}
+
+
+class Heartbeat:
+    """Renews the nodes' Leases and Ready conditions from one daemon thread until stopped."""
+
+    def __init__(self, api_client: Any, interval: float = HEARTBEAT_SECONDS) -> None:
+        self._api_client = api_client
+        self._interval = interval
+        self._names: list[str] = []
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kubespeed-node-heartbeat", daemon=True)
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            self._names.append(name)
+        if not self._thread.is_alive() and not self._stopped.is_set():
+            self._thread.start()
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._names)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            for name in self.names():
+                try:
+                    heartbeat(self._api_client, name)
+                except Exception as error:  # a missed beat is retried next interval, as a kubelet would
+                    log.warning("heartbeat for node %s failed: %s", name, error)
