@@ -194,17 +194,18 @@ def test_api_server_refuses_a_name_the_children_cannot_carry(custom, lmtj_namesp
     assert field in body, f"{what}: {body}"
 
 
+def with_spec(custom: client.CustomObjectsApi, namespace: str, job: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Replace the job's spec, as `kubectl apply` of an edited manifest does."""
+    name = job["metadata"]["name"]
+    edited = {**job, "spec": spec}
+    return custom.replace_namespaced_custom_object(wiring.API_GROUP, wiring.API_VERSION, namespace, wiring.PLURAL, name, edited)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("field, changed", IMMUTABLE_CHANGES, ids=ids(IMMUTABLE_CHANGES))
 def test_api_server_refuses_changing_an_immutable_field(custom, lmtj_namespace, field, changed):
-    name = f"immutable-{secrets.token_hex(3)}"
-    job = create(custom, lmtj_namespace, name, GOOD)
-    job["spec"] = changed
-    status, body = refusal(
-        lambda: custom.replace_namespaced_custom_object(
-            wiring.API_GROUP, wiring.API_VERSION, lmtj_namespace, wiring.PLURAL, name, job
-        )
-    )
+    job = create(custom, lmtj_namespace, f"edited-{secrets.token_hex(3)}", GOOD)
+    status, body = refusal(lambda: with_spec(custom, lmtj_namespace, job, changed))
     assert status == 422, body
     assert field in body and "cannot change" in body, body
 
@@ -212,10 +213,5 @@ def test_api_server_refuses_changing_an_immutable_field(custom, lmtj_namespace, 
 @pytest.mark.integration
 @pytest.mark.parametrize("what, changed", MUTABLE_CHANGES, ids=ids(MUTABLE_CHANGES))
 def test_api_server_accepts_changing_a_mutable_field(custom, lmtj_namespace, what, changed):
-    name = f"mutable-{secrets.token_hex(3)}"
-    job = create(custom, lmtj_namespace, name, GOOD)
-    job["spec"] = changed
-    replaced = custom.replace_namespaced_custom_object(
-        wiring.API_GROUP, wiring.API_VERSION, lmtj_namespace, wiring.PLURAL, name, job
-    )
-    assert replaced["metadata"]["generation"] == 2, what
+    job = create(custom, lmtj_namespace, f"edited-{secrets.token_hex(3)}", GOOD)
+    assert with_spec(custom, lmtj_namespace, job, changed)["metadata"]["generation"] == 2, what

@@ -129,7 +129,7 @@ def test_gpu_and_cpu_pods(make_job, name, overrides, gpu_limit, tolerates_gpu, n
     toleration = {"key": wiring.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
     assert (toleration in pod["spec"].get("tolerations", [])) == tolerates_gpu, name
     env = env_of(pod)
-    assert ("NCCL_SOCKET_IFNAME" in env) == nccl, name
+    assert ("TORCH_NCCL_ASYNC_ERROR_HANDLING" in env) == nccl, name
     assert env[wiring.ENV_USE_GPU] == ("1" if tolerates_gpu else "0")
 
 
