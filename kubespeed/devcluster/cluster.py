@@ -105,7 +105,7 @@ class ControlPlane:
         self.processes: list[Process] = []
         self.dir: Path | None = None
         self._heartbeat: nodes.Heartbeat | None = None
-        self._gpu_node_count = 0
+        self._nodes_per_prefix: dict[str, int] = {}
         self.kubernetes_version = read_pins().kubernetes
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -300,13 +300,20 @@ class ControlPlane:
         return api
 
     def add_gpu_nodes(self, count: int, gpus: int = 8) -> list[str]:
-        """Register `count` Ready nodes with `gpus` nvidia.com/gpu each and the GPU taint; wait
-        until the scheduler may use them. Names continue across calls: gpu-node-0, gpu-node-1, ..."""
+        """Register `count` Ready nodes with `gpus` nvidia.com/gpu each, labelled
+        nvidia.com/gpu.present=true and tainted nvidia.com/gpu=present:NoSchedule; wait until the
+        scheduler may use them. Names continue across calls: gpu-node-0, gpu-node-1, ..."""
+        return self.add_nodes(count, gpus, prefix="gpu-node")
+
+    def add_nodes(self, count: int, gpus: int = 0, prefix: str = "node") -> list[str]:
+        """Register `count` Ready nodes (64 CPUs, 512Gi, 110 pods; `gpus` GPUs if not 0) that a
+        heartbeat keeps Ready until stop(); return their names once the scheduler may use them."""
         api = self.api_client()
         if self._heartbeat is None:
             self._heartbeat = nodes.Heartbeat(self.api_client())
-        names = [f"gpu-node-{self._gpu_node_count + i}" for i in range(count)]
-        self._gpu_node_count += count
+        taken = self._nodes_per_prefix.get(prefix, 0)
+        names = [f"{prefix}-{taken + i}" for i in range(count)]
+        self._nodes_per_prefix[prefix] = taken + count
         for name in names:
             nodes.register(api, name, gpus, self.kubernetes_version)
             self._heartbeat.add(name)

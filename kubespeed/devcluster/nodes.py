@@ -1,4 +1,4 @@
-"""Fake GPU nodes: Node objects that look like a GPU node's kubelet registered them.
+"""Fake nodes: Node objects that look like a kubelet registered them, GPU nodes by default.
 
 There is no kubelet, so the scheduler binds pods to these nodes and nothing runs them
 (tests/e2e adds an agent for that). The node lifecycle controller stays on, as in a real
@@ -28,30 +28,28 @@ HEARTBEAT_SECONDS = 10.0
 log = logging.getLogger(__name__)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _now(micro: bool = True) -> str:
+    """RFC 3339 in UTC; Lease times are MicroTime, condition times whole seconds."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
 
 
-def gpu_node(name: str, gpus: int) -> dict[str, Any]:
+def node(name: str, gpus: int) -> dict[str, Any]:
+    """A node as its kubelet registers it; with `gpus`, labelled and tainted as GPU nodes are."""
+    labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
+    if gpus:
+        labels |= {GPU_PRESENT_LABEL: "true", "nvidia.com/gpu.count": str(gpus)}
     return {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": {
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
-                GPU_PRESENT_LABEL: "true",
-                "nvidia.com/gpu.count": str(gpus),
-            },
-        },
-        "spec": {"taints": [dict(GPU_TAINT)]},
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"taints": [dict(GPU_TAINT)] if gpus else []},
     }
 
 
 def node_status(gpus: int, kubelet_version: str, cpu: str = "64", memory: str = "512Gi", pods: int = 110) -> dict[str, Any]:
-    resources = {"cpu": cpu, "memory": memory, "pods": str(pods), "ephemeral-storage": "1Ti", GPU_RESOURCE: str(gpus)}
+    resources = {"cpu": cpu, "memory": memory, "pods": str(pods), "ephemeral-storage": "1Ti"}
+    if gpus:
+        resources[GPU_RESOURCE] = str(gpus)
     return {
         "status": {
             "capacity": resources,
@@ -74,18 +72,21 @@ def node_status(gpus: int, kubelet_version: str, cpu: str = "64", memory: str = 
     }
 
 
+# What a healthy kubelet reports: (type, status, reason).
+HEALTHY_CONDITIONS = (
+    ("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+    ("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+    ("PIDPressure", "False", "KubeletHasSufficientPID"),
+    ("Ready", "True", "KubeletReady"),
+)
+
+
 def conditions() -> list[dict[str, str]]:
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    healthy = [
-        ("MemoryPressure", "False", "KubeletHasSufficientMemory"),
-        ("DiskPressure", "False", "KubeletHasNoDiskPressure"),
-        ("PIDPressure", "False", "KubeletHasSufficientPID"),
-        ("Ready", "True", "KubeletReady"),
-    ]
+    now = _now(micro=False)
     return [
         {"type": kind, "status": status, "reason": reason, "message": f"fake node: {reason}",
          "lastHeartbeatTime": now, "lastTransitionTime": now}
-        for kind, status, reason in healthy
+        for kind, status, reason in HEALTHY_CONDITIONS
     ]  # fmt: skip
 
 
@@ -107,9 +108,9 @@ def register(api_client: Any, name: str, gpus: int, kubelet_version: str) -> Non
     from kubernetes import client
 
     core = client.CoreV1Api(api_client)
-    node = core.create_node(gpu_node(name, gpus))
+    created = core.create_node(node(name, gpus))
     core.patch_node_status(name, node_status(gpus, kubelet_version))
-    client.CoordinationV1Api(api_client).create_namespaced_lease(NODE_LEASE_NAMESPACE, lease(name, node.metadata.uid))
+    client.CoordinationV1Api(api_client).create_namespaced_lease(NODE_LEASE_NAMESPACE, lease(name, created.metadata.uid))
 
 
 def heartbeat(api_client: Any, name: str) -> None:
@@ -118,18 +119,20 @@ def heartbeat(api_client: Any, name: str) -> None:
     client.CoordinationV1Api(api_client).patch_namespaced_lease(
         name, NODE_LEASE_NAMESPACE, {"spec": {"renewTime": _now()}}
     )
-    # `lastTransitionTime` is rewritten too; it stays Ready, so nothing reads it as a transition.
-    client.CoreV1Api(api_client).patch_node_status(name, {"status": {"conditions": conditions()}})
+    # A strategic merge by condition type: only the heartbeat moves, the transition times stay.
+    now = _now(micro=False)
+    beats = [{"type": kind, "status": status, "lastHeartbeatTime": now} for kind, status, _ in HEALTHY_CONDITIONS]
+    client.CoreV1Api(api_client).patch_node_status(name, {"status": {"conditions": beats}})
 
 
 def schedulable(api_client: Any, name: str) -> bool:
-    """Ready, and no taint left but the GPU one (the not-ready taint is gone)."""
+    """Ready, and no taint left but the GPU one (the apiserver's not-ready taint is gone)."""
     from kubernetes import client
 
-    node = client.CoreV1Api(api_client).read_node(name)
-    taints = {taint.key for taint in node.spec.taints or []}
-    ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
-    return ready and taints == {GPU_TAINT["key"]}
+    current = client.CoreV1Api(api_client).read_node(name)
+    taints = {taint.key for taint in current.spec.taints or []} - {GPU_TAINT["key"]}
+    ready = any(c.type == "Ready" and c.status == "True" for c in current.status.conditions or [])
+    return ready and not taints
 
 
 class Heartbeat:

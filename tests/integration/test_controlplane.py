@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -156,6 +157,32 @@ def test_gpu_pod_without_the_toleration_stays_pending_with_the_schedulers_reason
 
 
 @pytest.mark.integration
+def test_fake_gpu_nodes_renew_their_lease_like_a_kubelet(control_plane: ControlPlane, gpu_nodes: list[str]) -> None:
+    coordination = client.CoordinationV1Api(control_plane.api_client())
+
+    def renew_time() -> Any:
+        return coordination.read_namespaced_lease(gpu_nodes[0], "kube-node-lease").spec.renew_time
+
+    first = renew_time()
+    eventually(lambda: renew_time() > first, "the node lease to be renewed", timeout=40)
+
+
+@pytest.mark.integration
+def test_pod_security_admission_enforces_the_namespace_level(control_plane: ControlPlane, namespace: str) -> None:
+    core = client.CoreV1Api(control_plane.api_client())
+    core.patch_namespace(namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    privileged = {
+        "metadata": {"name": "privileged"},
+        "spec": {"containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10",
+                                 "securityContext": {"privileged": True}}]},
+    }  # fmt: skip
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod(namespace, privileged)
+    assert refused.value.status == 403
+    assert 'violates PodSecurity "restricted:latest"' in json.loads(refused.value.body)["message"]
+
+
+@pytest.mark.integration
 def test_service_account_without_permission_is_forbidden(control_plane: ControlPlane, namespace: str) -> None:
     core = client.CoreV1Api(control_plane.api_client())
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "worker"}})
@@ -202,15 +229,49 @@ def test_service_account_may_do_what_its_role_grants_and_nothing_more(
     assert refused.value.status == 403
 
 
+def children_of(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
 @pytest.mark.integration
-def test_stop_leaves_no_process_and_no_folder(control_plane: ControlPlane) -> None:
-    with ControlPlane(control_plane.bin_dir) as second:
-        pids = [process.pid for process in second.processes]
-        folder = second.dir
-        assert folder is not None and folder.is_dir()
-        assert len(pids) == 4 and all(alive(pid) for pid in pids)
-    assert not any(alive(pid) for pid in pids)
-    assert not folder.exists()
+def test_dev_cluster_prints_the_exports_and_ctrl_c_stops_every_process_and_removes_its_folder(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    command = [sys.executable, "-m", "kubespeed.cli", "dev", "cluster", "--gpu-nodes", "1"]
+    stderr = tmp_path / "stderr"
+    with open(stderr, "w") as err:
+        dev = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        assert dev.stdout is not None
+        kubeconfig_line, path_line = dev.stdout.readline(), dev.stdout.readline()
+        assert kubeconfig_line.startswith("export KUBECONFIG="), stderr.read_text()
+        assert path_line.startswith("export PATH=")
+        assert path_line.strip().endswith(":$PATH")
+        kubeconfig = Path(kubeconfig_line.strip().split("=", 1)[1])
+        bin_dir = path_line.strip().split("=", 1)[1].rsplit(":", 1)[0]
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+        nodes = subprocess.run(["kubectl", "get", "nodes", "-o", "name"], env=env, capture_output=True, text=True)
+        assert nodes.stdout.split() == ["node/gpu-node-0"], nodes.stderr
+        assert subprocess.run(["helm", "list", "-A"], env=env, capture_output=True).returncode == 0
+        components = children_of(dev.pid)
+        assert len(components) == 4 and all(alive(pid) for pid in components)
+
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(60) == 0
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+    assert not any(alive(pid) for pid in components)
+    assert not kubeconfig.parent.exists()
 
 
 class _BrokenApiserver(ControlPlane):
