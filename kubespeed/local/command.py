@@ -18,6 +18,7 @@ from kubespeed.local.plot import plot_loss
 from kubespeed.spec import LMTrainingJobSpec, SpecError, load_job, parse_job_spec
 
 INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C
+NVIDIA_DRIVER = Path("/proc/driver/nvidia")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,13 +42,17 @@ def load_local_job(path: str, overrides: list[str]) -> tuple[dict[str, Any], LMT
 
 
 def gpu_available(procs_per_node: int) -> bool:
-    """Enough GPUs here for one pod's ranks; the trainer imports torch anyway, so asking it costs nothing extra."""
+    """Enough GPUs here for one pod's ranks, as torch sees them. Without an NVIDIA driver
+    the answer is no without importing torch, which takes seconds on a small machine."""
+    if not NVIDIA_DRIVER.exists():
+        return False
     import torch
 
     return torch.cuda.is_available() and torch.cuda.device_count() >= procs_per_node
 
 
 def main(argv: list[str]) -> int:
+    started = time.monotonic()  # the wall time people wait includes loading torch and the job
     args = _parser().parse_args(argv)
     try:
         job, spec = load_local_job(args.job, args.overrides)
@@ -57,17 +62,18 @@ def main(argv: list[str]) -> int:
     folder = rewire.RunFolder(args.run_dir.resolve() / job["metadata"]["name"])
     if args.fresh and folder.root.exists():
         shutil.rmtree(folder.root)
-    return run_job(job, spec, folder, plain=args.no_progress, job_path=args.job)
+    return run_job(job, spec, folder, plain=args.no_progress, job_path=args.job, started=started)
 
 
-def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFolder, *, plain: bool, job_path: str) -> int:
+def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFolder, *, plain: bool, job_path: str, started: float) -> int:
     from kubespeed_operator.children import attempt_pods, job_children
     from kubespeed_operator.observed import FAILED, PodView
     from kubespeed_operator.render import FIRST_ATTEMPT
     from kubespeed_operator.restart import attempt_failure, verdict
+    from kubespeed_trainer.checkpoint import METRICS_FILE
 
     name = job["metadata"]["name"]
-    clock = progress.StepClock(start_step=resume_step(folder, spec))
+    clock = progress.StepClock(started=started)
     use_gpu = spec.gpu and gpu_available(spec.procsPerNode)
     pods = attempt_pods(job, FIRST_ATTEMPT)
     config_map = next(c for c in job_children(job) if c["kind"] == "ConfigMap")
@@ -76,13 +82,13 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
 
     interrupt = runner.Interrupt()
     previous = {sig: signal.signal(sig, interrupt.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    view = progress.progress_view(name, spec.training.logInterval, plain)
+    view = progress.progress_view(name, folder.checkpoints / METRICS_FILE, plain)
     attempt = FIRST_ATTEMPT
     try:
         while True:
             gang = local_pods(pods, spec, folder, use_gpu)
             result = runner.run_gang(gang, attempt, spec.runPolicy.terminationGracePeriodSeconds, interrupt,
-                                     on_tick=lambda port=gang[0].metrics_port: show(port, clock, view))
+                                     on_tick=lambda port=gang[0].metrics_port: show(port, clock, view, folder, spec))
             if result.exit_code == 0 or result.interrupted:
                 break
             failed = PodView(result.failed_pod, result.failed_rank, attempt, phase=FAILED, exit_code=result.exit_code)
@@ -111,11 +117,16 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
     return code
 
 
-def show(metrics_port: int, clock: progress.StepClock, view: progress.LineProgress | progress.BarProgress) -> None:
+def show(metrics_port: int, clock: progress.StepClock, view: progress.LineProgress | progress.BarProgress,
+         folder: rewire.RunFolder, spec: LMTrainingJobSpec) -> None:
+    if clock.start_step is None:
+        # Read once the pods have started, so that loading the trainer's checkpoint
+        # module (and torch) here overlaps their start-up instead of delaying it.
+        clock.start_step = resume_step(folder, spec)
     snapshot = progress.scrape(metrics_port)
     if snapshot is not None:
         clock.observe(snapshot.step)
-        view.update(snapshot)
+    view.update(snapshot)
 
 
 def resume_step(folder: rewire.RunFolder, spec: LMTrainingJobSpec) -> int:

@@ -1,18 +1,20 @@
-"""Live progress from rank 0's metrics endpoint: a rich bar on a terminal, plain lines otherwise.
+"""Live progress: a rich bar on a terminal, fed by rank 0's metrics endpoint; plain lines otherwise.
 
-The endpoint is the same one the operator reads for the job's status, polled a few
-times a second; it updates every step, where metrics.jsonl only gets a line every
-`logInterval` steps.
+The endpoint is the one the operator reads for the job's status, polled a few
+times a second: its step count moves every step, where metrics.jsonl gets a line
+every `logInterval` steps. The plain lines are metrics.jsonl's own records.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kubespeed import wiring
 
@@ -67,10 +69,11 @@ class StepClock:
     """When steps happened in this run: time to the first step, and steps per second after it.
 
     A resumed run starts at its checkpoint's step (`start_step`), so its first step
-    is the first time the step count moves past that.
+    is the first time the step count moves past that. Steps seen before `start_step`
+    is known are not counted.
     """
 
-    start_step: int = 0
+    start_step: int | None = None
     started: float = field(default_factory=time.monotonic)
     first_step_at: float | None = None
     first_step: int | None = None
@@ -78,7 +81,7 @@ class StepClock:
     last_step: int | None = None
 
     def observe(self, step: int, now: float | None = None) -> None:
-        if step <= self.start_step or step == self.last_step:
+        if self.start_step is None or step <= self.start_step or step == self.last_step:
             return
         now = time.monotonic() if now is None else now
         if self.first_step_at is None:
@@ -118,22 +121,50 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+def format_record(record: dict) -> str | None:
+    """A metrics.jsonl line as people read it; None for kinds not worth a line."""
+    kind, step = record.get("kind"), record.get("step")
+    if kind == "train":
+        return describe(Snapshot(step, record.get("totalSteps", 0), record.get("loss"),
+                                 record.get("tokensPerSecond"), record.get("etaSeconds")))
+    if kind == "eval":
+        return f"step {step}  eval loss {record['evalLoss']:.4f}  perplexity {record['evalPerplexity']:.2f}"
+    if kind == "checkpoint":
+        return f"step {step}  checkpoint written"
+    if kind == "resume":
+        return f"resumed from the checkpoint at step {step}"
+    return None
+
+
 class LineProgress:
-    """A line every `every` steps, for logs and pipes (and `--no-progress`)."""
+    """A line per train, eval and checkpoint record the trainer writes to metrics.jsonl, for logs
+    and pipes (and `--no-progress`): exactly the logged figures, where gauges sampled between
+    two steps may pair a step with the previous log's loss."""
 
-    def __init__(self, every: int):
-        self.every = every
-        self.printed: int | None = None
+    def __init__(self, metrics: Path):
+        self.metrics = metrics
+        # Lines from earlier runs of the job are not this run's progress.
+        self.offset = metrics.stat().st_size if metrics.exists() else 0
 
-    def update(self, s: Snapshot) -> None:
-        new_interval = self.printed is None or s.step // self.every > self.printed // self.every
-        finished = s.step == s.total and self.printed != s.total
-        if new_interval or finished:
-            print(describe(s), flush=True)
-            self.printed = s.step
+    def update(self, snapshot: Snapshot | None) -> None:
+        for record in self._new_records():
+            line = format_record(record)
+            if line:
+                print(line, flush=True)
+
+    def _new_records(self) -> list[dict]:
+        try:
+            with open(self.metrics, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next tick
+        self.offset += len(complete)
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def close(self) -> None:
-        pass
+        self.update(None)
 
 
 class BarProgress:
@@ -152,14 +183,15 @@ class BarProgress:
         self.task = self.progress.add_task(job, total=None, detail="starting ranks...")
         self.progress.start()
 
-    def update(self, s: Snapshot) -> None:
-        self.progress.update(self.task, completed=s.step, total=s.total, detail=details(s))
+    def update(self, s: Snapshot | None) -> None:
+        if s is not None:
+            self.progress.update(self.task, completed=s.step, total=s.total, detail=details(s))
 
     def close(self) -> None:
         self.progress.stop()
 
 
-def progress_view(job: str, log_interval: int, plain: bool) -> LineProgress | BarProgress:
+def progress_view(job: str, metrics: Path, plain: bool) -> LineProgress | BarProgress:
     if plain or not sys.stdout.isatty():
-        return LineProgress(log_interval)
+        return LineProgress(metrics)
     return BarProgress(job)

@@ -286,11 +286,30 @@ def test_step_clock_counts_from_where_a_resumed_run_starts():
     assert clock.steps_per_second == 2.0
 
 
-def test_plain_progress_prints_one_line_per_log_interval(capsys):
-    view = progress.LineProgress(every=10)
-    for step in [1, 5, 9, 10, 11, 20, 20, 25]:
-        view.update(progress.Snapshot(step=step, total=25))
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["1/25", "10/25", "20/25", "25/25"]
+def test_plain_progress_prints_each_new_record_once_skipping_earlier_runs(tmp_path, capsys):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"kind": "train", "step": 5, "totalSteps": 20, "loss": 9.0}) + "\n")
+    view = progress.LineProgress(metrics)
+    records = [
+        {"kind": "resume", "step": 5},
+        {"kind": "train", "step": 10, "totalSteps": 20, "loss": 2.5, "tokensPerSecond": 1234.0, "etaSeconds": 75},
+        {"kind": "eval", "step": 10, "evalLoss": 2.25, "evalPerplexity": 9.49},
+        {"kind": "checkpoint", "step": 10, "checkpointStep": 10},
+        {"kind": "end", "step": 20, "finished": 1},
+    ]
+    with metrics.open("a") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in records[:2]) + '{"kind": "ev')  # a line half written
+        fh.flush()
+        view.update(None)
+        fh.write(json.dumps(records[2])[len('{"kind": "ev'):] + "\n" + "".join(json.dumps(r) + "\n" for r in records[3:]))
+    view.update(None)
+    view.close()
+    assert capsys.readouterr().out.splitlines() == [
+        "resumed from the checkpoint at step 5",
+        "step 10/20  loss 2.5000  1,234 tok/s  eta 1:15",
+        "step 10  eval loss 2.2500  perplexity 9.49",
+        "step 10  checkpoint written",
+    ]
 
 
 # ---------------------------------------------------------------- summary and plot
