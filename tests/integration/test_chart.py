@@ -9,12 +9,9 @@ ServiceAccount may do what the operator does and nothing it must not.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import re
 import secrets
-import subprocess
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,24 +24,11 @@ from kubernetes import client
 from kubespeed import wiring
 from kubespeed.devcluster.cluster import ControlPlane
 from kubespeed.spec import crd
+from chart_fixture import CHART, MODE_IDS, MODES, REPO, SYNC, documents, ok, render, run, template
 from operator_fixture import JobClient, OperatorProcess, run_all
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "kubespeed"
-
-
-def load_sync_script() -> Any:
-    """scripts/sync-manifests as a module: the tests compare the tree with what it would write."""
-    loader = importlib.machinery.SourceFileLoader("sync_manifests", str(REPO / "scripts" / "sync-manifests"))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    return module
-
-
-SYNC = load_sync_script()
-MODE_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 # The namespaces charts/kubespeed/ci/namespaced-multi-values.yaml names.
 TEAM_NAMESPACES = ("team-a", "team-b")
 
@@ -83,29 +67,6 @@ SERVICE_MONITOR_CRD: dict[str, Any] = {
 }  # fmt: skip
 
 
-def run(argv: list[Any], cp: ControlPlane, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in argv], env=cp.env(), input=stdin, capture_output=True, text=True, cwd=REPO)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"{' '.join(result.args)} failed:\n{result.stderr}{result.stdout}"
-    return result.stdout
-
-
-class Yaml12Loader(yaml.SafeLoader):
-    """YAML 1.2 floats, as Go reads them: kustomize writes 1.0e-08 as `1e-08`, which
-    PyYAML (YAML 1.1) would read as a string."""
-
-
-Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$"), list("-+0123456789.")
-)
-
-
-def documents(text: str) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.load_all(text, Loader=Yaml12Loader) if doc]
-
-
 def by_identity(docs: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
     keyed = {(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]): d for d in docs}
     assert len(keyed) == len(docs), "two objects with one identity"
@@ -139,46 +100,42 @@ def cluster_ready(control_plane: ControlPlane) -> ControlPlane:
     return control_plane
 
 
-def helm_template(helm: Path, cp: ControlPlane, *args: Any) -> subprocess.CompletedProcess[str]:
-    return run([helm, "template", SYNC.RELEASE, CHART, "--namespace", SYNC.NAMESPACE, *args], cp)
-
-
 # ---------------------------------------------------------------- lint and render
 
 
-@pytest.mark.parametrize("values", [None, *MODE_VALUES], ids=["default", *(v.name.removesuffix("-values.yaml") for v in MODE_VALUES)])
+@pytest.mark.parametrize("values", MODES, ids=MODE_IDS)
 def test_helm_lint_is_clean(helm, control_plane, values):
     out = ok(run([helm, "lint", "--strict", CHART, *(["--values", values] if values else [])], control_plane))
     assert "0 chart(s) failed" in out
     assert "[WARNING]" not in out and "[ERROR]" not in out, out
 
 
-@pytest.mark.parametrize("values", [None, *MODE_VALUES], ids=["default", *(v.name.removesuffix("-values.yaml") for v in MODE_VALUES)])
-def test_every_mode_renders_objects_the_api_server_accepts(helm, kubectl, cluster_ready, values):
-    render = ok(helm_template(helm, cluster_ready, "--include-crds", *(["--values", values] if values else [])))
-    assert documents(render)
+@pytest.mark.parametrize("values", MODES, ids=MODE_IDS)
+def test_every_mode_renders_objects_the_api_server_accepts(kubectl, cluster_ready, values):
+    rendered = template(cluster_ready, values, "--include-crds")
+    assert documents(rendered)
     # --force-conflicts: objects of the same name that other tests applied may differ (a dry run changes nothing).
     apply = [kubectl, "apply", "--server-side", "--force-conflicts", "--dry-run=server", "--field-manager=kubespeed-test"]
-    out = ok(run([*apply, "-f", "-"], cluster_ready, render))
+    out = ok(run([*apply, "-f", "-"], cluster_ready, rendered))
     assert "deployment.apps/kubespeed-operator serverside-applied (server dry run)" in out
 
 
-def test_namespaced_mode_grants_roles_only_in_the_watched_namespaces(helm, control_plane):
-    render = documents(ok(helm_template(helm, control_plane, "--values", CHART / "ci" / "namespaced-multi-values.yaml")))
-    kinds = {doc["kind"] for doc in render}
+def test_namespaced_mode_grants_roles_only_in_the_watched_namespaces(control_plane):
+    docs = render(control_plane, CHART / "ci" / "namespaced-multi-values.yaml")
+    kinds = {doc["kind"] for doc in docs}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
     # Besides the leader-election Role in the operator's own namespace.
     operator_role = f"{SYNC.RELEASE}-operator"
-    roles = {doc["metadata"]["namespace"] for doc in render if doc["kind"] == "Role" and doc["metadata"]["name"] == operator_role}
-    bindings = {doc["metadata"]["namespace"] for doc in render if doc["kind"] == "RoleBinding" and doc["metadata"]["name"] == operator_role}
+    roles = {doc["metadata"]["namespace"] for doc in docs if doc["kind"] == "Role" and doc["metadata"]["name"] == operator_role}
+    bindings = {doc["metadata"]["namespace"] for doc in docs if doc["kind"] == "RoleBinding" and doc["metadata"]["name"] == operator_role}
     assert roles == bindings == set(TEAM_NAMESPACES)
-    deployment = next(doc for doc in render if doc["kind"] == "Deployment")
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
     assert deployment["spec"]["template"]["spec"]["containers"][0]["args"][:2] == [f"--namespace={ns}" for ns in TEAM_NAMESPACES]
 
 
-def test_operator_deployment_listens_where_the_wiring_says_and_never_overlaps(helm, control_plane):
-    render = documents(ok(helm_template(helm, control_plane)))
-    deployment = next(doc for doc in render if doc["kind"] == "Deployment")
+def test_operator_deployment_listens_where_the_wiring_says_and_never_overlaps(control_plane):
+    docs = render(control_plane)
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
     pod = deployment["spec"]["template"]
     container = pod["spec"]["containers"][0]
@@ -189,7 +146,7 @@ def test_operator_deployment_listens_where_the_wiring_says_and_never_overlaps(he
     # A job's NetworkPolicy lets pods with these labels scrape its metrics.
     assert pod["metadata"]["labels"][wiring.NAME_LABEL] == wiring.APP_NAME
     assert pod["metadata"]["labels"][wiring.COMPONENT_LABEL] == wiring.OPERATOR_COMPONENT
-    service = next(doc for doc in render if doc["kind"] == "Service")
+    service = next(doc for doc in docs if doc["kind"] == "Service")
     assert service["spec"]["ports"][0]["port"] == wiring.OPERATOR_METRICS_PORT
 
 
@@ -218,9 +175,9 @@ def test_wrong_value_is_refused_by_the_schema_naming_it(helm, control_plane, wha
 # ---------------------------------------------------------------- the kustomize base
 
 
-def test_kustomize_base_is_the_charts_default_render_and_its_namespace(helm, kubectl, control_plane):
+def test_kustomize_base_is_the_charts_default_render_and_its_namespace(kubectl, control_plane):
     base = by_identity(documents(ok(run([kubectl, "kustomize", REPO / "manifests"], control_plane))))
-    chart = by_identity(documents(ok(helm_template(helm, control_plane, "--include-crds"))))
+    chart = by_identity(documents(template(control_plane, None, "--include-crds")))
     namespace = base.pop(("Namespace", "", SYNC.NAMESPACE))
     # The operator's namespace enforces Pod Security `restricted`, which its pod meets.
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"

@@ -11,10 +11,7 @@ selectors, ports) for each kind of peer.
 from __future__ import annotations
 
 import copy
-import importlib.machinery
-import importlib.util
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,21 +27,11 @@ from kubespeed.devcluster.cluster import ControlPlane
 from kubespeed_operator.children import attempt_pods, job_children
 from kubespeed_operator.render import as_submitted
 
+from chart_fixture import MODE_IDS, MODES, REPO, render
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "kubespeed"
-MODES = [None, *sorted((CHART / "ci").glob("*-values.yaml"))]
-MODE_IDS = ["default", *(v.name.removesuffix("-values.yaml") for v in MODES[1:])]
 EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
-
-
-def render(cp: ControlPlane, values: Path | None = None) -> list[dict[str, Any]]:
-    argv = [cp.bin_dir / "helm", "template", "kubespeed", CHART, "--namespace", "kubespeed-system"]
-    argv += ["--values", values] if values else []
-    result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=cp.env())
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def operator_pod(cp: ControlPlane) -> dict[str, Any]:
