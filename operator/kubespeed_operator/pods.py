@@ -57,11 +57,12 @@ def container_env(job_name: str, spec: LMTrainingJobSpec, node_rank: int, attemp
 
 
 def container_resources(spec: LMTrainingJobSpec) -> dict[str, Any]:
-    requests = dict(spec.resources.requests)
-    limits = dict(spec.resources.limits)
+    """Quantities as strings, the form the API server returns and typed clients expect."""
+    requests = {name: str(q) for name, q in spec.resources.requests.items()}
+    limits = {name: str(q) for name, q in spec.resources.limits.items()}
     if spec.gpu:
         # An extended resource's request defaults to its limit.
-        limits[wiring.GPU_RESOURCE] = spec.procsPerNode
+        limits[wiring.GPU_RESOURCE] = str(spec.procsPerNode)
     resources: dict[str, Any] = {}
     if requests:
         resources["requests"] = requests

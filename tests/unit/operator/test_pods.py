@@ -116,14 +116,14 @@ def test_checkpoint_volume_follows_the_mount_path(make_job):
 @pytest.mark.parametrize(
     "name, overrides, gpu_limit, tolerates_gpu, nccl",
     [
-        ("gpu pod asks for procsPerNode GPUs", {"procsPerNode": 4, "training__globalBatchSize": 32}, 4, True, True),
+        ("gpu pod asks for procsPerNode GPUs", {"procsPerNode": 4, "training__globalBatchSize": 32}, "4", True, True),
         ("cpu pod asks for none", {"gpu": False, "procsPerNode": 4, "training__globalBatchSize": 32}, None, False, False),
     ],
 )
 def test_gpu_and_cpu_pods(make_job, name, overrides, gpu_limit, tolerates_gpu, nccl):
     pod = attempt_pods(make_job(**overrides, resources={"requests": {"cpu": 8}, "limits": {"memory": "64Gi"}}), 1)[0]
     (container,) = pod["spec"]["containers"]
-    assert container["resources"]["requests"] == {"cpu": 8}, name
+    assert container["resources"]["requests"] == {"cpu": "8"}, name
     assert container["resources"]["limits"].get(wiring.GPU_RESOURCE) == gpu_limit, name
     assert container["resources"]["limits"]["memory"] == "64Gi"
     toleration = {"key": wiring.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
