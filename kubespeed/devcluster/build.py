@@ -165,6 +165,8 @@ def ensure_binaries(tools_dir: Path = TOOLS_DIR, root: Path | None = None) -> Pa
             return bin_dir
         if shutil.which("go") is None:
             raise BuildError(f"`go` is not on PATH; it is needed once to build {bin_dir}")
+        for abandoned in root.glob(f".{key}.*"):  # left by a build that was killed; we hold the lock
+            shutil.rmtree(abandoned, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
         try:
             _build_into(staging / "bin", read_pins(tools_dir), tools_dir)

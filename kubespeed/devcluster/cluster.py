@@ -39,6 +39,7 @@ from kubespeed.devcluster.processes import (
 
 DIR_PREFIX = "kubespeed-cp-"
 OWNER_FILE = "owner.pid"
+START_ATTEMPTS = 3
 
 ADMISSION_PLUGINS = (
     "NamespaceLifecycle",
@@ -120,13 +121,20 @@ class ControlPlane:
     def start(self) -> None:
         self._bin_dir = self._bin_dir or ensure_binaries()
         remove_stale_dirs()
-        self.dir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
-        (self.dir / OWNER_FILE).write_text(str(os.getpid()))
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.dir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
+            (self.dir / OWNER_FILE).write_text(str(os.getpid()))
+            try:
+                self._start()
+                return
+            except ControlPlaneError as error:
+                self.stop()
+                # A free port can be taken by another session between our pick and the bind.
+                if "address already in use" not in str(error) or attempt == START_ATTEMPTS:
+                    raise
+            except BaseException:
+                self.stop()
+                raise
 
     def stop(self) -> None:
         """Stop the heartbeat, then every process newest first (etcd last), then remove the folder."""
