@@ -187,7 +187,7 @@ def test_kustomize_base_is_the_charts_default_render_and_its_namespace(kubectl, 
 
 
 def test_generated_manifests_are_what_sync_manifests_writes(helm):
-    for path, text in SYNC.expected_files(helm, REPO).items():
+    for path, text in SYNC.expected_files(helm).items():
         on_disk = REPO / path
         assert on_disk.exists() and on_disk.read_text() == text, f"{path} is stale: run scripts/sync-manifests"
 

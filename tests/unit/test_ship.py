@@ -239,7 +239,7 @@ def test_crd_copy_is_byte_identical_to_kubespeed_crd(path):
 
 
 def test_static_copies_are_what_sync_manifests_writes():
-    for path, text in SYNC.static_files(REPO).items():
+    for path, text in SYNC.static_files().items():
         on_disk = REPO / path
         assert on_disk.exists() and on_disk.read_text() == text, f"{path} is stale: run scripts/sync-manifests"
 
