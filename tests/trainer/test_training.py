@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
+import urllib.request
 
 import pytest
 import torch
@@ -56,10 +57,18 @@ def test_zero_stage_trains_and_resume_matches_an_uninterrupted_run(trainer_job, 
     assert resumed == {s: v for s, v in whole.losses().items() if s > STOP_AT}
 
 
-def test_sigterm_leaves_a_complete_checkpoint_and_the_next_run_resumes_from_it(trainer_job):
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}{wiring.METRICS_PATH}", timeout=5).read().decode()
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("kubespeed_")}
+
+
+def test_sigterm_leaves_a_complete_checkpoint_and_the_next_run_resumes_from_it(trainer_job, unused_port):
     job = trainer_job(training={"steps": 400}, deepspeed={"zeroStage": 2})
-    proc = job.start(ranks=2)
+    proc = job.start(ranks=2, extra=("--metrics-port", str(unused_port)))
     job.wait_for_step(3)
+    gauges = scrape(unused_port)
+    assert gauges["kubespeed_total_steps"] == 400 and gauges["kubespeed_step"] >= 3
+    assert gauges["kubespeed_loss"] > 0 and gauges["kubespeed_tokens_per_second"] > 0
     proc.send_signal(signal.SIGTERM)
     stopped = job.finish(proc)
     assert stopped.code == wiring.EXIT_PREEMPTED.code, stopped.output[-3000:]

@@ -74,11 +74,11 @@ def build_from_checkpoint(directory: Path, tag: str | None = None) -> tuple[torc
     config = load_run_config(directory)
     tokenizer = load_tokenizer(directory / checkpoint.TOKENIZER_DIR)
     model = models.build_model(config.model, vocab_size=tokenizer.vocab_size, seq_length=config.training.seqLength)
-    _load(model, checkpoint_state_dict(directory, tag))
+    load_state(model, checkpoint_state_dict(directory, tag))
     return model.eval(), config, tokenizer
 
 
-def _load(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Strict, except that a tied head may be absent from (or duplicated in) the saved weights."""
     result = model.load_state_dict(state, strict=False)
     tied = {"head.weight"} if getattr(getattr(model, "config", None), "tie_weights", False) else set()

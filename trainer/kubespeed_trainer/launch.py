@@ -14,7 +14,9 @@ Arguments after `--` go to `kubespeed train` in every rank.
 The ranks are started by torch's elastic launcher (the machinery behind
 `torchrun`) with static rendezvous: node rank 0 hosts the rendezvous store at
 MASTER_ADDR:MASTER_PORT, and global rank = node rank x NPROC_PER_NODE + local
-rank. There are no restarts inside a pod (`max_restarts=0`): a failed rank fails
+rank. (The DeepSpeed hostfile at KUBESPEED_HOSTFILE is for DeepSpeed's own
+launcher and for people; static rendezvous needs only the master's address.)
+There are no restarts inside a pod (`max_restarts=0`): a failed rank fails
 the pod, and the operator restarts the whole gang, which resumes from the
 newest complete checkpoint.
 

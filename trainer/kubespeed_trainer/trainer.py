@@ -77,12 +77,20 @@ def _free_port() -> int:
 
 
 def prepare_data(config: TrainerConfig, directory: Path) -> tuple[Path, Any]:
-    """Token shards and tokenizer; one rank per node tokenizes, the others then reuse its result."""
+    """Token shards and tokenizer; one rank per node tokenizes, the others then reuse its result.
+
+    A run that starts from `training.initFrom` keeps that model's tokenizer (saved
+    beside its checkpoints or in its export), so token ids mean what they meant.
+    """
     from kubespeed_trainer import data
+    from kubespeed_trainer.tokenizer import load_tokenizer
 
     def prepare() -> Path:
         try:
-            return data.prepare_dataset(config.data, None, directory / checkpoint.DATA_DIR, seq_length=config.training.seqLength)
+            inherited = None
+            if config.training.initFrom and (Path(config.training.initFrom) / checkpoint.TOKENIZER_DIR).is_dir():
+                inherited = load_tokenizer(Path(config.training.initFrom) / checkpoint.TOKENIZER_DIR)
+            return data.prepare_dataset(config.data, inherited, directory / checkpoint.DATA_DIR, seq_length=config.training.seqLength)
         except (OSError, ValueError, UnicodeError) as err:
             raise DataError(f"data: {err}") from err
 
@@ -112,7 +120,9 @@ def build_engine(config: TrainerConfig, ds_config: dict[str, Any], vocab_size: i
     model = models.build_model(config.model, vocab_size=vocab_size, seq_length=config.training.seqLength)
     parameters = models.count_parameters(model)
     if init_state is not None:
-        model.load_state_dict(init_state, strict=False)
+        from kubespeed_trainer.export import load_state
+
+        load_state(model, init_state)
     if config.deepspeed.activationCheckpointing and hasattr(model, "gradient_checkpointing"):
         model.gradient_checkpointing(True)
     if config.deepspeed.pipelineStages > 1:
@@ -147,6 +157,7 @@ class Trainer:
         self.prepared, self.tokenizer = prepare_data(config, self.directory)
         if self.is_rank0:
             self._write_run_files()
+            _compare_with_operator_config(self.ds_config)
         self.engine, self.parameters = build_engine(config, self.ds_config, self.tokenizer.vocab_size, self._init_state())
         self.pipelined = config.deepspeed.pipelineStages > 1
         self.device = self.engine.device
@@ -393,6 +404,24 @@ class Trainer:
     def close(self) -> None:
         if self.metrics:
             self.metrics.close()
+
+
+def _compare_with_operator_config(resolved: dict[str, Any]) -> None:
+    """Warn when the operator's deepspeed.json (resolved without seeing the device) differs from this run's.
+
+    The trainer's resolution wins: it knows the device (e.g. whether this GPU has bf16).
+    """
+    import json
+    import sys
+
+    path = os.environ.get(wiring.ENV_DEEPSPEED_CONFIG)
+    if not path or not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        written = json.load(fh)
+    if written != resolved:
+        print(f"kubespeed train: warning: {path} differs from the config resolved on this device; using the latter "
+              f"(see {checkpoint.DEEPSPEED_CONFIG_FILE} beside the checkpoints)", file=sys.stderr)
 
 
 def _peak_memory(gpu: bool) -> dict[str, float]:
