@@ -106,9 +106,11 @@ def test_zero_stage_offload_clipping_and_optimizer_come_from_the_spec():
     assert resolved["optimizer"] == {"type": "AdamW", "params": {"lr": 1e-3, "betas": [0.9, 0.99], "eps": 1e-8, "weight_decay": 0.05}}
 
 
-def test_cpu_without_offload_runs_torch_adamw():
-    resolved = dsconfig.resolve_deepspeed_config(config(), 1, gpu=False)
+@pytest.mark.parametrize("offload", [{}, {"optimizer": "cpu", "parameters": "cpu"}])
+def test_cpu_runs_torch_adamw_and_has_nothing_to_offload(offload):
+    resolved = dsconfig.resolve_deepspeed_config(config(deepspeed__zeroStage=3, deepspeed__offload=offload), 1, gpu=False)
     assert resolved["optimizer"]["params"]["torch_adam"] is True
+    assert resolved["zero_optimization"] == {"stage": 3}
 
 
 def test_overrides_merge_last_and_deep():

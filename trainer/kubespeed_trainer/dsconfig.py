@@ -12,6 +12,9 @@ Derived values:
 - data-parallel size = world size / `deepspeed.pipelineStages`
 - gradient accumulation = `training.globalBatchSize` / (`training.microBatchSize` x data-parallel size)
 - precision `auto` = bf16 on a GPU that has it, else fp32
+- offload only with a GPU: on the CPU, parameters and optimizer state live in host
+  memory already, and offload would only swap torch's AdamW for DeepSpeed's CPU
+  Adam, a C++ op compiled at start-up (more than ten minutes on a busy 2-core machine)
 
 The learning-rate schedule is not in this config: the trainer builds it from
 `training.schedule` (see `schedule.py`) and hands it to DeepSpeed. A `scheduler`
@@ -83,8 +86,7 @@ def _optimizer(config: TrainerConfig, gpu: bool) -> dict[str, Any]:
     if opt.type == "sgd":
         return {"type": "SGD", "params": {"lr": opt.lr, "momentum": opt.beta1, "weight_decay": opt.weightDecay}}
     params: dict[str, Any] = {"lr": opt.lr, "betas": [opt.beta1, opt.beta2], "eps": opt.eps, "weight_decay": opt.weightDecay}
-    offloaded = config.deepspeed.offload.optimizer == "cpu"
-    if not gpu and not offloaded:
+    if not gpu:
         # DeepSpeed's FusedAdam is a CUDA kernel (on the CPU accelerator it would be
         # compiled at start-up); torch's AdamW is the well-kept CPU implementation.
         params["torch_adam"] = True
@@ -94,6 +96,8 @@ def _optimizer(config: TrainerConfig, gpu: bool) -> dict[str, Any]:
 def _zero(config: TrainerConfig, gpu: bool) -> dict[str, Any]:
     ds = config.deepspeed
     zero: dict[str, Any] = {"stage": ds.zeroStage}
+    if not gpu:
+        return zero
     if ds.offload.optimizer == "cpu":
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": gpu}
     if ds.offload.parameters == "cpu":
