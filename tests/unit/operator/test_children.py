@@ -169,3 +169,21 @@ def test_a_bad_spec_is_refused_naming_the_field(make_job):
     with pytest.raises(SpecError) as err:
         job_children(make_job(nodes=0))
     assert err.value.path == "spec.nodes"
+
+
+@pytest.mark.parametrize(
+    "what, change",
+    [
+        ("image", {"image": "trainer:2"}),
+        ("env", {"env": [{"name": "FOO", "value": "1"}]}),
+        ("resources", {"resources": {"limits": {"memory": "8Gi"}}}),
+        ("run policy", {"runPolicy": {"backoffLimit": 9, "suspend": True}}),
+        ("scheduling", {"scheduling": {"priorityClassName": "high"}}),
+    ],
+)
+def test_configmap_depends_only_on_fields_that_cannot_change(make_job, what, change):
+    # The operator creates the ConfigMap once (an existing one is "already there"),
+    # so a change the API server allows must not change what it should hold.
+    before = by_kind(job_children(make_job()))["ConfigMap"]
+    after = by_kind(job_children(make_job(**change)))["ConfigMap"]
+    assert after == before, what
