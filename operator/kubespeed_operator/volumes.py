@@ -45,8 +45,8 @@ def _checkpoint_source(job_name: str, spec: LMTrainingJobSpec) -> dict[str, Any]
         return {"persistentVolumeClaim": {"claimName": spec.checkpoint.claimName}}
     if spec.checkpoint.volumeClaim is not None:
         return {"persistentVolumeClaim": {"claimName": wiring.checkpoint_claim_name(job_name)}}
-    # No claim: checkpoints survive a container restart but not the pod; a gang
-    # restart starts over. The spec's description says so.
+    # No claim: checkpoints live and die with the pod, so a gang restart starts
+    # over (the description of spec.checkpoint.claimName says so).
     return {"emptyDir": {}}
 
 
