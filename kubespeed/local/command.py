@@ -18,7 +18,6 @@ from kubespeed.local.plot import plot_loss
 from kubespeed.spec import LMTrainingJobSpec, SpecError, load_job, parse_job_spec
 
 INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C
-NVIDIA_DRIVER = Path("/proc/driver/nvidia")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,10 +41,7 @@ def load_local_job(path: str, overrides: list[str]) -> tuple[dict[str, Any], LMT
 
 
 def gpu_available(procs_per_node: int) -> bool:
-    """Enough GPUs here for one pod's ranks, as torch sees them. Without an NVIDIA driver
-    the answer is no without importing torch, which takes seconds on a small machine."""
-    if not NVIDIA_DRIVER.exists():
-        return False
+    """Enough GPUs here for one pod's ranks, as torch sees them (the trainer's checkpoint module has loaded torch already)."""
     import torch
 
     return torch.cuda.is_available() and torch.cuda.device_count() >= procs_per_node
@@ -73,7 +69,7 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
     from kubespeed_trainer.checkpoint import METRICS_FILE
 
     name = job["metadata"]["name"]
-    clock = progress.StepClock(started=started)
+    clock = progress.StepClock(start_step=resume_step(folder, spec), started=started)
     use_gpu = spec.gpu and gpu_available(spec.procsPerNode)
     pods = attempt_pods(job, FIRST_ATTEMPT)
     config_map = next(c for c in job_children(job) if c["kind"] == "ConfigMap")
@@ -88,7 +84,7 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
         while True:
             gang = local_pods(pods, spec, folder, use_gpu)
             result = runner.run_gang(gang, attempt, spec.runPolicy.terminationGracePeriodSeconds, interrupt,
-                                     on_tick=lambda port=gang[0].metrics_port: show(port, clock, view, folder, spec))
+                                     on_tick=lambda port=gang[0].metrics_port: show(port, clock, view))
             if result.exit_code == 0 or result.interrupted:
                 break
             failed = PodView(result.failed_pod, result.failed_rank, attempt, phase=FAILED, exit_code=result.exit_code)
@@ -117,12 +113,7 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
     return code
 
 
-def show(metrics_port: int, clock: progress.StepClock, view: progress.LineProgress | progress.BarProgress,
-         folder: rewire.RunFolder, spec: LMTrainingJobSpec) -> None:
-    if clock.start_step is None:
-        # Read once the pods have started, so that loading the trainer's checkpoint
-        # module (and torch) here overlaps their start-up instead of delaying it.
-        clock.start_step = resume_step(folder, spec)
+def show(metrics_port: int, clock: progress.StepClock, view: progress.LineProgress | progress.BarProgress) -> None:
     snapshot = progress.scrape(metrics_port)
     if snapshot is not None:
         clock.observe(snapshot.step)

@@ -69,11 +69,10 @@ class StepClock:
     """When steps happened in this run: time to the first step, and steps per second after it.
 
     A resumed run starts at its checkpoint's step (`start_step`), so its first step
-    is the first time the step count moves past that. Steps seen before `start_step`
-    is known are not counted.
+    is the first time the step count moves past that.
     """
 
-    start_step: int | None = None
+    start_step: int = 0
     started: float = field(default_factory=time.monotonic)
     first_step_at: float | None = None
     first_step: int | None = None
@@ -81,7 +80,7 @@ class StepClock:
     last_step: int | None = None
 
     def observe(self, step: int, now: float | None = None) -> None:
-        if self.start_step is None or step <= self.start_step or step == self.last_step:
+        if step <= self.start_step or step == self.last_step:
             return
         now = time.monotonic() if now is None else now
         if self.first_step_at is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,6 +100,8 @@ def run_gang(
         while True:
             on_tick()
             if interrupt.count:
+                print(f"stopping: each pod's ranks write a checkpoint first (up to {grace_seconds:g} s; Ctrl-C again kills them now)",
+                      file=sys.stderr, flush=True)
                 stop_gang(procs, grace_seconds, interrupt)
                 return AttemptResult(exit_code(procs[0].returncode), interrupted=True)
             codes = [p.poll() for p in procs]
