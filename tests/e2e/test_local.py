@@ -4,7 +4,6 @@ pod wiring, reports, survives Ctrl-C with a checkpoint, resumes, and leaves no p
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -99,3 +98,14 @@ def test_ctrl_c_checkpoints_and_a_rerun_resumes(run_dir):
     resumed = [r["step"] for r in metrics(run_dir)[logged_before:] if "loss" in r]
     assert resumed and min(resumed) > stopped["step"], f"resumed run logged steps {resumed} after stopping at {stopped['step']}"
     assert json.loads((run_dir / "quickstart" / "summary.json").read_text())["step"] == target
+
+
+def test_a_failure_no_retry_can_help_is_not_retried(run_dir, tmp_path):
+    missing = tmp_path / "no-such-corpus.txt"
+    done = subprocess.run(local(run_dir, "--set", f"data.train={missing}"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == wiring.EXIT_DATA_ERROR.code, done.stdout + done.stderr
+    assert "a retry cannot help" in done.stderr
+    assert str(missing) in (run_dir / "quickstart" / "logs" / "quickstart-0.log").read_text()
+    summary = json.loads((run_dir / "quickstart" / "summary.json").read_text())
+    assert (summary["outcome"], summary["restarts"]) == (f"failed: quickstart-0 exited {wiring.EXIT_DATA_ERROR.code}", 0)
+    assert processes_of(run_dir) == []
