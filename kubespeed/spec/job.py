@@ -234,11 +234,12 @@ class DeepSpeedSpec:
 
 @dataclass(kw_only=True)
 class VolumeClaimTemplate:
-    """A PersistentVolumeClaim the operator creates as `<job>-checkpoints` and keeps after the job ends."""
+    """A PersistentVolumeClaim the operator creates as `<job>-checkpoints`; it outlives the job unless `deleteWithJob`."""
 
     size: str = field("Requested storage, e.g. `20Gi`.", "10Gi", pattern=r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?")
     storageClassName: str | None = field("Storage class; the cluster default when unset.", None)
     accessMode: str = field("`ReadWriteMany` lets every node rank write its shard; `ReadWriteOnce` suits one-node jobs.", "ReadWriteMany", enum=("ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"))
+    deleteWithJob: bool = field("Delete the claim, and the checkpoints in it, when the job is deleted (also by ttlSecondsAfterFinished). By default the checkpoints stay for fine-tuning, evaluation or a re-run.", False)
 
 
 @dataclass(kw_only=True)

@@ -21,7 +21,12 @@ class Volume(NamedTuple):
 
 
 def checkpoint_claim(job: dict[str, Any], spec: LMTrainingJobSpec) -> dict[str, Any] | None:
-    """The PersistentVolumeClaim `<job>-checkpoints`, only when `spec.checkpoint.volumeClaim` asks for it."""
+    """The PersistentVolumeClaim `<job>-checkpoints`, only when `spec.checkpoint.volumeClaim` asks for it.
+
+    Unless `deleteWithJob`, the claim has no owner reference: checkpoints are the
+    job's product, and the garbage collector would otherwise delete them with the
+    job, including when ttlSecondsAfterFinished cleans it up.
+    """
     template = spec.checkpoint.volumeClaim
     if template is None:
         return None
@@ -32,12 +37,10 @@ def checkpoint_claim(job: dict[str, Any], spec: LMTrainingJobSpec) -> dict[str, 
     }
     if template.storageClassName is not None:
         claim_spec["storageClassName"] = template.storageClassName
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": child_metadata(job, wiring.checkpoint_claim_name(name), labels(name)),
-        "spec": claim_spec,
-    }
+    metadata = child_metadata(job, wiring.checkpoint_claim_name(name), labels(name))
+    if not template.deleteWithJob:
+        del metadata["ownerReferences"]
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": claim_spec}
 
 
 def _checkpoint_source(job_name: str, spec: LMTrainingJobSpec) -> dict[str, Any]:

@@ -17,6 +17,14 @@ def by_kind(objects):
     return {obj["kind"]: obj for obj in objects}
 
 
+@pytest.mark.parametrize("delete_with_job, owned", [(False, False), (True, True)])
+def test_checkpoint_claim_outlives_the_job_unless_asked(make_job, delete_with_job, owned):
+    job = make_job(checkpoint__volumeClaim={"deleteWithJob": delete_with_job})
+    claim = by_kind(job_children(job))["PersistentVolumeClaim"]
+    assert ("ownerReferences" in claim["metadata"]) is owned
+    assert claim["metadata"]["labels"][wiring.JOB_LABEL] == "demo"
+
+
 def test_job_children_have_deterministic_names(make_job):
     job = make_job(checkpoint__volumeClaim={"size": "1Gi"}, scheduling__gang__enabled=True)
     names = [(o["kind"], o["metadata"]["name"]) for o in job_children(job)]
@@ -31,7 +39,7 @@ def test_job_children_have_deterministic_names(make_job):
 
 
 def test_every_child_is_controlled_by_the_job_and_labelled_with_it(make_job):
-    job = make_job(nodes=2, checkpoint__volumeClaim={}, scheduling__gang__enabled=True)
+    job = make_job(nodes=2, checkpoint__volumeClaim={"deleteWithJob": True}, scheduling__gang__enabled=True)
     for obj in job_children(job) + attempt_pods(job, 1):
         meta = obj["metadata"]
         assert meta["namespace"] == "team-a", obj["kind"]
