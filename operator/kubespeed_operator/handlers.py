@@ -19,12 +19,12 @@ TRAINING_PODS = {"labels": {wiring.MANAGED_BY_LABEL: wiring.MANAGED_BY, wiring.N
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     configure(settings)
 
 
-@kopf.index("pods", **TRAINING_PODS)
-def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodView] | None:
+@kopf.index("v1", "pods", **TRAINING_PODS)
+async def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodView] | None:
     """(namespace, job) -> the job's pods, as the watch last showed them."""
     seen = view(dict(body))
     if seen is None or wiring.JOB_LABEL not in labels:
@@ -33,14 +33,14 @@ def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 
 
 @kopf.on.event(**JOBS)
-def job_event(type: str | None, namespace: str, name: str, status: kopf.Status, memo: kopf.Memo, training_pods: kopf.Index, **_: Any) -> None:
+async def job_event(type: str | None, namespace: str, name: str, status: kopf.Status, memo: kopf.Memo, training_pods: kopf.Index, **_: Any) -> None:
     if type == "DELETED":
         memo.operator.forget(namespace, name)
         return
     memo.operator.job_seen(namespace, name, status.get("phase"), training_pods)
 
 
-@kopf.on.event("pods", **TRAINING_PODS)
-def pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, training_pods: kopf.Index, **_: Any) -> None:
+@kopf.on.event("v1", "pods", **TRAINING_PODS)
+async def pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, training_pods: kopf.Index, **_: Any) -> None:
     if wiring.JOB_LABEL in labels:
         memo.operator.pod_seen(namespace, labels[wiring.JOB_LABEL], training_pods)

@@ -88,8 +88,9 @@ def load_credentials() -> Credentials:
         context = False
 
     def token() -> str | None:
-        # The library's refresh hook re-reads a rotated in-cluster token.
-        return cfg.get_api_key_with_prefix("authorization") or None
+        # The library's refresh hook re-reads a rotated in-cluster token. kubernetes 37 keeps
+        # it under "BearerToken" ("authorization" is the older key, kept as its alias).
+        return cfg.get_api_key_with_prefix("BearerToken", alias="authorization") or None
 
     return Credentials(host=cfg.host.rstrip("/"), ssl=context, token=token)
 
@@ -124,7 +125,11 @@ class Kube:
         async with self.session.request(method, self.credentials.host + url_path, data=data, headers=headers, params=params) as response:
             self.on_request(method, response.status)
             text = await response.text()
-            payload = json.loads(text) if text else {}
+            try:
+                payload = json.loads(text) if text else {}
+            except ValueError:
+                # A proxy or an overloaded server answered with something other than a Status.
+                payload = {}
             if response.status >= 400:
                 raise ApiError(response.status, payload.get("reason") or str(response.status), payload.get("message") or text)
             return payload

@@ -1,8 +1,9 @@
 """Leader election on a coordination.k8s.io Lease, so that of two operator replicas only one acts.
 
 The replica that holds the Lease runs kopf; the other waits. A holder that
-cannot renew within the lease duration stops (and its pod restarts), as
-client-go's leader election does. Chosen over kopf's peering, which needs its
+finds the Lease taken by another stops (and its pod restarts), as
+client-go's leader election does; while renewals fail (the API server is away)
+it pauses instead, and resumes if the Lease still names it. Chosen over kopf's peering, which needs its
 own cluster-scoped CRDs and pauses rather than elects; this needs only
 get/create/update on one Lease in the operator's namespace.
 """
@@ -42,6 +43,7 @@ class Lease:
         self.identity = identity
         self.duration = duration
         self.renew_every = duration / 3
+        self._renewed = time.monotonic()
 
     @property
     def _path(self) -> str:
@@ -95,22 +97,28 @@ class Lease:
                 logged = True
             await asyncio.sleep(self.renew_every)
 
+    def held(self) -> bool:
+        """Renewed within the lease duration: safe to act. False while the API server cannot be reached."""
+        return time.monotonic() - self._renewed < self.duration
+
     async def keep(self) -> None:
-        """Renew until the Lease is lost (returns then)."""
-        last_renewal = time.monotonic()
+        """Renew until another replica holds the Lease (returns then).
+
+        While the API server is unreachable (a restart, an upgrade) renewals fail and
+        `held()` turns False, so the operator pauses; when it answers again and the
+        Lease still names this replica, nobody else can have acted, and work resumes.
+        """
+        self._renewed = time.monotonic()
         while True:
             await asyncio.sleep(self.renew_every)
             try:
                 if await self.try_acquire():
-                    last_renewal = time.monotonic()
+                    self._renewed = time.monotonic()
                     continue
-                logger.error("lost Lease %s/%s to another replica", self.namespace, self.name)
+                logger.error("lost Lease %s/%s to another replica; stopping", self.namespace, self.name)
                 return
             except (ApiError, OSError, asyncio.TimeoutError) as err:
                 logger.warning("cannot renew Lease %s/%s: %s", self.namespace, self.name, err)
-            if time.monotonic() - last_renewal > self.duration:
-                logger.error("could not renew Lease %s/%s for %ss; stopping", self.namespace, self.name, self.duration)
-                return
 
     async def release(self) -> None:
         """Hand the Lease back on a clean exit, so a standby takes over at once."""

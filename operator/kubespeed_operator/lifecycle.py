@@ -161,8 +161,8 @@ def decide(
     return _active(ctx, spec, blocker, progress, left)
 
 
-def _end(ctx: _Context, phase: str, reason: str, message: str, everything_active: bool = False) -> Decision:
-    status = ctx.status(phase, reason, message, completionTime=timestamp(ctx.now))
+def _end(ctx: _Context, phase: str, reason: str, message: str, everything_active: bool = False, **fields: Any) -> Decision:
+    status = ctx.status(phase, reason, message, completionTime=timestamp(ctx.now), **fields)
     wake = ctx.ttl if ctx.ttl is not None else ctx.timing.resync
     return ctx.decision(status, reason, delete_pods=ctx.cleanup(everything_active), wake_after=max(float(wake), 0.0))
 
@@ -243,7 +243,8 @@ def _active(
 
     if len(current) == nodes and all(p.phase == SUCCEEDED for p in current):
         message = f"training finished: all {nodes} pods of attempt {attempt} exited 0"
-        return _end(ctx, "Succeeded", "Succeeded", message)
+        final = progress_mod.finished_status(spec.training.steps, ctx.old.get("progress"), ctx.old.get("checkpoint"), timestamp(ctx.now))
+        return _end(ctx, "Succeeded", "Succeeded", message, **final)
 
     start = ctx.old.get("startTime") or min((p.created for p in current if p.created), default=None)
     fields: dict[str, Any] = {"startTime": start}
@@ -273,6 +274,10 @@ def _active(
         running = sum(1 for p in current if p.phase == RUNNING)
         reason = "Resumed" if resumed else ("CreatingPods" if missing else "PodsStarting")
         message = f"attempt {attempt}: {running} of {nodes} pods running"
+        if missing:
+            message = f"attempt {attempt}: creating {len(missing)} of {nodes} pods"
+        if resumed:
+            message = f"resumed: attempt {attempt} starts and resumes from the latest checkpoint"
     status = ctx.status("Pending", reason, message, extra, **fields)
     create = {"create_attempt": attempt, "create_ranks": missing} if missing else {}
     return ctx.decision(status, reason, wake_after=min(timers), **create)

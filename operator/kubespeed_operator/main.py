@@ -100,7 +100,7 @@ async def run(args: argparse.Namespace) -> int:
             acquiring.cancel()
             return 0
         timing = Timing(progress_interval=args.progress_interval, resync=args.resync)
-        reconciler = Reconciler(kube, metrics, timing, args.identity, http)
+        reconciler = Reconciler(kube, metrics, timing, args.identity, http, may_act=lease.held)
         workers = Workers(reconciler.reconcile, on_error=metrics.reconcile_errors.inc)
         kopf_stop: asyncio.Future = loop.create_future()
         operator = asyncio.create_task(

@@ -28,6 +28,7 @@ from kubespeed_operator.status import Event, diff, timestamp
 
 logger = logging.getLogger("kubespeed.operator")
 
+LEASE_WAIT_SECONDS = 1.0
 PodsOf = Callable[[str, str], Iterable[PodView]]
 
 
@@ -49,8 +50,12 @@ def _blocker_for(err: ApiError, what: str) -> Blocker:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, metrics: OperatorMetrics, timing: Timing, identity: str, http: aiohttp.ClientSession):
+    def __init__(
+        self, kube: Kube, metrics: OperatorMetrics, timing: Timing, identity: str, http: aiohttp.ClientSession,
+        may_act: Callable[[], bool] = lambda: True,
+    ):
         self.kube = kube
+        self.may_act = may_act
         self.metrics = metrics
         self.timing = timing
         self.identity = identity
@@ -61,6 +66,9 @@ class Reconciler:
 
     async def reconcile(self, namespace: str, name: str) -> float | None:
         """Bring one job a step closer to its decision; seconds until the next timed look, None if it is gone."""
+        if not self.may_act():
+            # The Lease is not fresh (the API server is away): act only once it is renewed.
+            return LEASE_WAIT_SECONDS
         started = time.monotonic()
         try:
             return await with_conflict_retry(lambda: self._reconcile_once(namespace, name))

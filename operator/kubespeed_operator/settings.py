@@ -34,6 +34,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.connect_timeout = 10
     # A restarting API server is not hammered with reconnects (default 0.1 s).
     settings.watching.reconnect_backoff = 1.0
+    # Keep retrying a watch through an API server restart or upgrade (about 4 minutes)
+    # instead of giving up after kopf's default ~1 minute.
+    settings.networking.error_backoffs = (1, 1, 2, 3, 5, 8, 13, 21, 30, 30, 30, 30, 30, 30)
     # API calls that hang (an overloaded server) fail in a minute, not five.
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10

@@ -80,3 +80,30 @@ def test_operator_metrics_show_jobs_by_phase_reconciles_and_restarts(lmtj, kubel
     restarts = [line for line in text.splitlines() if line.startswith("kubespeed_operator_gang_restarts_total")]
     assert restarts and float(restarts[0].split()[-1]) >= 1
     assert operator.healthy()
+
+
+def _restart_api_server(control_plane) -> None:
+    """Stop kube-apiserver and start it again with the same flags (the control plane offers no public call)."""
+    from kubespeed.devcluster.processes import http_ok, stop, wait_until
+
+    old = next(p for p in control_plane.processes if p.name == "kube-apiserver")
+    stop(old)
+    control_plane.processes.remove(old)
+    time.sleep(2)
+    new = control_plane._spawn("kube-apiserver", control_plane._apiserver_args())
+    wait_until(lambda: http_ok(f"{control_plane.server}/readyz", control_plane._tls), "kube-apiserver /readyz", [new], 120)
+
+
+def test_watches_survive_an_api_server_restart(lmtj, kubelet, operator, control_plane):
+    lmtj.create(job_manifest("outage"))
+    pods = lmtj.wait_pods("outage", 2, attempt=1)
+    _restart_api_server(control_plane)
+    # Only events after the restart can move the job: the operator must have watched again.
+    for pod in pods:
+        kubelet.run(lmtj.namespace, pod.metadata.name)
+    lmtj.wait_phase("outage", "Running", timeout=90)
+    operator.excuse_denials_so_far()
+    kubelet.exit(lmtj.namespace, "outage-0", 0)
+    kubelet.exit(lmtj.namespace, "outage-1", 0)
+    lmtj.wait_phase("outage", "Succeeded", timeout=60)
+    assert operator.process.poll() is None, "the operator exited during the outage"

@@ -66,7 +66,7 @@ METRICS = """# HELP kubespeed_step Optimizer steps done.
 # TYPE kubespeed_step gauge
 kubespeed_step 420
 kubespeed_total_steps 1000
-kubespeed_loss{split="train"} 1.98765
+kubespeed_loss{split="train"} 1.98771
 kubespeed_tokens_per_second 51234.5
 kubespeed_eta_seconds 754
 kubespeed_checkpoint_step 400
@@ -109,8 +109,8 @@ def rank0_metrics() -> Iterator[str]:
 def test_progress_is_read_from_rank_0_into_status(lmtj, kubelet, rank0_metrics):
     lmtj.create(job_manifest("talky"))
     pods = lmtj.wait_pods("talky", 2, attempt=1)
-    # Rank 1's address answers nothing: only rank 0 is read.
-    kubelet.run(lmtj.namespace, pods[1].metadata.name, ip="127.0.0.1")
+    # Rank 1's address (TEST-NET-1) answers nothing: only rank 0 is read.
+    kubelet.run(lmtj.namespace, pods[1].metadata.name, ip="192.0.2.20")
     kubelet.run(lmtj.namespace, pods[0].metadata.name, ip=rank0_metrics)
     progress = wait_for(lambda: lmtj.status("talky").get("progress", {}).get("step") and lmtj.status("talky")["progress"], "status.progress")
     assert {k: progress[k] for k in ("step", "totalSteps", "loss", "tokensPerSecond", "eta")} == {
@@ -124,7 +124,7 @@ def test_an_unreachable_metrics_endpoint_leaves_the_job_running(lmtj, kubelet):
     pods = lmtj.wait_pods("mute", 2, attempt=1)
     for pod in pods:
         # 192.0.2.0/24 is TEST-NET-1: nothing answers there.
-        kubelet.run(lmtj.namespace, pod.metadata.name, ip=f"192.0.2.{pod.metadata.labels[wiring.NODE_RANK_LABEL]}1")
+        kubelet.run(lmtj.namespace, pod.metadata.name, ip=f"192.0.2.{10 + int(pod.metadata.labels[wiring.NODE_RANK_LABEL])}")
     lmtj.wait_phase("mute", "Running")
     kubelet.exit(lmtj.namespace, pods[0].metadata.name, 0)
     kubelet.exit(lmtj.namespace, pods[1].metadata.name, 0)
