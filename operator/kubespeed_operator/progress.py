@@ -110,7 +110,18 @@ def checkpoint_status(progress: Progress, old: dict | None, read_at: str) -> dic
         return old
     if old and old.get("step") == progress.checkpoint_step:
         return old
-    return {"step": progress.checkpoint_step, "time": read_at}
+    return {"step": progress.checkpoint_step, "path": wiring.checkpoint_tag(progress.checkpoint_step), "time": read_at}
+
+
+def finished_status(total_steps: int, old_progress: dict | None, old_checkpoint: dict | None, finished_at: str) -> dict:
+    """`status.progress` and `status.checkpoint` once every pod exited 0.
+
+    Rank 0's endpoint ends with its process, so the last reading may predate the
+    last steps and the final checkpoint. Exit 0 means the trainer ran every step and
+    saved at the end (checkpoint.interval: "and at the end"), so both are known.
+    """
+    progress = {**(old_progress or {}), "step": total_steps, "totalSteps": total_steps, "eta": format_eta(0), "updateTime": finished_at}
+    return {"progress": progress, "checkpoint": checkpoint_status(Progress(checkpoint_step=total_steps), old_checkpoint, finished_at)}
 
 
 def metrics_url(pod_ip: str) -> str:

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from kubespeed import wiring
+
 COMPLETE_MARKER = "complete"
 LATEST_FILE = "latest"
 TRAINER_CONFIG_FILE = "trainer.yaml"
@@ -50,8 +52,8 @@ _TAG = re.compile(r"step(\d+)")
 
 
 def tag_for(step: int) -> str:
-    """Zero-padded so tags sort by step in a directory listing, too."""
-    return f"step{step:08d}"
+    """Zero-padded so tags sort by step in a directory listing, too; the operator names it in status."""
+    return wiring.checkpoint_tag(step)
 
 
 def step_of(tag: str) -> int | None:

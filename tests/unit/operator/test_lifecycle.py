@@ -315,7 +315,17 @@ def test_progress_from_rank_0_lands_in_status(make_job):
         "step": 120, "totalSteps": 1000, "loss": "2.3457", "tokensPerSecond": "15234", "eta": "1h02m",
         "updateTime": timestamp(NOW),
     }
-    assert d.status["checkpoint"] == {"step": 100, "time": timestamp(NOW)}
+    assert d.status["checkpoint"] == {"step": 100, "path": "step00000100", "time": timestamp(NOW)}
+
+
+def test_success_reports_the_last_step_and_the_final_checkpoint(make_job):
+    # Rank 0's endpoint went with its process; the last reading was a step short.
+    old = {"step": 29, "totalSteps": 30, "loss": "1.5000", "eta": "1s", "updateTime": EARLIER}
+    job = with_status(make_job(nodes=2, training={"steps": 30}), running_status(progress=old))
+    job["status"]["checkpoint"] = {"step": 20, "path": "step00000020", "time": EARLIER}
+    d = decide(job, gang(2, phase="Succeeded"), NOW)
+    assert d.status["progress"] == {"step": 30, "totalSteps": 30, "loss": "1.5000", "eta": "0s", "updateTime": timestamp(NOW)}
+    assert d.status["checkpoint"] == {"step": 30, "path": "step00000030", "time": timestamp(NOW)}
 
 
 def test_without_a_reading_the_last_progress_stays(make_job):
