@@ -133,19 +133,20 @@ def tiny_text(tmp_path_factory: pytest.TempPathFactory, shakespeare_path: Path) 
     return path
 
 
-@pytest.fixture
-def trainer_job(tmp_path: Path, tiny_text: Path) -> Iterator:
-    """`trainer_job(name="run", **sections) -> Job`; processes are killed at teardown."""
+def _job_factory(directory: Path, data: Path) -> tuple:
     jobs: list[Job] = []
 
     def make(name: str = "run", **sections: dict) -> Job:
-        config_path = tmp_path / f"{name}.yaml"
-        config_path.write_text(yaml.safe_dump(tiny_config(tiny_text, **sections)))
-        job = Job(config_path, tmp_path / name)
+        config_path = directory / f"{name}.yaml"
+        config_path.write_text(yaml.safe_dump(tiny_config(data, **sections)))
+        job = Job(config_path, directory / name)
         jobs.append(job)
         return job
 
-    yield make
+    return make, jobs
+
+
+def _kill_all(jobs: list[Job]) -> None:
     for job in jobs:
         for proc in job.processes:
             # Killed by group even after a clean exit: a rank the launcher lost track of must not linger.
@@ -155,3 +156,26 @@ def trainer_job(tmp_path: Path, tiny_text: Path) -> Iterator:
                 pass
             if proc.poll() is None:
                 proc.wait()
+
+
+@pytest.fixture
+def trainer_job(tmp_path: Path, tiny_text: Path) -> Iterator:
+    """`trainer_job(name="run", **sections) -> Job`; processes are killed at teardown."""
+    make, jobs = _job_factory(tmp_path, tiny_text)
+    yield make
+    _kill_all(jobs)
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_runs(tmp_path_factory: pytest.TempPathFactory, tiny_text: Path) -> Iterator:
+    """`uninterrupted_runs(zero_stage) -> Result`: one finished 2-rank run per ZeRO stage (with export), shared by tests."""
+    make, jobs = _job_factory(tmp_path_factory.mktemp("uninterrupted"), tiny_text)
+    results: dict[int, Result] = {}
+
+    def get(stage: int) -> Result:
+        if stage not in results:
+            results[stage] = make(f"zero{stage}", deepspeed={"zeroStage": stage}, checkpoint={"exportWeights": True}).launch(ranks=2)
+        return results[stage]
+
+    yield get
+    _kill_all(jobs)

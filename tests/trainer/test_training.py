@@ -39,8 +39,8 @@ def complete_tags(run_dir):
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_zero_stage_trains_and_resume_matches_an_uninterrupted_run(trainer_job, stage):
-    whole = trainer_job("whole", deepspeed={"zeroStage": stage}).launch(ranks=2)
+def test_zero_stage_trains_and_resume_matches_an_uninterrupted_run(trainer_job, uninterrupted_runs, stage):
+    whole = uninterrupted_runs(stage)
     assert whole.code == 0, whole.output[-3000:]
     assert_loss_falls(whole.losses())
 
@@ -120,15 +120,25 @@ def test_two_launchers_as_two_nodes_form_one_four_rank_world(trainer_job, unused
     assert json.loads((job.run_dir / "deepspeed.json").read_text())["gradient_accumulation_steps"] == 1
 
 
-def test_export_loads_with_from_pretrained_and_gives_the_same_logits(trainer_job):
+def test_export_of_zero3_shards_loads_with_from_pretrained_and_gives_the_same_logits(uninterrupted_runs):
     from transformers import AutoModelForCausalLM
 
     from kubespeed_trainer.export import build_from_checkpoint
 
-    result = trainer_job(deepspeed={"zeroStage": 3}, checkpoint={"exportWeights": True}).launch(ranks=2)
+    result = uninterrupted_runs(3)
     assert result.code == 0, result.output[-3000:]
     ours, _, _ = build_from_checkpoint(result.run_dir)
     hf = AutoModelForCausalLM.from_pretrained(result.run_dir / "export").eval()
     ids = torch.randint(0, ours.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, ours(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_sample_generates_text_from_the_checkpoint_and_from_the_export(uninterrupted_runs, capsys):
+    from kubespeed_trainer import sample
+
+    run_dir = uninterrupted_runs(3).run_dir
+    for source in (run_dir, run_dir / "export"):
+        assert sample.main([str(source), "--prompt", "ROMEO:", "--tokens", "20", "--seed", "1"]) == 0
+        text = capsys.readouterr().out
+        assert text.startswith("ROMEO:") and len(text.rstrip("\n")) > len("ROMEO:")

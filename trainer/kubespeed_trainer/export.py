@@ -19,6 +19,7 @@ same code serves the end of training and a later export:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -55,9 +56,15 @@ def checkpoint_state_dict(directory: Path, tag: str) -> dict[str, torch.Tensor]:
         layers = config.model.layers or gpt.SIZES[config.model.size][0]
         state = state_dict_from_layers(tag_dir, layers)
     elif ds_config.get("zero_optimization", {}).get("stage", 0) > 0:
+        from kubespeed_trainer import device
+
+        if "deepspeed" not in sys.modules:
+            device.select_accelerator(gpu=False)  # reading files needs no accelerator
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = dict(get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=tag))
+        # zero_to_fp32 reports its progress on stdout, which `kubespeed sample` keeps for the text.
+        with contextlib.redirect_stdout(sys.stderr):
+            state = dict(get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=tag))
     else:
         state = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
     return {name: tensor.float() for name, tensor in state.items()}
