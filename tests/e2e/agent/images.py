@@ -1,0 +1,58 @@
+"""Images the agent can run: the trainer image maps to this machine's kubespeed installation.
+
+There is no container runtime, so an image is the local Python environment seen through
+the pod's own root filesystem: the interpreter's `bin/` first on PATH, and the user,
+working directory and entrypoint that the trainer image declares (kubespeed.wiring).
+Any other image is refused as a real kubelet refuses an image it cannot pull.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kubespeed
+from kubespeed import wiring
+
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    entrypoint: list[str]
+    cmd: list[str]
+    working_dir: str
+    uid: int
+    gid: int
+    env: dict[str, str]
+    # Paths a non-root user must be able to reach inside the pod (the interpreter may sit
+    # under a 0700 home such as /root/.pyenv).
+    traverse: list[str] = field(default_factory=list)
+
+
+def trainer_image() -> LocalImage:
+    bin_dir = str(Path(sys.executable).parent)
+    source = str(Path(kubespeed.__file__).resolve().parents[1])
+    return LocalImage(
+        entrypoint=list(wiring.TRAINER_ENTRYPOINT),
+        cmd=[],
+        working_dir=wiring.WORK_DIR,
+        uid=wiring.TRAINER_UID,
+        gid=wiring.TRAINER_GID,
+        env={"PATH": f"{bin_dir}:{SYSTEM_PATH}", "PYTHONUNBUFFERED": "1"},
+        traverse=sorted({sys.prefix, sys.base_prefix, str(Path(sys.base_prefix).resolve()), source}),
+    )
+
+
+class ImagePullError(Exception):
+    """The image is not one this agent maps; the message names it, as ErrImagePull's does."""
+
+
+def resolve(image: str, known: dict[str, LocalImage]) -> LocalImage:
+    if image in known:
+        return known[image]
+    raise ImagePullError(
+        f'Failed to pull image "{image}": the test node agent runs only {", ".join(sorted(known)) or "no images"} '
+        "(mapped to the local kubespeed installation)"
+    )
