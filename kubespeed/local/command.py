@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("job", help="an LMTrainingJob manifest (YAML)")
     p.add_argument("--run-dir", type=Path, default=Path("runs"), help="checkpoints, logs and summary go to RUN_DIR/<job>/ (default: ./runs)")
     p.add_argument("--fresh", action="store_true", help="delete RUN_DIR/<job>/ first instead of resuming from its latest checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="print a line per log interval instead of a progress bar")
+    p.add_argument("--no-progress", action="store_true", help="print the trainer's metrics records as lines instead of a progress bar")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change a spec field, e.g. --set training.steps=20 (repeatable; the value is YAML)")
     return p
@@ -58,7 +58,10 @@ def main(argv: list[str]) -> int:
     folder = rewire.RunFolder(args.run_dir.resolve() / job["metadata"]["name"])
     if args.fresh and folder.root.exists():
         shutil.rmtree(folder.root)
-    return run_job(job, spec, folder, plain=args.no_progress, job_path=args.job, started=started)
+    try:
+        return run_job(job, spec, folder, plain=args.no_progress, job_path=args.job, started=started)
+    except KeyboardInterrupt:  # Ctrl-C while loading, before any pod started
+        return INTERRUPTED
 
 
 def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFolder, *, plain: bool, job_path: str, started: float) -> int:
@@ -75,6 +78,8 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
     config_map = next(c for c in job_children(job) if c["kind"] == "ConfigMap")
     rewire.write_config_files(config_map, folder, rewire.shared_mounts(pods[0], spec.checkpoint.mountPath, folder), Path.cwd())
     folder.checkpoints.mkdir(parents=True, exist_ok=True)
+    print(f"{name}: {spec.nodes} pod(s) x {spec.procsPerNode} rank(s) on the {'GPU' if use_gpu else 'CPU'}; "
+          f"checkpoints and logs in {folder.root}", flush=True)
 
     interrupt = runner.Interrupt()
     previous = {sig: signal.signal(sig, interrupt.handle) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -1,8 +1,9 @@
 """From the operator's pods to local process groups: the run folder and the few rewrites.
 
 The pods come from the operator's own builder; this module only decides where each
-volume lives on this machine and rewrites what cannot be the same off-cluster
-(`localize_pod`). Everything else a pod carries reaches the process unchanged.
+volume lives on this machine and rewrites what cannot be the same off-cluster: the
+pod's env and command (`localize_pod`) and the file paths in the trainer config
+(`localize_trainer_config`). Everything else a pod carries reaches the process unchanged.
 """
 
 from __future__ import annotations
