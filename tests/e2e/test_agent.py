@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from agent import NodeAgent
+from agent.agent import DIR_PREFIX, remove_stale_dirs
 from conftest import trainer_image
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -252,6 +253,24 @@ DELETION_CASES = [
 ]
 
 
+def test_init_containers_run_to_completion_before_the_main_container(
+    core: client.CoreV1Api, node_agent: NodeAgent, namespace: str
+) -> None:
+    manifest = pod_manifest("initialized", 'print(open("/shared/greeting").read())',
+                            volumes=[{"name": "shared", "emptyDir": {}}], mounts=[{"name": "shared", "mountPath": "/shared"}])  # fmt: skip
+    manifest["spec"]["initContainers"] = [{
+        "name": "prepare",
+        "image": trainer_image(),
+        "command": ["python", "-c", 'open("/shared/greeting", "w").write("prepared by init")'],
+        "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+    }]  # fmt: skip
+    core.create_namespaced_pod(namespace, manifest)
+    pod = wait_for(core, namespace, "initialized", "finished", finished, node_agent)
+    assert pod.status.phase == "Succeeded"
+    assert pod.status.init_container_statuses[0].state.terminated.reason == "Completed"
+    assert node_agent.logs(namespace, "initialized", "main").strip() == "prepared by init"
+
+
 @pytest.mark.parametrize(("case", "handler", "grace", "expected_log"), DELETION_CASES, ids=[c[0] for c in DELETION_CASES])
 def test_deletion_sends_sigterm_then_kills_after_the_grace_period(
     core: client.CoreV1Api, node_agent: NodeAgent, namespace: str, case: str, handler: str, grace: int, expected_log: str
@@ -335,7 +354,7 @@ def test_stopping_the_agent_leaves_nothing_behind_and_the_machine_network_untouc
     # Its own agent and an unschedulable node of its own: the module's agent is not disturbed.
     node = f"agent-cleanup-{secrets.token_hex(3)}"
     core.create_node({"metadata": {"name": node}, "spec": {"unschedulable": True, "taints": [GPU_TAINT]}})
-    network_before = _host_network()
+    network_before, hosts_before = _host_network(), Path("/etc/hosts").read_bytes()
     agent = NodeAgent(control_plane.api_client(), [node], [trainer_image()])
     try:
         agent.start()
@@ -359,7 +378,18 @@ def test_stopping_the_agent_leaves_nothing_behind_and_the_machine_network_untouc
     assert _namespace_holders(pod_netns) == []
     assert not agent.work_dir.exists() and not agent.shm_dir.exists()
     assert str(agent.work_dir) not in Path("/proc/self/mountinfo").read_text()
-    assert _host_network() == network_before
+    assert (_host_network(), Path("/etc/hosts").read_bytes()) == (network_before, hosts_before)
+
+
+def test_folders_of_an_agent_that_died_are_removed_by_the_next(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"{DIR_PREFIX}{dead.pid}-abc"
+    live = tmp_path / f"{DIR_PREFIX}{os.getpid()}-def"
+    for folder in (stale, live):
+        (folder / "pods").mkdir(parents=True)
+    assert remove_stale_dirs(tmp_path) == [stale]
+    assert live.exists() and not stale.exists()
 
 
 def test_the_node_namespace_reaches_pod_ips_and_the_api_server(

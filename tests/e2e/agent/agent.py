@@ -58,6 +58,22 @@ WATCH_SECONDS = 5
 MESSAGE_TAIL_BYTES = 2048
 
 
+SHM_PARENT = Path("/dev/shm")
+DIR_PREFIX = "ks-agent-"
+
+
+def remove_stale_dirs(parent: Path) -> list[Path]:
+    """Folders of agents whose process is gone (killed before stop() could clean up):
+    their pods died with them, only files are left. Returns what was removed."""
+    removed = []
+    for path in parent.glob(f"{DIR_PREFIX}*-*"):
+        pid = path.name[len(DIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 class NodeAgent:
     def __init__(self, api_client: Any, node_names: Iterable[str], trainer_images: Iterable[str],
                  work_dir: Path | None = None) -> None:  # fmt: skip
@@ -67,8 +83,10 @@ class NodeAgent:
         self.core = client.CoreV1Api(api_client)
         self.nodes = set(node_names)
         self.images: dict[str, LocalImage] = {image: images.trainer_image() for image in trainer_images}
-        self.work_dir = Path(tempfile.mkdtemp(prefix="ks-agent-", dir=work_dir))
-        self.shm_dir = Path(tempfile.mkdtemp(prefix="ks-agent-", dir="/dev/shm"))
+        parents = (Path(work_dir or tempfile.gettempdir()), SHM_PARENT)
+        for parent in parents:
+            remove_stale_dirs(parent)
+        self.work_dir, self.shm_dir = (Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir=p)) for p in parents)
         self.claims_root = self.work_dir / "claims"
         self.network: NodeNetwork | None = None
         self.host_ips: dict[str, str] = {}
