@@ -1,0 +1,219 @@
+"""What tests/e2e/test_training.py builds on: the operator in the pods' network, a small
+Shakespeare job, its metrics file, its processes, and the exit codes of its pods.
+
+Pod addresses exist only in the node agent's network namespace (agent/netns.py), and the
+operator reads rank 0's metrics at the pod's address, so the operator under test runs
+there: the same `kubespeed operator` process, RBAC and token as in tests/integration,
+started through `nsenter`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from kubespeed import wiring
+
+# The operator fixture module of tests/integration (its own conftest puts it on sys.path
+# there); the e2e tests run the same operator, so they import it rather than copy it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+
+from operator_fixture import OperatorProcess  # noqa: E402
+
+DATA_CLAIM = "shakespeare"
+DATA_FILE = "tinyshakespeare.txt"
+# 40k characters: enough text that a tiny GPT's loss falls in a few dozen steps, and
+# small enough that preparing it is instant.
+DATA_CHARS = 40_000
+TRAIN_MODULE = "kubespeed_trainer.train"
+
+
+class NodeNetworkOperator(OperatorProcess):
+    """The operator process, run inside the node agent's network namespace."""
+
+    def __init__(self, network: Any, kubeconfig: Path, folder: Path, identity: str) -> None:
+        super().__init__(kubeconfig, folder, identity=identity)
+        self.network = network
+
+    def args(self) -> list[str]:
+        return self.network.command(super().args())
+
+
+def shakespeare_job(name: str, image: str, *, steps: int, checkpoint_interval: int, grace_seconds: int = 60) -> dict[str, Any]:
+    """2 pods x 2 ranks of the tiny GPT on the Shakespeare slice in the data claim, on the fake GPU nodes.
+
+    `gpu: false` with the GPU taint tolerated: the pods land on the fake GPU nodes, whose
+    agent has no GPU, and the trainer runs DeepSpeed on the CPU over gloo.
+    """
+    spec: dict[str, Any] = {
+        "image": image,
+        "nodes": 2,
+        "procsPerNode": 2,
+        "gpu": False,
+        "scheduling": {"tolerations": [{"key": wiring.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]},
+        "model": {"type": "gpt", "size": "tiny"},
+        "data": {"train": f"{wiring.DATA_DIR}/{DATA_FILE}", "claimName": DATA_CLAIM, "tokenizer": {"type": "char"}},
+        "training": {"steps": steps, "globalBatchSize": 8, "microBatchSize": 2, "seqLength": 32, "logInterval": 1,
+                     "evalInterval": 0, "evalBatches": 2, "seed": 7,
+                     "optimizer": {"lr": 3e-3}, "schedule": {"warmupSteps": 2, "minLr": 3e-4}},  # fmt: skip
+        "deepspeed": {"zeroStage": 1, "precision": "fp32"},
+        "checkpoint": {"volumeClaim": {"size": "1Gi"}, "interval": checkpoint_interval, "keep": 2, "exportWeights": False},
+        "runPolicy": {"backoffLimit": 2, "terminationGracePeriodSeconds": grace_seconds},
+    }
+    return {"apiVersion": f"{wiring.API_GROUP}/{wiring.API_VERSION}", "kind": wiring.KIND, "metadata": {"name": name}, "spec": spec}
+
+
+def claim_volume(core: Any, agent: Any, namespace: str, claim: str, access_mode: str) -> str:
+    """A PersistentVolume bound ahead to `claim` (created now or later), as a cluster's provisioner
+    would make one: the scheduler places no pod whose claim is unbound. The agent keeps the
+    claim's files in its own directory, which the volume names. Returns the volume's name."""
+    name = f"pv-{secrets.token_hex(6)}"
+    core.create_persistent_volume({
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": [access_mode],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "claimRef": {"namespace": namespace, "name": claim},
+            "hostPath": {"path": str(agent.claim_dir(namespace, claim))},
+        },
+    })  # fmt: skip
+    return name
+
+
+def fill_data_claim(core: Any, agent: Any, namespace: str, shakespeare: Path) -> None:
+    """The claim the job reads its text from, holding the first DATA_CHARS of tinyshakespeare."""
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": DATA_CLAIM},
+        "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "resources": {"requests": {"storage": "1Gi"}}},
+    })  # fmt: skip
+    directory = agent.claim_dir(namespace, DATA_CLAIM)
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)
+    text = shakespeare.read_text(encoding="utf-8")[:DATA_CHARS]
+    (directory / DATA_FILE).write_text(text, encoding="utf-8")
+    (directory / DATA_FILE).chmod(0o644)
+
+
+def attempts(lines: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """metrics.jsonl cut into runs: each run of the trainer begins with a `start` line."""
+    runs: list[list[dict[str, Any]]] = []
+    for line in lines:
+        if line["kind"] == "start" or not runs:
+            runs.append([])
+        runs[-1].append(line)
+    return runs
+
+
+def of_kind(lines: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [line for line in lines if line["kind"] == kind]
+
+
+def job_processes(job: str) -> list[psutil.Process]:
+    """Every live process on this machine started for `job`'s pods (launchers and ranks), found by
+    the pod env the operator sets, wherever the process tree put them."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(wiring.ENV_JOB_NAME) == job:
+                found.append(process)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def rank_process(agent: Any, job: str, node_rank: int, local_rank: int) -> psutil.Process:
+    """The trainer rank `local_rank` of pod `node_rank`, among the processes the agent started for its pods."""
+    for root in agent.pids():
+        try:
+            tree = psutil.Process(root).children(recursive=True)
+        except psutil.NoSuchProcess:
+            continue
+        for process in tree:
+            try:
+                env, cmdline = process.environ(), process.cmdline()
+            except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+            if (env.get(wiring.ENV_JOB_NAME) == job and env.get(wiring.ENV_NODE_RANK) == str(node_rank)
+                    and env.get("LOCAL_RANK") == str(local_rank) and TRAIN_MODULE in cmdline):  # fmt: skip
+                return process
+    raise LookupError(f"no rank {local_rank} process of {job} node rank {node_rank} among the agent's pods")
+
+
+def kill_processes(processes: list[psutil.Process]) -> None:
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(processes, timeout=10)
+
+
+class PodExits:
+    """Watches a job's pods and keeps each container exit the kubelet (the agent) reports:
+    {(pod name, attempt label): exit code}. A pod's last status travels with its DELETED
+    event, so exits of pods that are gone at once are seen too."""
+
+    def __init__(self, core: Any, namespace: str, job: str) -> None:
+        self.core = core
+        self.namespace = namespace
+        self.selector = f"{wiring.JOB_LABEL}={job}"
+        self.exits: dict[tuple[str, str], int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"pod-exits-{job}", daemon=True)
+
+    def __enter__(self) -> PodExits:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _watch(self) -> None:
+        from kubernetes import watch
+
+        version = ""
+        while not self._stop.is_set():
+            try:
+                if not version:
+                    listing = self.core.list_namespaced_pod(self.namespace, label_selector=self.selector)
+                    for pod in listing.items:
+                        self._record(pod)
+                    version = listing.metadata.resource_version
+                stream = watch.Watch().stream(self.core.list_namespaced_pod, self.namespace, label_selector=self.selector,
+                                              resource_version=version, timeout_seconds=2)  # fmt: skip
+                for event in stream:
+                    version = event["object"].metadata.resource_version
+                    self._record(event["object"])
+                    if self._stop.is_set():
+                        break
+            except Exception:  # a 410 or a dropped connection: list again
+                version = ""
+                self._stop.wait(0.2)
+
+    def _record(self, pod: Any) -> None:
+        for status in (pod.status and pod.status.container_statuses) or []:
+            terminated = status.state and status.state.terminated
+            if terminated is not None:
+                self.exits[(pod.metadata.name, pod.metadata.labels.get(wiring.ATTEMPT_LABEL, ""))] = terminated.exit_code
+
+
+def wait_until(check: Any, what: str, timeout: float, interval: float = 0.2, explain: Any = None) -> Any:
+    """Poll `check()` until it returns something truthy; fail naming `what` and, if given, `explain()`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    detail = f"\n{explain()}" if explain is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last saw {last!r}{detail}")
