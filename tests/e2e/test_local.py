@@ -109,3 +109,29 @@ def test_a_failure_no_retry_can_help_is_not_retried(run_dir, tmp_path):
     summary = json.loads((run_dir / "quickstart" / "summary.json").read_text())
     assert (summary["outcome"], summary["restarts"]) == (f"failed: quickstart-0 exited {wiring.EXIT_DATA_ERROR.code}", 0)
     assert processes_of(run_dir) == []
+
+
+def test_a_killed_rank_restarts_the_gang_which_resumes(run_dir):
+    proc = subprocess.Popen(local(run_dir, "--set", "training.steps=2000", "--set", "checkpoint.interval=4"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(r.get("kind") == "checkpoint" for r in metrics(run_dir)):
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.5)
+        [rank] = [p for p in processes_of(run_dir) if p.environ().get("LOCAL_RANK") == "1"]
+        rank.kill()
+        while not any(r.get("kind") == "resume" for r in metrics(run_dir)):
+            assert proc.poll() is None and time.monotonic() < deadline, "the gang never resumed"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "restarting the gang as attempt 2" in out, out
+    [resume] = [r for r in metrics(run_dir) if r.get("kind") == "resume"]
+    assert resume["step"] >= 4
+    assert "attempt 2" in (run_dir / "quickstart" / "logs" / "quickstart-0.log").read_text()
+    assert json.loads((run_dir / "quickstart" / "summary.json").read_text())["restarts"] == 1
