@@ -151,6 +151,7 @@ class Kube:
             return True
         except ApiError as err:
             if err.status == 409 and err.reason == "AlreadyExists":
+                logger.debug("%s %s/%s exists already", obj["kind"], meta.get("namespace"), meta.get("name"))
                 return False
             raise
 

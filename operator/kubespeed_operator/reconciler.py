@@ -9,6 +9,7 @@ decision, so no step is remembered in memory.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import datetime, timezone
@@ -152,24 +153,24 @@ class Reconciler:
                     "ClaimNotFound",
                     f"PersistentVolumeClaim {claim!r} ({field_path}) does not exist in namespace {meta['namespace']}; create it or fix {field_path}",
                 )
-        for child in job_children(job):
-            try:
-                await self.kube.create(child)
-            except ApiError as err:
-                if err.status >= 500:
-                    raise
-                return _blocker_for(err, f"{child['kind']} {child['metadata']['name']}")
+        children = job_children(job)
+        blocker = await self._create_all(children)
+        if blocker is not None:
+            return blocker
         assert decision.create_attempt is not None
         wanted = set(decision.create_ranks)
-        for pod in attempt_pods(job, decision.create_attempt):
-            if int(pod["metadata"]["labels"][wiring.NODE_RANK_LABEL]) not in wanted:
-                continue
-            try:
-                await self.kube.create(pod)
-            except ApiError as err:
-                if err.status >= 500:
-                    raise
-                return _blocker_for(err, f"pod {pod['metadata']['name']}")
+        pods = [p for p in attempt_pods(job, decision.create_attempt) if int(p["metadata"]["labels"][wiring.NODE_RANK_LABEL]) in wanted]
+        return await self._create_all(pods)
+
+    async def _create_all(self, objects: list[dict[str, Any]]) -> Blocker | None:
+        """Create objects concurrently (each idempotently); the first refusal becomes the Blocker."""
+        results = await asyncio.gather(*(self.kube.create(obj) for obj in objects), return_exceptions=True)
+        for obj, result in zip(objects, results):
+            if isinstance(result, ApiError) and result.status < 500:
+                return _blocker_for(result, f"{obj['kind']} {obj['metadata']['name']}")
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return None
 
     async def _write_status(self, job: dict[str, Any], decision: Decision) -> None:

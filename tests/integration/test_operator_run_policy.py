@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import random
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -126,7 +127,9 @@ def test_an_unreachable_metrics_endpoint_leaves_the_job_running(lmtj, kubelet):
         # 192.0.2.0/24 is TEST-NET-1: nothing answers there.
         kubelet.run(lmtj.namespace, pod.metadata.name, ip=f"192.0.2.{10 + int(pod.metadata.labels[wiring.NODE_RANK_LABEL])}")
     lmtj.wait_phase("mute", "Running")
+    time.sleep(3)  # a few progress intervals of the test operator (1 s), each read failing
+    status = lmtj.status("mute")
+    assert status["phase"] == "Running" and "progress" not in status
     kubelet.exit(lmtj.namespace, pods[0].metadata.name, 0)
     kubelet.exit(lmtj.namespace, pods[1].metadata.name, 0)
-    status = lmtj.wait_phase("mute", "Succeeded")
-    assert "progress" not in status
+    lmtj.wait_phase("mute", "Succeeded")
