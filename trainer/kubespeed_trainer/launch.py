@@ -134,6 +134,11 @@ class _Forwarder:
                 pass
 
 
+def threads_per_rank(nproc_per_node: int, cpus: int) -> int:
+    """The node's CPUs shared out between its ranks, at least one each."""
+    return max(1, cpus // nproc_per_node)
+
+
 def launch(node: NodeWiring, train_args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -154,6 +159,11 @@ def launch(node: NodeWiring, train_args: list[str]) -> int:
         signals_to_handle="SIGHUP,SIGQUIT",
         logs_specs=DefaultLogsSpecs(),
     )
+    # Each rank would otherwise start one OpenMP thread per CPU, and NPROC_PER_NODE
+    # ranks oversubscribe the CPUs: spinning threads make small CPU ops (an LSTM's
+    # time steps) ten times slower on 2 cores. torchrun sets 1; the elastic API we
+    # call does not. A value the pod sets (spec.env) wins.
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_rank(node.nproc_per_node, len(os.sched_getaffinity(0)))))
     forwarder = _Forwarder()
     forwarder.install()
     try:

@@ -69,6 +69,11 @@ def test_exit_code_tells_whether_a_retry_can_help(name, failures, terminated, co
     assert code in {e.code for e in wiring.EXIT_CODES}
 
 
+@pytest.mark.parametrize("nproc, cpus, threads", [(2, 2, 1), (1, 16, 16), (4, 16, 4), (8, 2, 1), (3, 8, 2)])
+def test_ranks_share_the_nodes_cpus_without_oversubscribing(nproc, cpus, threads):
+    assert launch.threads_per_rank(nproc, cpus) == threads
+
+
 def make_tag(directory, step: int, complete: bool) -> str:
     tag = checkpoint.tag_for(step)
     (directory / tag).mkdir(parents=True)
