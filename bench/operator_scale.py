@@ -83,34 +83,58 @@ class Observer:
         for thread in self.threads:
             thread.start()
 
-    def _watch_pods(self) -> None:
-        from kubernetes import watch
-
+    def _watch(self, watch_once: Any) -> None:
+        """Watch again after each timeout or error: a busy API server answers 429/504 at times."""
         while not self.stop.is_set():
-            for event in watch.Watch().stream(self.core.list_namespaced_pod, NAMESPACE, timeout_seconds=5):
-                pod = event["object"]
-                job = pod.metadata.labels.get(wiring.JOB_LABEL)
-                if event["type"] == "DELETED" or job is None:
-                    continue
-                seen = self.pods_seen.setdefault(job, set())
-                seen.add(pod.metadata.name)
-                if len(seen) == self.nodes and job not in self.all_pods_at:
-                    self.all_pods_at[job] = time.monotonic()
-                if pod.spec.node_name and pod.status.phase == "Pending" and pod.metadata.uid not in self.started and not pod.metadata.deletion_timestamp:
-                    self.started.add(pod.metadata.uid)
-                    self.pool.submit(self.kubelet.run, NAMESPACE, pod.metadata.name)
+            try:
+                watch_once()
+            except Exception:  # noqa: BLE001  (ApiException 429/504, urllib3 protocol errors, ...): watch again
+                time.sleep(0.5)
+
+    def _watch_pods(self) -> None:
+        self._watch(self._watch_pods_once)
 
     def _watch_jobs(self) -> None:
+        self._watch(self._watch_jobs_once)
+
+    def _watch_pods_once(self) -> None:
         from kubernetes import watch
 
-        while not self.stop.is_set():
-            stream = watch.Watch().stream(
-                self.custom.list_namespaced_custom_object, wiring.API_GROUP, wiring.API_VERSION, NAMESPACE, wiring.PLURAL, timeout_seconds=5
-            )
-            for event in stream:
-                job = event["object"]
-                if (job.get("status") or {}).get("phase") == "Running":
-                    self.running_at.setdefault(job["metadata"]["name"], time.monotonic())
+        for event in watch.Watch().stream(self.core.list_namespaced_pod, NAMESPACE, timeout_seconds=5):
+            pod = event["object"]
+            job = pod.metadata.labels.get(wiring.JOB_LABEL)
+            if event["type"] == "DELETED" or job is None:
+                continue
+            seen = self.pods_seen.setdefault(job, set())
+            seen.add(pod.metadata.name)
+            if len(seen) == self.nodes and job not in self.all_pods_at:
+                self.all_pods_at[job] = time.monotonic()
+            if pod.spec.node_name and pod.status.phase == "Pending" and pod.metadata.uid not in self.started and not pod.metadata.deletion_timestamp:
+                self.started.add(pod.metadata.uid)
+                self.pool.submit(self._run_pod, pod.metadata.name)
+
+    def _run_pod(self, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        for _ in range(20):
+            try:
+                self.kubelet.run(NAMESPACE, name)
+                return
+            except Exception as error:  # noqa: BLE001  a busy API server: try again
+                if isinstance(error, ApiException) and error.status == 404:
+                    return
+                time.sleep(0.5)
+
+    def _watch_jobs_once(self) -> None:
+        from kubernetes import watch
+
+        stream = watch.Watch().stream(
+            self.custom.list_namespaced_custom_object, wiring.API_GROUP, wiring.API_VERSION, NAMESPACE, wiring.PLURAL, timeout_seconds=5
+        )
+        for event in stream:
+            job = event["object"]
+            if (job.get("status") or {}).get("phase") == "Running":
+                self.running_at.setdefault(job["metadata"]["name"], time.monotonic())
 
 
 def main(argv: list[str] | None = None) -> int:

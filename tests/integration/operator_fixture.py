@@ -73,6 +73,15 @@ def operator_kubeconfig(control_plane: ControlPlane, folder: Path) -> Path:
     return path
 
 
+def _own_group_dying_with_parent() -> None:
+    """In the child: its own process group (so kill() reaches all of it), SIGKILLed if the test process dies."""
+    import ctypes
+
+    os.setsid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class OperatorProcess:
     """`python -m kubespeed.cli operator ...` with its log in a file; started, killed and restarted by tests."""
 
@@ -103,8 +112,16 @@ class OperatorProcess:
         log = open(self.log_path, "a")
         log.write(f"\n===== start {time.strftime('%H:%M:%S')}\n")
         log.flush()
-        self.process = subprocess.Popen(self.args(), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        self.process = subprocess.Popen(self.args(), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, preexec_fn=_own_group_dying_with_parent)
         log.close()
+        try:
+            self._wait_started(wait_for_lease, timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _wait_started(self, wait_for_lease: bool, timeout: float) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         marker = "leading: Lease" if wait_for_lease else "/healthz"
         while time.monotonic() < deadline:
