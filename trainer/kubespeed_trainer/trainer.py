@@ -163,6 +163,7 @@ class Trainer:
         self.device = self.engine.device
         self.dp_rank, self.dp_size = self._data_parallel_coords()
         self.progress = Progress()
+        self.own_grad_norm: float | None = None
         self.stop = StopRequest().install()
         self.metrics = None
         if self.is_rank0:
@@ -240,8 +241,13 @@ class Trainer:
 
     # ------------------------------------------------------------ steps
 
-    def train_step(self, step: int) -> torch.Tensor:
-        """One optimizer step (all its micro batches); returns this rank's mean loss as a 0-d tensor."""
+    def train_step(self, step: int, measure_grad_norm: bool = False) -> torch.Tensor:
+        """One optimizer step (all its micro batches); returns this rank's mean loss as a 0-d tensor.
+
+        ZeRO stage 0 in fp32 runs the bare optimizer, which reports no gradient norm;
+        with `measure_grad_norm` it is computed here before the step (only on logged
+        steps: it is one more pass over every gradient).
+        """
         from kubespeed_trainer import objectives
 
         engine = self.engine
@@ -253,8 +259,8 @@ class Trainer:
             inputs, targets, mask = self._make(next(self.batches), step, micro)
             loss = objectives.loss(engine(inputs), targets, mask)
             engine.backward(loss)
-            if micro == accumulation - 1 and engine.get_global_grad_norm() is None and self.config.deepspeed.zeroStage == 0:
-                self._grad_norm = _grad_norm(engine.module)
+            if measure_grad_norm and micro == accumulation - 1 and self.config.deepspeed.zeroStage == 0:
+                self.own_grad_norm = _grad_norm(engine.module)
             engine.step()
             total += loss.detach().float()
         return total / accumulation
@@ -262,7 +268,7 @@ class Trainer:
     def grad_norm(self) -> float | None:
         norm = self.engine.get_global_grad_norm()
         if norm is None:
-            norm = getattr(self, "_grad_norm", None)
+            norm = self.own_grad_norm
         return None if norm is None else float(norm)
 
     @torch.no_grad()
@@ -332,14 +338,15 @@ class Trainer:
         saved_at = start_step if start_step else None
         while self.progress.step < training.steps:
             step = self.progress.step
-            loss_sum += self.train_step(step)
+            logged = (step + 1) % training.logInterval == 0 or step + 1 == training.steps
+            loss_sum += self.train_step(step, measure_grad_norm=logged)
             self.progress.step += 1
             self.progress.tokens += tokens_per_step
             window_steps += 1
             done = self.progress.step
             if self.metrics:
                 self.metrics.update(step=done)
-            if done % training.logInterval == 0 or done == training.steps:
+            if logged:
                 elapsed = time.perf_counter() - window_start
                 loss = _mean_over_ranks(loss_sum / window_steps)
                 tps = tokens_per_step * window_steps / elapsed if elapsed > 0 else None
