@@ -94,6 +94,7 @@ class NodeAgent:
         self._workers: dict[str, PodWorker] = {}
         self._members: dict[str, dns.Member] = {}
         self._services: dict[tuple[str, str], dict[str, Any]] = {}
+        self._service_namespaces: set[str] = set()
         self._lock = threading.RLock()
         self._dns_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -224,6 +225,10 @@ class NodeAgent:
                 self._members.pop(uid, None)
             else:
                 self._members[uid] = member
+            # A pod's first peers must not wait for the next round of the refresher.
+            new_namespace = member is not None and member.namespace not in self._service_namespaces
+        if new_namespace:
+            self._load_services({member.namespace})  # type: ignore[union-attr]
         self.refresh_dns()
 
     def refresh_dns(self) -> None:
@@ -237,21 +242,27 @@ class NodeAgent:
             if worker is not None:
                 worker.write_hosts(dns.hosts_file(member, list(members.values()), services))
 
+    def _load_services(self, namespaces: set[str]) -> None:
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        try:
+            for namespace in namespaces:
+                for service in self.core.list_namespaced_service(namespace).items:
+                    found[(namespace, service.metadata.name)] = self.api_client.sanitize_for_serialization(service)
+        except Exception as error:  # the API may be briefly away; the next round retries
+            log.debug("listing services failed: %s", error)
+            return
+        with self._dns_lock:
+            self._services = {key: value for key, value in self._services.items() if key[0] not in namespaces} | found
+            self._service_namespaces |= namespaces
+
     def _refresh_dns_loop(self) -> None:
         """Services can appear after their pods; re-read them now and then."""
         while not self._stopping.wait(RETRY_SECONDS):
             with self._dns_lock:
                 namespaces = {m.namespace for m in self._members.values()}
-            found: dict[tuple[str, str], dict[str, Any]] = {}
-            try:
-                for namespace in namespaces:
-                    for service in self.core.list_namespaced_service(namespace).items:
-                        found[(namespace, service.metadata.name)] = self.api_client.sanitize_for_serialization(service)
-            except Exception as error:  # the API may be briefly away; the next round retries
-                log.debug("listing services failed: %s", error)
-                continue
-            with self._dns_lock:
-                self._services = found
+                self._services = {key: value for key, value in self._services.items() if key[0] in namespaces}
+                self._service_namespaces &= namespaces
+            self._load_services(namespaces)
             self.refresh_dns()
 
     # ---- watching pods -------------------------------------------------------------------
