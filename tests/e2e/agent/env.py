@@ -12,8 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-# Reads one key of a ConfigMap or Secret: (namespace, name, key or None for all) -> value(s),
-# raising KeyError when the object or key is missing.
+# Reads a ConfigMap's or Secret's data: (namespace, name) -> {key: value}; KeyError if it is missing.
 Lookup = Callable[[str, str], dict[str, str]]
 
 _REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")

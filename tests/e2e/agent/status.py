@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 KUBELET_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready")
-SIGKILL_EXIT = 137
 
 
 def now() -> str:
@@ -96,8 +95,6 @@ def pod_status(
     host_ip: str,
     pod_ip: str,
     start_time: str,
-    reason: str = "",
-    message: str = "",
 ) -> dict[str, Any]:
     """The pod's whole status; `current` is the status the API server holds now."""
     existing = {c["type"]: c for c in current.get("conditions") or []}
@@ -119,8 +116,6 @@ def pod_status(
         "hostIPs": [{"ip": host_ip}],
         "startTime": start_time,
         "containerStatuses": [s.to_api() for s in statuses],
-        "reason": reason or None,
-        "message": message or None,
     }
     if init_statuses:
         status["initContainerStatuses"] = [s.to_api() for s in init_statuses]

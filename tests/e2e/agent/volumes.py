@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .env import field_value
-
-Lookup = Callable[[str, str], dict[str, str]]
+from .env import Lookup, field_value
 
 
 class MountPending(Exception):
