@@ -1,10 +1,12 @@
 """The pods the operator creates really train: real operator (under the shipped RBAC), real
 control plane, the test node agent as kubelet, real DeepSpeed over gloo on the CPU.
 
-Every test trains the tiny GPT, 2 pods x 2 ranks, on a slice of tinyshakespeare that the
-test puts into a data claim (mounted at /data); checkpoints and metrics.jsonl land in the
-checkpoint claim the operator creates, which the agent keeps as a directory of this
-machine, so the tests read the trainer's own record of what happened.
+Every test trains the tiny GPT on a slice of tinyshakespeare that the test puts into a
+data claim (mounted at /data); checkpoints and metrics.jsonl land in the checkpoint claim
+the operator creates, which the agent keeps as a directory of this machine, so the tests
+read the trainer's own record of what happened. The first test runs 2 pods x 2 ranks; the
+others 2 pods x 1 rank, a gang all the same (restart, suspend and deletion act on pods),
+since each rank spends tens of seconds of a 2-core machine importing torch and DeepSpeed.
 
     .venv/bin/python -m pytest tests/e2e/test_training.py
 """
@@ -137,15 +139,15 @@ def training(control_plane: ControlPlane, namespace: str, node_agent: NodeAgent,
             kill_processes(job_processes(name))
 
 
-def start(training: Training, *, steps: int, checkpoint_interval: int, grace_seconds: int = 60) -> None:
+def start(training: Training, *, steps: int, checkpoint_interval: int, procs_per_node: int = 1, grace_seconds: int = 60) -> None:
     manifest = shakespeare_job(training.name, trainer_image(), steps=steps, checkpoint_interval=checkpoint_interval,
-                               grace_seconds=grace_seconds)  # fmt: skip
+                               procs_per_node=procs_per_node, grace_seconds=grace_seconds)  # fmt: skip
     training.jobs.create(manifest)
 
 
 def test_job_trains_to_success_reports_progress_and_names_its_last_checkpoint(training: Training) -> None:
-    steps = 30
-    start(training, steps=steps, checkpoint_interval=10)
+    steps = 40
+    start(training, steps=steps, checkpoint_interval=10, procs_per_node=2)
     progress_seen: set[int] = set()
 
     def finished() -> dict[str, Any] | None:
@@ -175,7 +177,7 @@ def test_killed_rank_restarts_the_gang_and_attempt_two_resumes_from_the_checkpoi
     start(training, steps=40, checkpoint_interval=5)
     wait_until(lambda: of_kind(training.metrics(), "checkpoint"), "a first checkpoint", STEP_SECONDS, explain=training.explain)
     with PodExits(training.jobs.core, training.jobs.namespace, training.name) as exits:
-        victim = rank_process(training.agent, training.name, node_rank=1, local_rank=1)
+        victim = rank_process(training.agent, training.name, node_rank=1, local_rank=0)
         victim.send_signal(signal.SIGKILL)
         status = training.wait_phase("Succeeded")
     assert exits.exits[(wiring.pod_name(training.name, 1), "1")] == wiring.EXIT_RETRYABLE.code, exits.exits
@@ -191,7 +193,7 @@ def test_killed_rank_restarts_the_gang_and_attempt_two_resumes_from_the_checkpoi
 
 def test_suspend_then_resume_continues_from_the_checkpoint_written_at_sigterm(training: Training) -> None:
     # No periodic checkpoint before the last step: the only one to resume from is SIGTERM's.
-    steps = 40
+    steps = 100
     start(training, steps=steps, checkpoint_interval=1000)
     training.wait_step(3)
     training.jobs.patch_spec(training.name, {"runPolicy": {"suspend": True}})
@@ -212,8 +214,8 @@ def test_suspend_then_resume_continues_from_the_checkpoint_written_at_sigterm(tr
 
 
 def test_operator_restart_mid_training_leaves_training_alone_and_status_keeps_updating(training: Training) -> None:
-    steps = 60
-    start(training, steps=steps, checkpoint_interval=20)
+    steps = 200
+    start(training, steps=steps, checkpoint_interval=50)
     reported = wait_until(lambda: (training.jobs.status(training.name).get("progress") or {}).get("step"),
                           "status.progress.step", STEP_SECONDS, explain=training.explain)  # fmt: skip
     pods = {pod.metadata.name: pod.metadata.uid for pod in training.jobs.pods(training.name)}

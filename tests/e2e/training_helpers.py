@@ -45,8 +45,9 @@ class NodeNetworkOperator(OperatorProcess):
         return self.network.command(super().args())
 
 
-def shakespeare_job(name: str, image: str, *, steps: int, checkpoint_interval: int, grace_seconds: int = 60) -> dict[str, Any]:
-    """2 pods x 2 ranks of the tiny GPT on the Shakespeare slice in the data claim, on the fake GPU nodes.
+def shakespeare_job(name: str, image: str, *, steps: int, checkpoint_interval: int, procs_per_node: int,
+                    grace_seconds: int = 60) -> dict[str, Any]:  # fmt: skip
+    """2 pods x `procs_per_node` ranks of the tiny GPT on the Shakespeare slice in the data claim, on the fake GPU nodes.
 
     `gpu: false` with the GPU taint tolerated: the pods land on the fake GPU nodes, whose
     agent has no GPU, and the trainer runs DeepSpeed on the CPU over gloo.
@@ -54,7 +55,7 @@ def shakespeare_job(name: str, image: str, *, steps: int, checkpoint_interval: i
     spec: dict[str, Any] = {
         "image": image,
         "nodes": 2,
-        "procsPerNode": 2,
+        "procsPerNode": procs_per_node,
         "gpu": False,
         "scheduling": {"tolerations": [{"key": wiring.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]},
         "model": {"type": "gpt", "size": "tiny"},
