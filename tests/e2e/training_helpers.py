@@ -1,4 +1,4 @@
-"""What tests/e2e/test_training.py builds on: the operator in the pods' network, a small
+"""What tests/e2e/test_operator_training.py builds on: the operator in the pods' network, a small
 Shakespeare job, its metrics file, its processes, and the exit codes of its pods.
 
 Pod addresses exist only in the node agent's network namespace (agent/netns.py), and the

@@ -8,7 +8,7 @@ read the trainer's own record of what happened. The first test runs 2 pods x 2 r
 others 2 pods x 1 rank, a gang all the same (restart, suspend and deletion act on pods),
 since each rank spends tens of seconds of a 2-core machine importing torch and DeepSpeed.
 
-    .venv/bin/python -m pytest tests/e2e/test_training.py
+    .venv/bin/python -m pytest tests/e2e/test_operator_training.py
 """
 
 from __future__ import annotations
