@@ -117,8 +117,9 @@ class Training:
 @pytest.fixture
 def training(control_plane: ControlPlane, namespace: str, node_agent: NodeAgent, training_operator: NodeNetworkOperator,
              shakespeare_path: Path, request: pytest.FixtureRequest) -> Iterator[Training]:  # fmt: skip
-    """The data claim filled; on teardown the job is deleted and every process of its pods is
-    gone (the stragglers killed), whether the test passed or not."""
+    """The claims bound and the data claim filled; on teardown the job is deleted and every
+    process of its pods is gone (the stragglers killed), whether the test passed or not, and
+    the operator logged no traceback and no request the shipped RBAC refused."""
     jobs = JobClient(control_plane, namespace)
     name = request.node.originalname.removeprefix("test_").replace("_", "-")[:40].strip("-")
     volumes = [claim_volume(jobs.core, node_agent, namespace, DATA_CLAIM, "ReadOnlyMany"),
@@ -128,15 +129,17 @@ def training(control_plane: ControlPlane, namespace: str, node_agent: NodeAgent,
     try:
         yield run
     finally:
-        for volume in volumes:
-            jobs.core.delete_persistent_volume(volume)
-        if jobs.get(name) is not None:
-            jobs.custom.delete_namespaced_custom_object(*jobs.group, namespace, jobs.plural, name)
-        jobs.core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
         try:
+            if jobs.get(name) is not None:
+                jobs.custom.delete_namespaced_custom_object(*jobs.group, namespace, jobs.plural, name)
+            jobs.core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
             wait_until(lambda: not job_processes(name), f"the processes of {name} to end", STOP_SECONDS)
         finally:
             kill_processes(job_processes(name))
+            for volume in volumes:
+                jobs.core.delete_persistent_volume(volume)
+    if training_operator.process is not None and training_operator.process.poll() is None:
+        training_operator.assert_clean_log()
 
 
 def start(training: Training, *, steps: int, checkpoint_interval: int, procs_per_node: int = 1, grace_seconds: int = 60) -> None:
@@ -174,7 +177,8 @@ def test_job_trains_to_success_reports_progress_and_names_its_last_checkpoint(tr
 
 
 def test_killed_rank_restarts_the_gang_and_attempt_two_resumes_from_the_checkpoint(training: Training) -> None:
-    start(training, steps=40, checkpoint_interval=5)
+    steps = 100
+    start(training, steps=steps, checkpoint_interval=5)
     wait_until(lambda: of_kind(training.metrics(), "checkpoint"), "a first checkpoint", STEP_SECONDS, explain=training.explain)
     with PodExits(training.jobs.core, training.jobs.namespace, training.name) as exits:
         victim = rank_process(training.agent, training.name, node_rank=1, local_rank=0)
@@ -188,7 +192,7 @@ def test_killed_rank_restarts_the_gang_and_attempt_two_resumes_from_the_checkpoi
     resumed = of_kind(second, "resume")
     assert resumed and resumed[0]["step"] == saved_before > 0, second[:3]
     assert of_kind(second, "train")[0]["step"] == saved_before + 1
-    assert of_kind(second, "train")[-1]["step"] == 40
+    assert of_kind(second, "train")[-1]["step"] == steps
 
 
 def test_suspend_then_resume_continues_from_the_checkpoint_written_at_sigterm(training: Training) -> None:
