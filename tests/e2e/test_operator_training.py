@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 from agent import NodeAgent
-from conftest import trainer_image
 from kubernetes import client
 from training_helpers import (
     DATA_CLAIM,
@@ -143,7 +142,9 @@ def training(control_plane: ControlPlane, namespace: str, node_agent: NodeAgent,
 
 
 def start(training: Training, *, steps: int, checkpoint_interval: int, procs_per_node: int = 1, grace_seconds: int = 60) -> None:
-    manifest = shakespeare_job(training.name, trainer_image(), steps=steps, checkpoint_interval=checkpoint_interval,
+    # The trainer image: the one the agent maps to this machine's kubespeed installation.
+    image = next(iter(training.agent.images))
+    manifest = shakespeare_job(training.name, image, steps=steps, checkpoint_interval=checkpoint_interval,
                                procs_per_node=procs_per_node, grace_seconds=grace_seconds)  # fmt: skip
     training.jobs.create(manifest)
 
