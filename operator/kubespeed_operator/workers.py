@@ -20,9 +20,6 @@ Reconcile = Callable[[str, str], Awaitable[float | None]]
 # Events that arrive within this window after a wake are handled by the same reconcile.
 SETTLE_SECONDS = 0.2
 MAX_BACKOFF_SECONDS = 60.0
-# Reconciles in flight at once: when many jobs arrive together, the first ones finish
-# their pods before later ones start, instead of all of them finishing last.
-MAX_CONCURRENT_RECONCILES = 16
 
 
 class Workers:
@@ -31,7 +28,6 @@ class Workers:
         self.on_error = on_error
         self._wakes: dict[tuple[str, str], asyncio.Event] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task] = {}
-        self._slots = asyncio.Semaphore(MAX_CONCURRENT_RECONCILES)
 
     def wake(self, namespace: str, name: str) -> None:
         key = (namespace, name)
@@ -67,8 +63,7 @@ class Workers:
                     pass
                 wake.clear()
                 try:
-                    async with self._slots:
-                        delay = await self.reconcile(*key)
+                    delay = await self.reconcile(*key)
                     backoff = 1.0
                 except (ApiError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
                     # The API server is restarting, overloaded, or refused a write: try again later, quietly.
