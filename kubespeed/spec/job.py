@@ -269,7 +269,7 @@ class RunPolicy:
 
     backoffLimit: int = field("Gang restarts allowed before the job fails.", 3, minimum=0, maximum=1000)
     restartPolicy: str = field("`ExitCode` (restart the gang unless the trainer's exit code says a retry cannot help), `OnFailure` (restart on any failure), `Never`.", "ExitCode", enum=RESTART_POLICIES)
-    activeDeadlineSeconds: int | None = field("Fail the job (reason DeadlineExceeded) after this many seconds of running, across attempts.", None, minimum=1)
+    activeDeadlineSeconds: int | None = field("Fail the job (reason DeadlineExceeded) this many seconds after its pods first started, across gang restarts; suspending and resuming starts the count again, as for a batch Job.", None, minimum=1)
     ttlSecondsAfterFinished: int | None = field("Delete the job and its children this long after it succeeds or fails.", None, minimum=0)
     suspend: bool = field("Suspend: pods go, config and checkpoints stay; setting it back to false starts a new attempt that resumes.", False)
     cleanPodPolicy: str = field("Pods deleted when the job finishes: `Running` (still-running ones), `All`, `None`.", "Running", enum=CLEAN_POD_POLICIES)
