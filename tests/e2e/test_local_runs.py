@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -58,6 +60,25 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
 
+@contextmanager
+def running(run_dir: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """`kubespeed local` in the background; killed if a test fails before it ends."""
+    proc = subprocess.Popen(local(run_dir, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def wait_until(proc: subprocess.Popen, done: Callable[[], bool], failure: str, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert proc.poll() is None and time.monotonic() < deadline, failure
+        time.sleep(0.5)
+
+
 def test_quickstart_trains_reports_and_leaves_nothing_running(run_dir):
     done = subprocess.run(local(run_dir, "--set", "training.steps=20"), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -73,18 +94,10 @@ def test_quickstart_trains_reports_and_leaves_nothing_running(run_dir):
 
 
 def test_ctrl_c_checkpoints_and_a_rerun_resumes(run_dir):
-    proc = subprocess.Popen(local(run_dir, "--set", "training.steps=2000"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not any(r.get("step", 0) >= 6 for r in metrics(run_dir)):
-            assert proc.poll() is None and time.monotonic() < deadline, "training never reached step 6"
-            time.sleep(0.5)
+    with running(run_dir, "--set", "training.steps=2000") as proc:
+        wait_until(proc, lambda: any(r.get("step", 0) >= 6 for r in metrics(run_dir)), "training never reached step 6")
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130, out
     assert f"resume with: kubespeed local {QUICKSTART}" in out
     assert processes_of(run_dir) == []
@@ -112,24 +125,13 @@ def test_a_failure_no_retry_can_help_is_not_retried(run_dir, tmp_path):
 
 
 def test_a_killed_rank_restarts_the_gang_which_resumes(run_dir):
-    proc = subprocess.Popen(local(run_dir, "--set", "training.steps=2000", "--set", "checkpoint.interval=4"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not any(r.get("kind") == "checkpoint" for r in metrics(run_dir)):
-            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
-            time.sleep(0.5)
+    with running(run_dir, "--set", "training.steps=2000", "--set", "checkpoint.interval=4") as proc:
+        wait_until(proc, lambda: any(r.get("kind") == "checkpoint" for r in metrics(run_dir)), "no checkpoint was written")
         [rank] = [p for p in processes_of(run_dir) if p.environ().get("LOCAL_RANK") == "1"]
         rank.kill()
-        while not any(r.get("kind") == "resume" for r in metrics(run_dir)):
-            assert proc.poll() is None and time.monotonic() < deadline, "the gang never resumed"
-            time.sleep(0.5)
+        wait_until(proc, lambda: any(r.get("kind") == "resume" for r in metrics(run_dir)), "the gang never resumed")
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert "restarting the gang as attempt 2" in out, out
     [resume] = [r for r in metrics(run_dir) if r.get("kind") == "resume"]
     assert resume["step"] >= 4
