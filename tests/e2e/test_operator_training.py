@@ -63,8 +63,9 @@ def training_operator(control_plane: ControlPlane, node_agent: NodeAgent) -> Ite
     with tempfile.TemporaryDirectory(prefix="kubespeed-e2e-operator-") as folder:
         kubeconfig = operator_kubeconfig(control_plane, Path(folder))
         process = NodeNetworkOperator(node_agent.network, kubeconfig, Path(folder), identity="e2e-operator")
-        process.start()
         try:
+            # Inside the try: an operator that never took the Lease is stopped too.
+            process.start()
             yield process
         finally:
             process.stop()
