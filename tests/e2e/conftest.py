@@ -13,22 +13,12 @@ anything that must reach a pod IP there, e.g. the operator:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import yaml
 
 from agent import NodeAgent
+from agent.images import chart_trainer_image
 from kubespeed.devcluster.cluster import ControlPlane
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def trainer_image() -> str:
-    """The image jobs name by default: the chart's trainer image."""
-    values = yaml.safe_load((REPO / "charts" / "kubespeed" / "values.yaml").read_text())
-    return values["trainer"]["image"]
-
 
 @pytest.fixture(scope="module")
 def node_agent(control_plane: ControlPlane, gpu_nodes: list[str]) -> Iterator[NodeAgent]:
@@ -36,7 +26,7 @@ def node_agent(control_plane: ControlPlane, gpu_nodes: list[str]) -> Iterator[No
     pod process is killed and the agent's namespaces and files are gone (even after a failure).
     Module scope: after the e2e modules, the nodes again have no kubelet, as the
     integration tests expect."""
-    agent = NodeAgent(control_plane.api_client(), gpu_nodes, [trainer_image()])
+    agent = NodeAgent(control_plane.api_client(), gpu_nodes, [chart_trainer_image()])
     try:
         agent.start()
         yield agent

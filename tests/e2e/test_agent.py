@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from agent import NodeAgent
 from agent.agent import DIR_PREFIX, remove_stale_dirs
-from conftest import trainer_image
+from agent.images import chart_trainer_image as trainer_image
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 

@@ -34,7 +34,7 @@ from training_helpers import (
     of_kind,
     rank_process,
     shakespeare_job,
-    wait_until,
+    wait_for,
 )
 
 from kubespeed import wiring
@@ -93,7 +93,7 @@ class Training:
 
     def wait_step(self, step: int, timeout: float = STEP_SECONDS) -> int:
         """Wait until the trainer has logged `step` (or later); returns the step seen."""
-        return wait_until(lambda: self.last_step() >= step and self.last_step(), f"{self.name} to train step {step}",
+        return wait_for(lambda: self.last_step() >= step and self.last_step(), f"{self.name} to train step {step}",
                           timeout, explain=self.explain)  # fmt: skip
 
     def wait_phase(self, phase: str, timeout: float = FINISH_SECONDS) -> dict[str, Any]:
@@ -101,7 +101,7 @@ class Training:
             status = self.jobs.status(self.name)
             return status if status.get("phase") == phase else None
 
-        return wait_until(check, f"{self.name} to be {phase}", timeout, interval=0.5, explain=self.explain)
+        return wait_for(check, f"{self.name} to be {phase}", timeout, interval=0.5, explain=self.explain)
 
     def explain(self) -> str:
         """The job's status and events, the pods' logs and the operator's log tail."""
@@ -133,7 +133,7 @@ def training(control_plane: ControlPlane, namespace: str, node_agent: NodeAgent,
             if jobs.get(name) is not None:
                 jobs.custom.delete_namespaced_custom_object(*jobs.group, namespace, jobs.plural, name)
             jobs.core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
-            wait_until(lambda: not job_processes(name), f"the processes of {name} to end", STOP_SECONDS)
+            wait_for(lambda: not job_processes(name), f"the processes of {name} to end", STOP_SECONDS)
         finally:
             kill_processes(job_processes(name))
             for volume in volumes:
@@ -162,7 +162,7 @@ def test_job_trains_to_success_reports_progress_and_names_its_last_checkpoint(tr
             progress_seen.add(step)
         return status if status.get("phase") in ("Succeeded", "Failed") else None
 
-    status = wait_until(finished, f"{training.name} to finish", FINISH_SECONDS, interval=0.3, explain=training.explain)
+    status = wait_for(finished, f"{training.name} to finish", FINISH_SECONDS, interval=0.3, explain=training.explain)
     assert status["phase"] == "Succeeded", training.explain()
     assert len(progress_seen) >= 2, f"status.progress.step should move while training; saw {sorted(progress_seen)}"
     assert status["progress"]["step"] == steps and status["progress"]["totalSteps"] == steps
@@ -181,7 +181,7 @@ def test_job_trains_to_success_reports_progress_and_names_its_last_checkpoint(tr
 def test_killed_rank_restarts_the_gang_and_attempt_two_resumes_from_the_checkpoint(training: Training) -> None:
     steps = 100
     start(training, steps=steps, checkpoint_interval=5)
-    wait_until(lambda: of_kind(training.metrics(), "checkpoint"), "a first checkpoint", STEP_SECONDS, explain=training.explain)
+    wait_for(lambda: of_kind(training.metrics(), "checkpoint"), "a first checkpoint", STEP_SECONDS, explain=training.explain)
     with PodExits(training.jobs.core, training.jobs.namespace, training.name) as exits:
         victim = rank_process(training.agent, training.name, node_rank=1, local_rank=0)
         victim.send_signal(signal.SIGKILL)
@@ -204,7 +204,7 @@ def test_suspend_then_resume_continues_from_the_checkpoint_written_at_sigterm(tr
     training.wait_step(3)
     training.jobs.patch_spec(training.name, {"runPolicy": {"suspend": True}})
     training.wait_phase("Suspended")
-    wait_until(lambda: not training.jobs.pods(training.name) and not job_processes(training.name),
+    wait_for(lambda: not training.jobs.pods(training.name) and not job_processes(training.name),
                "the suspended job's pods and processes to be gone", STOP_SECONDS, explain=training.explain)  # fmt: skip
     saved = of_kind(training.metrics(), "checkpoint")
     assert len(saved) == 1 and saved[0]["step"] == of_kind(training.metrics(), "train")[-1]["step"] >= 3, saved
@@ -221,7 +221,7 @@ def test_suspend_then_resume_continues_from_the_checkpoint_written_at_sigterm(tr
 def test_operator_restart_mid_training_leaves_training_alone_and_status_keeps_updating(training: Training) -> None:
     steps = 200
     start(training, steps=steps, checkpoint_interval=50)
-    reported = wait_until(lambda: (training.jobs.status(training.name).get("progress") or {}).get("step"),
+    reported = wait_for(lambda: (training.jobs.status(training.name).get("progress") or {}).get("step"),
                           "status.progress.step", STEP_SECONDS, explain=training.explain)  # fmt: skip
     pods = {pod.metadata.name: pod.metadata.uid for pod in training.jobs.pods(training.name)}
     training.operator.kill()
@@ -230,7 +230,7 @@ def test_operator_restart_mid_training_leaves_training_alone_and_status_keeps_up
         training.wait_step(training.last_step() + 3)
     finally:
         training.operator.start()
-    wait_until(lambda: ((training.jobs.status(training.name).get("progress") or {}).get("step") or 0) > reported + 3,
+    wait_for(lambda: ((training.jobs.status(training.name).get("progress") or {}).get("step") or 0) > reported + 3,
                "status.progress to move after the restart", STEP_SECONDS, explain=training.explain)  # fmt: skip
     status = training.wait_phase("Succeeded")
     assert {pod.metadata.name: pod.metadata.uid for pod in training.jobs.pods(training.name)} == pods
@@ -245,7 +245,7 @@ def test_deleting_the_job_stops_every_process_within_the_grace_period(training: 
     with PodExits(training.jobs.core, training.jobs.namespace, training.name) as exits:
         training.jobs.custom.delete_namespaced_custom_object(*training.jobs.group, training.jobs.namespace,
                                                              training.jobs.plural, training.name)  # fmt: skip
-        wait_until(lambda: not training.jobs.pods(training.name), "the job's pods to be gone", STOP_SECONDS,
+        wait_for(lambda: not training.jobs.pods(training.name), "the job's pods to be gone", STOP_SECONDS,
                    explain=training.explain)  # fmt: skip
     assert job_processes(training.name) == []
     assert training.agent.pids() == []

@@ -24,7 +24,7 @@ from kubespeed import wiring
 # there); the e2e tests run the same operator, so they import it rather than copy it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
-from operator_fixture import OperatorProcess  # noqa: E402
+from operator_fixture import OperatorProcess, wait_for  # noqa: E402
 
 DATA_CLAIM = "shakespeare"
 DATA_FILE = "tinyshakespeare.txt"
@@ -207,14 +207,3 @@ class PodExits:
                 self.exits[(pod.metadata.name, pod.metadata.labels.get(wiring.ATTEMPT_LABEL, ""))] = terminated.exit_code
 
 
-def wait_until(check: Any, what: str, timeout: float, interval: float = 0.2, explain: Any = None) -> Any:
-    """Poll `check()` until it returns something truthy; fail naming `what` and, if given, `explain()`."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    detail = f"\n{explain()}" if explain is not None else ""
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last saw {last!r}{detail}")

@@ -224,8 +224,8 @@ def kubelet(control_plane: ControlPlane) -> Iterator[Any]:
         fake.stop()
 
 
-def wait_for(check: Any, what: str, timeout: float = 60.0, interval: float = 0.2) -> Any:
-    """Poll `check()` until it returns something truthy; fail naming `what`."""
+def wait_for(check: Any, what: str, timeout: float = 60.0, interval: float = 0.2, explain: Any = None) -> Any:
+    """Poll `check()` until it returns something truthy; fail naming `what` and, if given, `explain()`."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -233,7 +233,8 @@ def wait_for(check: Any, what: str, timeout: float = 60.0, interval: float = 0.2
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last saw {last!r}")
+    detail = f"\n{explain()}" if explain is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last saw {last!r}{detail}")
 
 
 class JobClient:

@@ -12,8 +12,19 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 import kubespeed
 from kubespeed import wiring
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def chart_trainer_image() -> str:
+    """The image jobs name by default: the chart's trainer image."""
+    values = yaml.safe_load((REPO / "charts" / "kubespeed" / "values.yaml").read_text())
+    return values["trainer"]["image"]
+
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
