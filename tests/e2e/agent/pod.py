@@ -270,6 +270,7 @@ class PodWorker(threading.Thread):
             "stage": str(run_dir / "stage"),
             "tmp": str(run_dir / "tmp"),
             "traverse": image.traverse if uid != 0 else [],
+            "imagePaths": image.traverse,
             "mounts": files + mounts,
             "workingDir": container.spec.get("workingDir") or image.working_dir,
             "command": command_line(container.spec, image.entrypoint, image.cmd, env),

@@ -166,6 +166,18 @@ class RootBuilder:
         self.owned.add(point)
 
 
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def hidden(image_paths: list[str], covered: list[str]) -> list[str]:
+    """The image's paths (the interpreter, the kubespeed source) that the pod's private /tmp
+    or one of its volumes lies over, outermost only: a checkout under /tmp (as CI's may be)
+    must stay visible, as the files of a real image would."""
+    paths = sorted(p for p in image_paths if any(_under(p, top) for top in covered))
+    return [p for i, p in enumerate(paths) if not any(_under(p, q) for q in paths[:i])]
+
+
 def prepare(spec: dict[str, Any]) -> RootBuilder:
     netns = os.open(spec["netns"], os.O_RDONLY)
     _check(libc.setns(netns, CLONE_NEWNET), "setns net")
@@ -176,14 +188,17 @@ def prepare(spec: dict[str, Any]) -> RootBuilder:
     builder = RootBuilder(spec["root"], spec["stage"])
     builder.build({"/tmp": spec["tmp"]})
     builder.tmpfs("/dev/shm", "mode=1777,size=64m")
-    for path in spec["traverse"]:
-        builder.make_traversable(path)
     uid, gid = spec["uid"], spec["gid"]
     for item in sorted(spec["mounts"], key=lambda m: m["target"].count("/")):
         if item["kind"] == "tmpfs":
             builder.tmpfs(item["target"], "mode=1777")
         else:
             builder.bind(item["source"], item["target"], item["readOnly"])
+    covered = ["/tmp", "/dev/shm", *(item["target"] for item in spec["mounts"])]
+    for path in hidden(spec["imagePaths"], covered):
+        builder.bind(path, path, read_only=True)
+    for path in spec["traverse"]:
+        builder.make_traversable(path)
     builder.ensure(spec["workingDir"], True, owner=(uid, gid))
     return builder
 
