@@ -130,7 +130,7 @@ def test_status_is_a_subresource_that_create_and_spec_updates_cannot_set(jobs):
     assert (created.get("status") or {}).get("phase") != "Succeeded"
 
 
-def test_every_rendered_object_is_accepted_and_goes_with_the_job(control_plane, jobs, namespace):
+def test_every_rendered_object_is_accepted_and_goes_with_the_job_but_the_checkpoint_claim(control_plane, jobs, namespace):
     api = control_plane.api_client()
     spec = {
         **MINIMAL_SPEC,
@@ -153,12 +153,17 @@ def test_every_rendered_object_is_accepted_and_goes_with_the_job(control_plane, 
         except ApiException as error:
             pytest.fail(f"the API server refused the rendered {obj['kind']} {obj['metadata']['name']}: {error.body}")
 
+    owned = [(r, o) for r, o in handles if o["metadata"].get("ownerReferences")]
+    kept = [(r, o) for r, o in handles if not o["metadata"].get("ownerReferences")]
+    assert [(o["kind"], o["metadata"]["name"]) for _, o in kept] == [("PersistentVolumeClaim", "rendered-checkpoints")]
+
     jobs.delete("rendered")
     deadline = time.monotonic() + 90
-    while left := [(o["kind"], o["metadata"]["name"]) for r, o in handles if _exists(r, o, namespace)]:
+    while left := [(o["kind"], o["metadata"]["name"]) for r, o in owned if _exists(r, o, namespace)]:
         if time.monotonic() > deadline:
             pytest.fail(f"the garbage collector left {left} after the job was deleted")
         time.sleep(0.5)
+    assert all(_exists(r, o, namespace) for r, o in kept), "the checkpoint claim went with the job"
 
 
 def _exists(resource: Any, obj: dict[str, Any], namespace: str) -> bool:
