@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import statistics
 import sys
@@ -32,7 +33,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 from kubespeed import wiring  # noqa: E402
 from kubespeed.devcluster.cluster import ControlPlane  # noqa: E402
 from kubespeed.spec import crd  # noqa: E402
-from kubelet import FakeKubelet  # noqa: E402
+from kubelet import FakeKubelet, follow  # noqa: E402
 from operator_fixture import OperatorProcess, install_operator_rbac, job_manifest, operator_kubeconfig  # noqa: E402
 
 PODS_PER_FAKE_NODE = 100
@@ -51,6 +52,25 @@ def requests_by_code(metrics: str) -> dict[str, float]:
         if match:
             counts[f"{match.group(2)} {match.group(1)}"] = counts.get(f"{match.group(2)} {match.group(1)}", 0) + float(match.group(3))
     return counts
+
+
+def reconciles(metrics: str) -> float:
+    match = re.search(r"^kubespeed_operator_reconcile_duration_seconds_count (\S+)$", metrics, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (utime and stime in /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process(cp: ControlPlane, operator_pid: int) -> dict[str, float]:
+    """Where the machine's cores go: each control-plane process, the operator, and this benchmark."""
+    pids = {process.name: process.pid for process in cp.processes}
+    pids["operator"] = operator_pid
+    pids["benchmark"] = os.getpid()
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -83,35 +103,26 @@ class Observer:
         for thread in self.threads:
             thread.start()
 
-    def _watch(self, watch_once: Any) -> None:
-        """Watch again after each timeout or error: a busy API server answers 429/504 at times."""
-        while not self.stop.is_set():
-            try:
-                watch_once()
-            except Exception:  # noqa: BLE001  (ApiException 429/504, urllib3 protocol errors, ...): watch again
-                time.sleep(0.5)
-
     def _watch_pods(self) -> None:
-        self._watch(self._watch_pods_once)
+        follow(self.core.list_namespaced_pod, self._on_pod, self.stop, NAMESPACE)
 
     def _watch_jobs(self) -> None:
-        self._watch(self._watch_jobs_once)
+        follow(self.custom.list_namespaced_custom_object, self._on_job, self.stop, wiring.API_GROUP, wiring.API_VERSION, NAMESPACE, wiring.PLURAL)
 
-    def _watch_pods_once(self) -> None:
-        from kubernetes import watch
-
-        for event in watch.Watch().stream(self.core.list_namespaced_pod, NAMESPACE, timeout_seconds=5):
-            pod = event["object"]
-            job = pod.metadata.labels.get(wiring.JOB_LABEL)
-            if event["type"] == "DELETED" or job is None:
-                continue
-            seen = self.pods_seen.setdefault(job, set())
-            seen.add(pod.metadata.name)
-            if len(seen) == self.nodes and job not in self.all_pods_at:
-                self.all_pods_at[job] = time.monotonic()
-            if pod.spec.node_name and pod.status.phase == "Pending" and pod.metadata.uid not in self.started and not pod.metadata.deletion_timestamp:
-                self.started.add(pod.metadata.uid)
-                self.pool.submit(self._run_pod, pod.metadata.name)
+    def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        job = (meta.get("labels") or {}).get(wiring.JOB_LABEL)
+        if kind == "DELETED" or job is None:
+            return
+        seen = self.pods_seen.setdefault(job, set())
+        seen.add(meta["name"])
+        if len(seen) == self.nodes and job not in self.all_pods_at:
+            self.all_pods_at[job] = time.monotonic()
+        bound = (pod.get("spec") or {}).get("nodeName")
+        pending = (pod.get("status") or {}).get("phase") == "Pending"
+        if bound and pending and meta["uid"] not in self.started and not meta.get("deletionTimestamp"):
+            self.started.add(meta["uid"])
+            self.pool.submit(self._run_pod, meta["name"])
 
     def _run_pod(self, name: str) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -125,16 +136,9 @@ class Observer:
                     return
                 time.sleep(0.5)
 
-    def _watch_jobs_once(self) -> None:
-        from kubernetes import watch
-
-        stream = watch.Watch().stream(
-            self.custom.list_namespaced_custom_object, wiring.API_GROUP, wiring.API_VERSION, NAMESPACE, wiring.PLURAL, timeout_seconds=5
-        )
-        for event in stream:
-            job = event["object"]
-            if (job.get("status") or {}).get("phase") == "Running":
-                self.running_at.setdefault(job["metadata"]["name"], time.monotonic())
+    def _on_job(self, kind: str, job: dict[str, Any]) -> None:
+        if (job.get("status") or {}).get("phase") == "Running":
+            self.running_at.setdefault(job["metadata"]["name"], time.monotonic())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
         operator = OperatorProcess(operator_kubeconfig(cp, Path(folder)), Path(folder), extra_args=["--resync", "300", "--progress-interval", "60"])
         operator.start()
-        kubelet = FakeKubelet(cp.api_client(), interval=0.5).start()
+        kubelet = FakeKubelet(cp.api_client()).start()
         observer = Observer(cp, kubelet, args.nodes)
         observer.start()
         custom = client.CustomObjectsApi(cp.api_client())
@@ -175,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         observer.running_at.pop("warmup")
         names = [f"job-{i:04d}" for i in range(args.jobs)]
         created_at: dict[str, float] = {}
-        before = requests_by_code(operator.metrics())
+        before_metrics = operator.metrics()
+        before = requests_by_code(before_metrics)
+        cpu_before = cpu_by_process(cp, operator.process.pid)
 
         def create(name: str) -> None:
             manifest = job_manifest(name, nodes=args.nodes, training={"steps": 10, "globalBatchSize": 4 * args.nodes, "microBatchSize": 4})
@@ -189,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         while time.monotonic() < deadline and (len(observer.all_pods_at) < args.jobs or len(observer.running_at) < args.jobs):
             time.sleep(0.2)
         per_job = [observer.all_pods_at[n] - created_at[n] for n in names if n in observer.all_pods_at]
-        create_requests = requests_by_code(operator.metrics())
+        created_metrics = operator.metrics()
+        create_requests = requests_by_code(created_metrics)
         create_delta = {k: v - before.get(k, 0) for k, v in create_requests.items()}
+        cpu_created = cpu_by_process(cp, operator.process.pid)
 
         t1 = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
@@ -204,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         deleted_s = time.monotonic() - t1
         delete_requests = requests_by_code(operator.metrics())
         delete_delta = {k: v - create_requests.get(k, 0) for k, v in delete_requests.items()}
+        cpu_deleted = cpu_by_process(cp, operator.process.pid)
         rss = peak_rss_mb(operator.process.pid)
         observer.stop.set()
         kubelet.stop()
@@ -215,17 +224,21 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "jobs": args.jobs,
             "nodes_per_job": args.nodes,
+            "create_calls_s": round(max(created_at.values()) - t0, 2),
             "all_pods_exist_s": round(max(observer.all_pods_at.values()) - t0, 2) if len(per_job) == args.jobs else None,
             "pods_exist_per_job_p50_s": round(statistics.median(per_job), 2) if per_job else None,
             "pods_exist_per_job_p99_s": round(percentile(per_job, 0.99), 2) if per_job else None,
             "all_jobs_running_s": round(max(observer.running_at.values()) - t0, 2) if len(observer.running_at) == args.jobs else None,
             "jobs_running": len(observer.running_at),
             "api_requests_per_job_create": round(sum(create_delta.values()) / args.jobs, 1),
+            "reconciles_per_job_create": round((reconciles(created_metrics) - reconciles(before_metrics)) / args.jobs, 1),
             "api_errors_create": errors(create_delta),
             "delete_all_s": round(deleted_s, 2),
             "api_requests_per_job_delete": round(sum(delete_delta.values()) / args.jobs, 1),
             "api_errors_delete": errors(delete_delta),
             "operator_peak_rss_mb": round(rss, 1),
+            "cpu_s_create": {k: round(v - cpu_before[k], 1) for k, v in cpu_created.items()},
+            "cpu_s_delete": {k: round(v - cpu_created[k], 1) for k, v in cpu_deleted.items()},
             "operator_log_tracebacks": operator.log().count("Traceback"),
         }
         print(json.dumps(result))

@@ -8,6 +8,7 @@ of a plain dict with errors that name the field (`from_dict`), and the defaults.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any
@@ -89,7 +90,10 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
+    # Resolving string annotations is most of a parse's cost, and the operator parses
+    # a spec several times per reconcile; classes do not change at run time.
     return typing.get_type_hints(cls)
 
 

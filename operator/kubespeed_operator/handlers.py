@@ -33,11 +33,11 @@ async def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **
 
 
 @kopf.on.event(**JOBS)
-async def job_event(type: str | None, namespace: str, name: str, status: kopf.Status, memo: kopf.Memo, training_pods: kopf.Index, **_: Any) -> None:
+async def job_event(type: str | None, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, training_pods: kopf.Index, **_: Any) -> None:
     if type == "DELETED":
         memo.operator.forget(namespace, name)
         return
-    memo.operator.job_seen(namespace, name, status.get("phase"), training_pods)
+    memo.operator.job_seen(dict(body), training_pods)
 
 
 @kopf.on.event("v1", "pods", **TRAINING_PODS)

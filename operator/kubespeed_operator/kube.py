@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -34,6 +35,7 @@ PLURALS = {
 }
 JOB_API_VERSION = f"{wiring.API_GROUP}/{wiring.API_VERSION}"
 CONFLICT_RETRIES = 5
+TOKEN_REUSE_SECONDS = 10.0
 
 
 class ApiError(Exception):
@@ -87,10 +89,18 @@ def load_credentials() -> Credentials:
     else:
         context = False
 
+    last: dict[str, Any] = {"token": None, "until": 0.0}
+
     def token() -> str | None:
-        # The library's refresh hook re-reads a rotated in-cluster token. kubernetes 37 keeps
-        # it under "BearerToken" ("authorization" is the older key, kept as its alias).
-        return cfg.get_api_key_with_prefix("BearerToken", alias="authorization") or None
+        # The library's refresh hook re-reads a rotated in-cluster token (kubernetes 37 keeps
+        # it under "BearerToken"; "authorization" is the older key, kept as its alias). The
+        # hook reloads the whole kubeconfig or token file on each call, so a token is reused
+        # for a few seconds; the kubelet rotates a bound token long before it expires.
+        now = time.monotonic()
+        if now >= last["until"]:
+            last["token"] = cfg.get_api_key_with_prefix("BearerToken", alias="authorization") or None
+            last["until"] = now + TOKEN_REUSE_SECONDS
+        return last["token"]
 
     return Credentials(host=cfg.host.rstrip("/"), ssl=context, token=token)
 
@@ -143,16 +153,15 @@ class Kube:
                 return None
             raise
 
-    async def create(self, obj: dict[str, Any]) -> bool:
-        """Create `obj`; False when it is there already (409 is success for a deterministic name)."""
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Create `obj` and return it as stored; None when it is there already (409 is success for a deterministic name)."""
         meta = obj["metadata"]
         try:
-            await self.request("POST", path(obj["apiVersion"], obj["kind"], meta.get("namespace")), obj)
-            return True
+            return await self.request("POST", path(obj["apiVersion"], obj["kind"], meta.get("namespace")), obj)
         except ApiError as err:
             if err.status == 409 and err.reason == "AlreadyExists":
                 logger.debug("%s %s/%s exists already", obj["kind"], meta.get("namespace"), meta.get("name"))
-                return False
+                return None
             raise
 
     async def delete(self, url_path: str, grace_seconds: int | None = None, propagation: str | None = None) -> None:

@@ -66,7 +66,7 @@ class Lease:
         lease = await self.kube.get(self._path)
         if lease is None:
             body = {"apiVersion": LEASE_API, "kind": "Lease", "metadata": {"name": self.name, "namespace": self.namespace}, "spec": self._spec(now, None)}
-            return await self.kube.create(body)
+            return await self.kube.create(body) is not None
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity")
         renewed = _parse(spec.get("renewTime"))

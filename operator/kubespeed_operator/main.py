@@ -43,9 +43,11 @@ class Operator:
     def _use_index(self, index: Any) -> None:
         self.reconciler.pods_of = lambda namespace, name: list(index.get((namespace, name), ()))
 
-    def job_seen(self, namespace: str, name: str, phase: str | None, index: Any) -> None:
+    def job_seen(self, job: dict[str, Any], index: Any) -> None:
         self._use_index(index)
-        self.metrics.observe_job(namespace, name, phase)
+        namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        self.metrics.observe_job(namespace, name, (job.get("status") or {}).get("phase"))
+        self.reconciler.job_seen(job)
         self.workers.wake(namespace, name)
 
     def pod_seen(self, namespace: str, job: str, index: Any) -> None:

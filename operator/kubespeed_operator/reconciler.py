@@ -5,6 +5,13 @@ current attempt are created (idempotently) first, then the status is written
 (guarded by the job's resourceVersion), then the Events, then the pods of an
 ended attempt are deleted. A restart re-reads everything and lands on the same
 decision, so no step is remembered in memory.
+
+What is kept in memory is only a cache of what the API server said, as an
+informer keeps one: the job as its watch (or this operator's last status write)
+showed it, and the pods this operator created that the pod watch has not shown
+yet. A stale job costs one conflict on the guarded status write and a fresh
+read; a created pod not yet watched is not created again. Neither is needed for
+a correct decision, only for a cheap one (one reconcile pass, no GET, no 409).
 """
 
 from __future__ import annotations
@@ -30,7 +37,26 @@ from kubespeed_operator.status import Event, diff, timestamp
 logger = logging.getLogger("kubespeed.operator")
 
 LEASE_WAIT_SECONDS = 1.0
+# How long a pod this operator created counts as present while the watch has not shown it.
+CREATED_POD_GRACE_SECONDS = 30.0
 PodsOf = Callable[[str, str], Iterable[PodView]]
+Key = tuple[str, str]
+
+
+def _key(obj: dict[str, Any]) -> Key:
+    return obj["metadata"]["namespace"], obj["metadata"]["name"]
+
+
+def _newer(cached: dict[str, Any] | None, seen: dict[str, Any]) -> dict[str, Any]:
+    """The newer of two copies of one job. A watch can deliver an event older than the
+    status this operator just wrote; resourceVersions are etcd revisions (digits) on
+    the API servers we know, and a copy that cannot be compared counts as newer."""
+    if cached is None:
+        return seen
+    old, new = cached["metadata"].get("resourceVersion", ""), seen["metadata"].get("resourceVersion", "")
+    if old.isdigit() and new.isdigit() and int(old) > int(new) and cached["metadata"].get("uid") == seen["metadata"].get("uid"):
+        return cached
+    return seen
 
 
 def _now() -> datetime:
@@ -63,7 +89,10 @@ class Reconciler:
         self.http = http
         self.pods_of: PodsOf = lambda namespace, name: ()
         # Monotonic time of the next metrics read per job: a rate limit, not state.
-        self._next_progress_read: dict[tuple[str, str], float] = {}
+        self._next_progress_read: dict[Key, float] = {}
+        self._jobs: dict[Key, dict[str, Any]] = {}
+        # (job) -> pod name -> (the pod as created, monotonic time of the create).
+        self._created: dict[Key, dict[str, tuple[PodView, float]]] = {}
 
     async def reconcile(self, namespace: str, name: str) -> float | None:
         """Bring one job a step closer to its decision; seconds until the next timed look, None if it is gone."""
@@ -71,29 +100,61 @@ class Reconciler:
             # The Lease is not fresh (the API server is away): act only once it is renewed.
             return LEASE_WAIT_SECONDS
         started = time.monotonic()
+        passes = 0
+
+        async def once() -> float | None:
+            # The first pass decides from the cached job; a pass after a conflict reads it fresh.
+            nonlocal passes
+            cached = self._jobs.get((namespace, name)) if passes == 0 else None
+            passes += 1
+            return await self._reconcile_once(namespace, name, cached or await self.kube.get(job_path(namespace, name)))
+
         try:
-            return await with_conflict_retry(lambda: self._reconcile_once(namespace, name))
+            return await with_conflict_retry(once)
         finally:
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
 
-    def forget(self, namespace: str, name: str) -> None:
-        self._next_progress_read.pop((namespace, name), None)
+    def job_seen(self, job: dict[str, Any]) -> None:
+        """The job as its watch showed it: what the next reconcile starts from."""
+        self._jobs[_key(job)] = _newer(self._jobs.get(_key(job)), job)
 
-    async def _reconcile_once(self, namespace: str, name: str) -> float | None:
-        job = await self.kube.get(job_path(namespace, name))
+    def forget(self, namespace: str, name: str) -> None:
+        for cache in (self._next_progress_read, self._jobs, self._created):
+            cache.pop((namespace, name), None)
+
+    def _with_created(self, key: Key, watched: list[PodView]) -> list[PodView]:
+        """The watched pods, plus those this operator created that the watch has not shown yet."""
+        created = self._created.get(key)
+        if not created:
+            return watched
+        shown = {(p.name, p.attempt) for p in watched}
+        now = time.monotonic()
+        for pod_name, (pod, at) in list(created.items()):
+            if (pod.name, pod.attempt) in shown or now - at > CREATED_POD_GRACE_SECONDS:
+                del created[pod_name]
+        return watched + [pod for pod, _ in created.values()]
+
+    async def _reconcile_once(self, namespace: str, name: str, job: dict[str, Any] | None) -> float | None:
         if job is None or job["metadata"].get("deletionTimestamp"):
             self.forget(namespace, name)
             return None
-        pods = await self._observe_pods(job, list(self.pods_of(namespace, name)))
+        key = (namespace, name)
+        pods = self._with_created(key, list(self.pods_of(namespace, name)))
+        pods = await self._observe_pods(job, pods)
         now = _now()
         progress = await self._read_progress(job, pods)
         decision = decide(job, pods, now, self.timing, progress=progress)
         if decision.create_attempt is not None:
-            blocker = await self._create(job, decision)
+            blocker, created = await self._create(job, decision)
             if blocker is not None:
                 log = logger.error if blocker.permanent else logger.warning
                 log("%s/%s: %s: %s", namespace, name, blocker.reason, blocker.message)
                 decision = decide(job, pods, now, self.timing, blocker=blocker, progress=progress)
+            elif created:
+                # The status written next already counts the pods just created.
+                self._created.setdefault(key, {}).update({pod.name: (pod, time.monotonic()) for pod in created})
+                pods = pods + created
+                decision = decide(job, pods, now, self.timing, progress=progress)
         await self._write_status(job, decision)
         for pod_name in decision.delete_pods:
             await self.kube.delete(path("v1", "Pod", namespace, pod_name), grace_seconds=decision.grace_seconds)
@@ -140,38 +201,40 @@ class Reconciler:
         self._next_progress_read[key] = time.monotonic() + self.timing.progress_interval
         return await progress_mod.read(self.http, rank0.ip)
 
-    async def _create(self, job: dict[str, Any], decision: Decision) -> Blocker | None:
-        """Create the job's children and the attempt's missing pods; a Blocker says why not."""
+    async def _create(self, job: dict[str, Any], decision: Decision) -> tuple[Blocker | None, list[PodView]]:
+        """Create the job's children and the attempt's missing pods: a Blocker says why not,
+        else the pods that this call created (not those that were there already)."""
         meta = job["metadata"]
         try:
             spec = parse_job_spec(job.get("spec") or {})
         except SpecError as err:
-            return Blocker("InvalidSpec", str(err), permanent=True)
+            return Blocker("InvalidSpec", str(err), permanent=True), []
         for field_path, claim in (("spec.checkpoint.claimName", spec.checkpoint.claimName), ("spec.data.claimName", spec.data.claimName)):
             if claim and await self.kube.get(path("v1", "PersistentVolumeClaim", meta["namespace"], claim)) is None:
                 return Blocker(
                     "ClaimNotFound",
                     f"PersistentVolumeClaim {claim!r} ({field_path}) does not exist in namespace {meta['namespace']}; create it or fix {field_path}",
-                )
-        children = job_children(job)
-        blocker = await self._create_all(children)
+                ), []
+        blocker, _ = await self._create_all(job_children(job))
         if blocker is not None:
-            return blocker
+            return blocker, []
         assert decision.create_attempt is not None
         wanted = set(decision.create_ranks)
         pods = [p for p in attempt_pods(job, decision.create_attempt) if int(p["metadata"]["labels"][wiring.NODE_RANK_LABEL]) in wanted]
-        return await self._create_all(pods)
+        blocker, created = await self._create_all(pods)
+        views = [seen for seen in map(view, created) if seen is not None]
+        return blocker, views
 
-    async def _create_all(self, objects: list[dict[str, Any]]) -> Blocker | None:
-        """Create objects concurrently (each idempotently); the first refusal becomes the Blocker."""
+    async def _create_all(self, objects: list[dict[str, Any]]) -> tuple[Blocker | None, list[dict[str, Any]]]:
+        """Create objects concurrently (each idempotently): the first refusal as a Blocker, and the objects created."""
         results = await asyncio.gather(*(self.kube.create(obj) for obj in objects), return_exceptions=True)
         for obj, result in zip(objects, results):
             if isinstance(result, ApiError) and result.status < 500:
-                return _blocker_for(result, f"{obj['kind']} {obj['metadata']['name']}")
+                return _blocker_for(result, f"{obj['kind']} {obj['metadata']['name']}"), []
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return None
+        return None, [result for result in results if isinstance(result, dict)]
 
     async def _write_status(self, job: dict[str, Any], decision: Decision) -> None:
         meta = job["metadata"]
@@ -179,7 +242,7 @@ class Reconciler:
         patch = diff(old, decision.status)
         if not patch:
             return
-        await self.kube.patch_status(job, patch)
+        self.job_seen(await self.kube.patch_status(job, patch))
         if old.get("phase") != decision.status.get("phase"):
             logger.info(
                 "%s/%s: %s -> %s (%s): %s",

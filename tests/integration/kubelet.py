@@ -23,6 +23,12 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _discard(response: Any) -> None:
+    """Read a raw response to its end (so its connection can serve the next request) and drop it."""
+    response.read()
+    response.release_conn()
+
+
 def _container(state: dict[str, Any], ready: bool) -> list[dict[str, Any]]:
     return [{
         "name": wiring.TRAINER_CONTAINER_NAME, "image": "ghcr.io/kubespeed/kubespeed-trainer:0.1.0", "imageID": "",
@@ -31,11 +37,10 @@ def _container(state: dict[str, Any], ready: bool) -> list[dict[str, Any]]:
 
 
 class FakeKubelet:
-    def __init__(self, api_client: Any, interval: float = 0.2):
+    def __init__(self, api_client: Any):
         from kubernetes import client
 
         self.core = client.CoreV1Api(api_client)
-        self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._reap, name="fake-kubelet", daemon=True)
 
@@ -48,7 +53,8 @@ class FakeKubelet:
         self._thread.join(10)
 
     def _patch(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.core.patch_namespaced_pod_status(name, namespace, {"status": status})
+        # Not read back into the client's models: a benchmark drives hundreds of pods.
+        _discard(self.core.patch_namespaced_pod_status(name, namespace, {"status": status}, _preload_content=False))
 
     def run(self, namespace: str, name: str, ip: str | None = None) -> str:
         """Running and Ready with a pod IP (returned)."""
@@ -80,13 +86,47 @@ class FakeKubelet:
         })  # fmt: skip
 
     def _reap(self) -> None:
-        while not self._stop.wait(self.interval):
+        follow(self.core.list_pod_for_all_namespaces, self._on_pod, self._stop, label_selector=SELECTOR)
+
+    def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        if kind == "DELETED" or meta.get("deletionTimestamp") is None or not (pod.get("spec") or {}).get("nodeName"):
+            return
+        # The uid precondition spares a new pod that took the old one's name.
+        options = {"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}}
+        for _ in range(20):
             try:
-                pods = self.core.list_pod_for_all_namespaces(label_selector=SELECTOR).items
-                for pod in pods:
-                    if pod.metadata.deletion_timestamp is not None and pod.spec.node_name:
-                        # The uid precondition spares a new pod that took the old one's name.
-                        options = {"gracePeriodSeconds": 0, "preconditions": {"uid": pod.metadata.uid}}
-                        self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, body=options)
-            except Exception:  # noqa: BLE001  the API server may be busy or a pod already gone; try again
-                time.sleep(self.interval)
+                _discard(self.core.delete_namespaced_pod(meta["name"], meta["namespace"], body=options, _preload_content=False))
+                return
+            except Exception as error:  # noqa: BLE001  the API server may be busy; a pod already gone is done
+                if getattr(error, "status", None) in (404, 409):
+                    return
+                time.sleep(0.2)
+
+
+def follow(list_func: Any, on_event: Any, stop: threading.Event, *args: Any, **kwargs: Any) -> None:
+    """Call `on_event(type, object)` for each change of the listed objects, as an informer does, until `stop`.
+
+    Objects stay plain dicts (the client's models cost more CPU than the API
+    server's work when hundreds of pods start at once). The first watch reports
+    every existing object as ADDED; later ones resume at the last resourceVersion,
+    and any error (410 Gone, a restarting API server) starts over from a fresh list.
+    """
+    from kubernetes import watch
+
+    version: str | None = None
+    while not stop.is_set():
+        try:
+            resume = {"resource_version": version} if version else {}
+            for event in watch.Watch().stream(list_func, *args, timeout_seconds=5, deserialize=False, allow_watch_bookmarks=True, **resume, **kwargs):
+                if event["type"] == "ERROR":
+                    version = None
+                    break
+                version = event["object"]["metadata"].get("resourceVersion") or version
+                if event["type"] != "BOOKMARK":
+                    on_event(event["type"], event["object"])
+                if stop.is_set():
+                    return
+        except Exception:  # noqa: BLE001  (410 Gone, 429/504, connection reset): list again
+            version = None
+            stop.wait(0.2)

@@ -63,7 +63,7 @@ def test_the_job_follows_its_pods_to_running_and_succeeded(lmtj, kubelet):
     assert status["completionTime"] and status["restarts"] == 0
     assert lmtj.condition("ok", "Running")["status"] == "False"
     reasons = wait_for(lambda: [r for _, r, _ in lmtj.events("ok")] if "Succeeded" in [r for _, r, _ in lmtj.events("ok")] else None, "the Succeeded Event")
-    assert {"CreatingPods", "PodsRunning", "Succeeded"} <= set(reasons)
+    assert {"PodsStarting", "PodsRunning", "Succeeded"} <= set(reasons)
 
 
 def test_one_failed_pod_restarts_the_whole_gang_as_attempt_2_never_mixing_attempts(lmtj, kubelet):
