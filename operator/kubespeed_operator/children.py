@@ -30,9 +30,9 @@ def job_spec(job: dict[str, Any]) -> LMTrainingJobSpec:
     return parse_job_spec(job.get("spec") or {})
 
 
-def job_children(job: dict[str, Any]) -> list[dict[str, Any]]:
-    """Objects that live for the whole job, in the order they are created."""
-    spec = job_spec(job)
+def job_children(job: dict[str, Any], spec: LMTrainingJobSpec | None = None) -> list[dict[str, Any]]:
+    """Objects that live for the whole job, in the order they are created (`spec`: the job's, parsed already)."""
+    spec = spec or job_spec(job)
     optional = [checkpoint_claim(job, spec), pod_group(job, spec)]
     return [
         headless_service(job),
@@ -42,9 +42,9 @@ def job_children(job: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def attempt_pods(job: dict[str, Any], attempt: int) -> list[dict[str, Any]]:
-    """Pods `<job>-0` .. `<job>-<nodes-1>` of one attempt (attempts count from 1)."""
+def attempt_pods(job: dict[str, Any], attempt: int, spec: LMTrainingJobSpec | None = None) -> list[dict[str, Any]]:
+    """Pods `<job>-0` .. `<job>-<nodes-1>` of one attempt (attempts count from 1; `spec`: the job's, parsed already)."""
     if attempt < 1:
         raise ValueError(f"attempts count from 1, got {attempt}")
-    spec = job_spec(job)
+    spec = spec or job_spec(job)
     return [training_pod(job, spec, rank, attempt) for rank in range(spec.nodes)]

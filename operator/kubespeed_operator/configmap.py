@@ -16,6 +16,8 @@ from kubespeed.spec import LMTrainingJobSpec, to_dict
 from kubespeed_operator.meta import child_metadata, labels
 from kubespeed_trainer.dsconfig import resolve_deepspeed_config
 
+SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 
 def hostfile(job_name: str, spec: LMTrainingJobSpec) -> str:
     """`<pod>.<job> slots=<procsPerNode>` per node, node rank 0 first: DeepSpeed's rank order."""
@@ -41,6 +43,7 @@ def config_map(job: dict[str, Any], spec: LMTrainingJobSpec) -> dict[str, Any]:
         "data": {
             wiring.HOSTFILE_KEY: hostfile(name, spec),
             wiring.DEEPSPEED_CONFIG_KEY: json.dumps(deepspeed_config(spec), indent=2, sort_keys=True) + "\n",
-            wiring.TRAINER_CONFIG_KEY: yaml.safe_dump(to_dict(spec.trainer_config()), sort_keys=False),
+            # libyaml's dumper when pyyaml has it: the pure-Python one took 5% of the operator's CPU at scale.
+            wiring.TRAINER_CONFIG_KEY: yaml.dump(to_dict(spec.trainer_config()), Dumper=SAFE_DUMPER, sort_keys=False),
         },
     }

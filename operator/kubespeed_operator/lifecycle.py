@@ -141,13 +141,17 @@ def decide(
     timing: Timing = Timing(),
     blocker: Blocker | None = None,
     progress: progress_mod.Progress | None = None,
+    spec: LMTrainingJobSpec | None = None,
 ) -> Decision:
-    """What the job's status should be and what to do about its pods, from what was observed."""
+    """What the job's status should be and what to do about its pods, from what was observed.
+
+    `spec` is the job's spec already parsed, if the caller has it; else it is parsed here.
+    """
     ctx = _Context(job, pods, now, timing)
     if ctx.old.get("phase") in TERMINAL:
         return _finished(ctx)
     try:
-        spec = parse_job_spec(job.get("spec") or {})
+        spec = spec or parse_job_spec(job.get("spec") or {})
     except SpecError as err:
         return _end(ctx, "Failed", "InvalidSpec", f"{err}; fix the spec and create the job again")
     if blocker is not None and blocker.permanent:

@@ -47,8 +47,8 @@ class Operator:
         self._use_index(index)
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         self.metrics.observe_job(namespace, name, (job.get("status") or {}).get("phase"))
-        self.reconciler.job_seen(job)
-        self.workers.wake(namespace, name)
+        if self.reconciler.job_seen(job):
+            self.workers.wake(namespace, name)
 
     def pod_seen(self, namespace: str, job: str, index: Any) -> None:
         self._use_index(index)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 import aiohttp
 
 from kubespeed import wiring
-from kubespeed.spec import SpecError, parse_job_spec
+from kubespeed.spec import LMTrainingJobSpec, SpecError, parse_job_spec
 from kubespeed_operator import progress as progress_mod
 from kubespeed_operator.children import attempt_pods, job_children
 from kubespeed_operator.kube import ApiError, Kube, job_path, path, with_conflict_retry
@@ -39,6 +39,11 @@ logger = logging.getLogger("kubespeed.operator")
 LEASE_WAIT_SECONDS = 1.0
 # How long a pod this operator created counts as present while the watch has not shown it.
 CREATED_POD_GRACE_SECONDS = 30.0
+# Jobs creating their objects at once. Hundreds of jobs applied together are served
+# first come, first served, each gang created in a moment, rather than all of them
+# creating a little at a time and every gang finishing last; a handful is enough
+# to keep the API server busy.
+CREATING_JOBS = 32
 PodsOf = Callable[[str, str], Iterable[PodView]]
 Key = tuple[str, str]
 
@@ -91,6 +96,11 @@ class Reconciler:
         # Monotonic time of the next metrics read per job: a rate limit, not state.
         self._next_progress_read: dict[Key, float] = {}
         self._jobs: dict[Key, dict[str, Any]] = {}
+        # The resourceVersion of this operator's last status write per job: its echo on the watch is no news.
+        self._written: dict[Key, str] = {}
+        self._creating = asyncio.Semaphore(CREATING_JOBS)
+        # The parsed spec per job, with the (uid, generation) it was parsed from.
+        self._specs: dict[Key, tuple[tuple[Any, Any], LMTrainingJobSpec]] = {}
         # (job) -> pod name -> (the pod as created, monotonic time of the create).
         self._created: dict[Key, dict[str, tuple[PodView, float]]] = {}
 
@@ -114,13 +124,33 @@ class Reconciler:
         finally:
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
 
-    def job_seen(self, job: dict[str, Any]) -> None:
-        """The job as its watch showed it: what the next reconcile starts from."""
-        self._jobs[_key(job)] = _newer(self._jobs.get(_key(job)), job)
+    def job_seen(self, job: dict[str, Any]) -> bool:
+        """The job as its watch showed it: what the next reconcile starts from.
+
+        False when it is only the echo of this operator's own last status write,
+        which the reconcile that wrote it has already acted on.
+        """
+        key = _key(job)
+        self._jobs[key] = _newer(self._jobs.get(key), job)
+        return job["metadata"].get("resourceVersion") != self._written.get(key)
 
     def forget(self, namespace: str, name: str) -> None:
-        for cache in (self._next_progress_read, self._jobs, self._created):
+        for cache in (self._next_progress_read, self._jobs, self._created, self._written, self._specs):
             cache.pop((namespace, name), None)
+
+    def _spec(self, job: dict[str, Any]) -> LMTrainingJobSpec | None:
+        """The job's spec, parsed once per generation (the API server bumps it on every change
+        of the spec); None when it does not parse, for `decide` to say why."""
+        version = (job["metadata"].get("uid"), job["metadata"].get("generation"))
+        cached = self._specs.get(_key(job))
+        if cached is not None and cached[0] == version and None not in version:
+            return cached[1]
+        try:
+            spec = parse_job_spec(job.get("spec") or {})
+        except SpecError:
+            return None
+        self._specs[_key(job)] = (version, spec)
+        return spec
 
     def _with_created(self, key: Key, watched: list[PodView]) -> list[PodView]:
         """The watched pods, plus those this operator created that the watch has not shown yet."""
@@ -143,18 +173,20 @@ class Reconciler:
         pods = await self._observe_pods(job, pods)
         now = _now()
         progress = await self._read_progress(job, pods)
-        decision = decide(job, pods, now, self.timing, progress=progress)
-        if decision.create_attempt is not None:
-            blocker, created = await self._create(job, decision)
+        spec = self._spec(job)
+        decision = decide(job, pods, now, self.timing, progress=progress, spec=spec)
+        if decision.create_attempt is not None and spec is not None:
+            async with self._creating:
+                blocker, created = await self._create(job, spec, decision)
             if blocker is not None:
                 log = logger.error if blocker.permanent else logger.warning
                 log("%s/%s: %s: %s", namespace, name, blocker.reason, blocker.message)
-                decision = decide(job, pods, now, self.timing, blocker=blocker, progress=progress)
+                decision = decide(job, pods, now, self.timing, blocker=blocker, progress=progress, spec=spec)
             elif created:
                 # The status written next already counts the pods just created.
                 self._created.setdefault(key, {}).update({pod.name: (pod, time.monotonic()) for pod in created})
                 pods = pods + created
-                decision = decide(job, pods, now, self.timing, progress=progress)
+                decision = decide(job, pods, now, self.timing, progress=progress, spec=spec)
         await self._write_status(job, decision)
         for pod_name in decision.delete_pods:
             await self.kube.delete(path("v1", "Pod", namespace, pod_name), grace_seconds=decision.grace_seconds)
@@ -201,26 +233,22 @@ class Reconciler:
         self._next_progress_read[key] = time.monotonic() + self.timing.progress_interval
         return await progress_mod.read(self.http, rank0.ip)
 
-    async def _create(self, job: dict[str, Any], decision: Decision) -> tuple[Blocker | None, list[PodView]]:
+    async def _create(self, job: dict[str, Any], spec: LMTrainingJobSpec, decision: Decision) -> tuple[Blocker | None, list[PodView]]:
         """Create the job's children and the attempt's missing pods: a Blocker says why not,
         else the pods that this call created (not those that were there already)."""
         meta = job["metadata"]
-        try:
-            spec = parse_job_spec(job.get("spec") or {})
-        except SpecError as err:
-            return Blocker("InvalidSpec", str(err), permanent=True), []
         for field_path, claim in (("spec.checkpoint.claimName", spec.checkpoint.claimName), ("spec.data.claimName", spec.data.claimName)):
             if claim and await self.kube.get(path("v1", "PersistentVolumeClaim", meta["namespace"], claim)) is None:
                 return Blocker(
                     "ClaimNotFound",
                     f"PersistentVolumeClaim {claim!r} ({field_path}) does not exist in namespace {meta['namespace']}; create it or fix {field_path}",
                 ), []
-        blocker, _ = await self._create_all(job_children(job))
+        blocker, _ = await self._create_all(job_children(job, spec))
         if blocker is not None:
             return blocker, []
         assert decision.create_attempt is not None
         wanted = set(decision.create_ranks)
-        pods = [p for p in attempt_pods(job, decision.create_attempt) if int(p["metadata"]["labels"][wiring.NODE_RANK_LABEL]) in wanted]
+        pods = [p for p in attempt_pods(job, decision.create_attempt, spec) if int(p["metadata"]["labels"][wiring.NODE_RANK_LABEL]) in wanted]
         blocker, created = await self._create_all(pods)
         views = [seen for seen in map(view, created) if seen is not None]
         return blocker, views
@@ -242,7 +270,9 @@ class Reconciler:
         patch = diff(old, decision.status)
         if not patch:
             return
-        self.job_seen(await self.kube.patch_status(job, patch))
+        written = await self.kube.patch_status(job, patch)
+        self._written[_key(written)] = written["metadata"].get("resourceVersion", "")
+        self.job_seen(written)
         if old.get("phase") != decision.status.get("phase"):
             logger.info(
                 "%s/%s: %s -> %s (%s): %s",
