@@ -40,6 +40,37 @@ def gpu_requested() -> bool:
     return torch.cuda.is_available()
 
 
+def gpu_problem(cuda_build: str | None, visible: int, local_ranks: int) -> tuple[wiring.ExitCode, str] | None:
+    """Why ranks told to train on GPUs cannot, with the exit code that says whether a retry helps; None when they can.
+
+    A CPU-only torch in the image is the job's own mistake (a restart lands on the
+    same image); a CUDA build that sees too few GPUs is the node's (its driver or
+    device plugin), and the gang's restart may land on another node.
+    """
+    if cuda_build is None:
+        return wiring.EXIT_CONFIG_ERROR, (
+            "spec.gpu is true but the torch in spec.image is a CPU-only build: "
+            "use an image with a CUDA build of torch, or set spec.gpu: false to train on the CPU"
+        )
+    if visible < local_ranks:
+        devices = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        return wiring.EXIT_RETRYABLE, (
+            f"spec.gpu is true but this pod sees {visible} GPU(s) for its {local_ranks} rank(s) "
+            f"(CUDA_VISIBLE_DEVICES={devices}): the node's NVIDIA driver or device plugin provided none; "
+            "a restart may land on a working node"
+        )
+    return None
+
+
+def check_gpu() -> tuple[wiring.ExitCode, str] | None:
+    """`gpu_problem` for this process: torch's build, the GPUs it sees, and the ranks in this pod."""
+    import torch
+
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    build = torch.version.cuda or getattr(torch.version, "hip", None)
+    return gpu_problem(build, torch.cuda.device_count() if build else 0, local_ranks)
+
+
 def select_accelerator(gpu: bool) -> None:
     """Tell DeepSpeed which accelerator to use; call before importing deepspeed."""
     os.environ["DS_ACCELERATOR"] = "cuda" if gpu else "cpu"

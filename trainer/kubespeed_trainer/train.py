@@ -86,6 +86,11 @@ def main(argv: list[str]) -> int:
     if args.gpu != "auto":
         os.environ[wiring.ENV_USE_GPU] = args.gpu
     gpu = device.gpu_requested()
+    problem = device.check_gpu() if gpu else None
+    if problem is not None:
+        code, message = problem
+        print(f"kubespeed train: {message}", file=sys.stderr)
+        return code.code
     device.select_accelerator(gpu)
     from kubespeed_trainer import trainer
 
