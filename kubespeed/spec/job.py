@@ -267,7 +267,7 @@ class CheckpointSpec:
 class RunPolicy:
     """Restarts, deadlines, cleanup and suspension."""
 
-    backoffLimit: int = field("Gang restarts allowed before the job fails.", 3, minimum=0, maximum=1000)
+    backoffLimit: int = field("Gang restarts after failures allowed before the job fails; restarts after a disruption (preemption, eviction, a drained node, SIGTERM) do not count.", 3, minimum=0, maximum=1000)
     restartPolicy: str = field("`ExitCode` (restart the gang unless the trainer's exit code says a retry cannot help), `OnFailure` (restart on any failure), `Never`.", "ExitCode", enum=RESTART_POLICIES)
     activeDeadlineSeconds: int | None = field("Fail the job (reason DeadlineExceeded) this many seconds after its pods first started, across gang restarts; suspending and resuming starts the count again, as for a batch Job.", None, minimum=1)
     ttlSecondsAfterFinished: int | None = field("Delete the job and its children this long after it succeeds or fails.", None, minimum=0)

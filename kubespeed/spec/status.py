@@ -66,6 +66,7 @@ class LMTrainingJobStatus:
     replicas: ReplicaStatus | None = field("Pods of the current attempt by state.", None)
     attempt: int | None = field("The current attempt, from 1; each gang restart starts a new one.", None)
     restarts: int | None = field("Gang restarts so far.", None)
+    disruptions: int | None = field("Gang restarts caused by a disruption (preemption, eviction, a drained or lost node, SIGTERM); they do not count against runPolicy.backoffLimit.", None)
     startTime: str | None = field("When the first attempt's pods were created.", None)
     completionTime: str | None = field("When the job succeeded or failed.", None)
     progress: ProgressStatus | None = field("Training progress.", None)

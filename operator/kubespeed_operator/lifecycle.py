@@ -88,6 +88,7 @@ class _Context:
         self.timing = timing
         self.attempt = max([self.old.get("attempt") or 0, *(p.attempt for p in pods)])
         self.restarts = self.old.get("restarts") or 0
+        self.disruptions = self.old.get("disruptions") or 0
         raw_policy = (job.get("spec") or {}).get("runPolicy") or {}
         self.grace = int(raw_policy.get("terminationGracePeriodSeconds") or DEFAULT_GRACE_SECONDS)
         self.ttl = raw_policy.get("ttlSecondsAfterFinished")
@@ -107,6 +108,7 @@ class _Context:
             observedGeneration=self.generation,
             attempt=self.attempt or None,
             restarts=self.restarts,
+            disruptions=self.disruptions or None,
             replicas=replicas(self.of_attempt(self.attempt)),
         )
         status.update(fields)
@@ -237,10 +239,11 @@ def _active(
 
     failure = attempt_failure(current, nodes, ctx.name)
     if failure is not None:
-        judged = verdict(failure, spec.runPolicy, ctx.restarts, attempt)
+        judged = verdict(failure, spec.runPolicy, ctx.restarts - ctx.disruptions, attempt)
         if not judged.restart:
             return _end(ctx, "Failed", judged.reason, judged.message)
         ctx.attempt, ctx.restarts = attempt + 1, ctx.restarts + 1
+        ctx.disruptions += 1 if failure.disruption else 0
         status = ctx.status("Restarting", judged.reason, judged.message, replicas=replicas(current))
         doomed = [p.name for p in current if not p.deleting]
         return ctx.decision(status, judged.reason, delete_pods=doomed, wake_after=min(timers))

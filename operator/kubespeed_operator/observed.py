@@ -13,6 +13,9 @@ from typing import Any
 from kubespeed import wiring
 
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+# Pod reasons of an end the pod did not cause: the kubelet evicted it (node pressure) or
+# the node shut down. Preemption and API evictions show as the DisruptionTarget condition.
+DISRUPTION_REASONS = frozenset({"Evicted", "Terminated", "Shutdown", "NodeShutdown"})
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class PodView:
     # (OOMKilled, Error), waiting reason (ErrImagePull), or Unschedulable.
     reason: str | None = None
     message: str | None = None
+    # Taken away by the cluster (preempted, evicted, node drained or shut down), not failed by itself.
+    disrupted: bool = False
 
     @property
     def finished(self) -> bool:
@@ -77,7 +82,11 @@ def view(pod: dict[str, Any]) -> PodView | None:
     unschedulable = _unschedulable(status)
     if reason is None and unschedulable:
         reason, message = "Unschedulable", unschedulable
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    conditions = status.get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    disrupted = status.get("reason") in DISRUPTION_REASONS or any(
+        c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in conditions
+    )
     return PodView(
         name=meta.get("name", ""),
         rank=rank,
@@ -90,4 +99,5 @@ def view(pod: dict[str, Any]) -> PodView | None:
         exit_code=exit_code,
         reason=reason,
         message=message,
+        disrupted=disrupted,
     )

@@ -4,6 +4,12 @@ Any pod failure ends the whole attempt (a DeepSpeed gang cannot lose a rank
 and go on). Whether a new attempt can help depends on the restart policy and
 the trainer's exit code (`wiring.PERMANENT_EXIT_CODES`), and the number of gang
 restarts is bounded by `runPolicy.backoffLimit`.
+
+A disruption (the cluster took a pod away: preemption, eviction, a drained or
+lost node, the trainer's SIGTERM exit after its checkpoint) restarts the gang
+without counting against backoffLimit, as a batch Job's podFailurePolicy can
+ignore DisruptionTarget: a job on preemptible capacity is not failed by being
+preempted four times. activeDeadlineSeconds still bounds it.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class Failure:
     detail: str
     exit_code: int | None = None
     retryable: bool = True
+    disruption: bool = False
 
     def describe(self) -> str:
         return f"pod {self.pod} {self.detail}"
@@ -55,12 +62,13 @@ def _pod_failure(pod: PodView) -> Failure:
         meaning = EXIT_MEANINGS.get(pod.exit_code) or (pod.reason or "failed")
         detail = f"exited with code {pod.exit_code} ({meaning})"
         permanent = pod.exit_code in wiring.PERMANENT_EXIT_CODES
-        reason = EXIT_REASONS.get(pod.exit_code, "PermanentExitCode") if permanent else "PodFailed"
-        return Failure(pod.name, reason, detail, pod.exit_code, retryable=not permanent)
+        disruption = pod.disrupted or pod.exit_code == wiring.EXIT_PREEMPTED.code
+        reason = EXIT_REASONS.get(pod.exit_code, "PermanentExitCode") if permanent else ("PodDisrupted" if disruption else "PodFailed")
+        return Failure(pod.name, reason, detail, pod.exit_code, retryable=not permanent, disruption=disruption and not permanent)
     # Failed with no container exit: evicted, node lost, or the pod's own deadline.
     why = pod.reason or "Failed"
     detail = f"failed ({why}{': ' + pod.message if pod.message else ''})"
-    return Failure(pod.name, "PodFailed", detail)
+    return Failure(pod.name, "PodDisrupted" if pod.disrupted else "PodFailed", detail, disruption=pod.disrupted)
 
 
 def attempt_failure(pods: list[PodView], nodes: int, job: str) -> Failure | None:
@@ -82,29 +90,34 @@ def attempt_failure(pods: list[PodView], nodes: int, job: str) -> Failure | None
         return None
     for pod in by_rank:
         if pod.deleting and not pod.finished:
-            return Failure(pod.name, "PodDeleted", "was deleted while the gang was training")
+            return Failure(pod.name, "PodDeleted", "was deleted while the gang was training", disruption=True)
     present = {p.rank for p in pods}
     for rank in range(nodes):
         if rank not in present:
-            return Failure(wiring.pod_name(job, rank), "PodDeleted", "disappeared while the gang was training")
+            return Failure(wiring.pod_name(job, rank), "PodDeleted", "disappeared while the gang was training", disruption=True)
     return None
 
 
-def verdict(failure: Failure, policy: RunPolicy, restarts: int, attempt: int) -> Verdict:
-    """Restart the gang as the next attempt, or fail the job, and why (for the condition and the Event)."""
+def verdict(failure: Failure, policy: RunPolicy, counted: int, attempt: int) -> Verdict:
+    """Restart the gang as the next attempt, or fail the job, and why (for the condition and the Event).
+
+    `counted`: the gang restarts so far that count against backoffLimit (those after failures).
+    """
     what = failure.describe()
     if policy.restartPolicy == "Never":
         return Verdict(False, failure.reason if not failure.retryable else "PodFailed", f"{what}; runPolicy.restartPolicy is Never")
     if not failure.retryable and (policy.restartPolicy == "ExitCode" or failure.exit_code is None):
         return Verdict(False, failure.reason, f"{what}; a retry cannot help, so the job fails without restarting")
-    if restarts >= policy.backoffLimit:
+    if failure.disruption:
+        return Verdict(True, failure.reason, f"{what}; restarting the gang as attempt {attempt + 1} (a disruption: not counted against runPolicy.backoffLimit)")
+    if counted >= policy.backoffLimit:
         return Verdict(
             False,
             "BackoffLimitExceeded",
-            f"{what}; the gang was restarted {restarts} times, runPolicy.backoffLimit is {policy.backoffLimit}",
+            f"{what}; the gang was restarted {counted} times after failures, runPolicy.backoffLimit is {policy.backoffLimit}",
         )
     return Verdict(
         True,
         failure.reason,
-        f"{what}; restarting the gang as attempt {attempt + 1} (restart {restarts + 1} of {policy.backoffLimit})",
+        f"{what}; restarting the gang as attempt {attempt + 1} (restart {counted + 1} of {policy.backoffLimit})",
     )

@@ -104,6 +104,23 @@ def test_exhausting_backoff_limit_fails_the_job_with_the_reason(lmtj, kubelet):
     wait_for(lambda: [p.metadata.name for p in lmtj.pods("flaky")] == ["flaky-1"], "only the failed pod to remain")
 
 
+
+def test_preemption_restarts_the_gang_without_spending_the_backoff_limit(lmtj, kubelet):
+    lmtj.create(job_manifest("spot", runPolicy={"backoffLimit": 0}))
+    run_all(lmtj, kubelet, "spot", attempt=1)
+    # The node is drained: the trainer checkpoints on SIGTERM and exits 143, twice.
+    kubelet.exit(lmtj.namespace, "spot-1", wiring.EXIT_PREEMPTED.code)
+    run_all(lmtj, kubelet, "spot", attempt=2)
+    kubelet.exit(lmtj.namespace, "spot-0", wiring.EXIT_PREEMPTED.code)
+    run_all(lmtj, kubelet, "spot", attempt=3)
+    status = lmtj.status("spot")
+    assert (status["phase"], status["restarts"], status["disruptions"]) == ("Running", 2, 2)
+    assert ("Warning", "PodDisrupted") in [(t, r) for t, r, _ in lmtj.events("spot")]
+    # A real failure is still bounded by backoffLimit 0.
+    kubelet.exit(lmtj.namespace, "spot-1", 1)
+    lmtj.wait_phase("spot", "Failed")
+    assert lmtj.condition("spot", "Failed")["reason"] == "BackoffLimitExceeded"
+
 def test_a_permanent_exit_code_fails_the_job_at_once(lmtj, kubelet):
     lmtj.create(job_manifest("badcfg"))
     run_all(lmtj, kubelet, "badcfg", attempt=1)

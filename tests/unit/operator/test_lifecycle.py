@@ -111,7 +111,7 @@ FAILED_1 = dict(phase="Failed", exit_code=1, reason="Error")
     [
         ({}, 1, 0, "Restarting", "PodFailed"),
         ({}, 137, 2, "Restarting", "PodFailed"),
-        ({}, wiring.EXIT_PREEMPTED.code, 0, "Restarting", "PodFailed"),
+        ({}, wiring.EXIT_PREEMPTED.code, 0, "Restarting", "PodDisrupted"),
         ({}, wiring.EXIT_CONFIG_ERROR.code, 0, "Failed", "ConfigError"),
         ({}, wiring.EXIT_DATA_ERROR.code, 0, "Failed", "DataError"),
         ({"restartPolicy": "OnFailure"}, wiring.EXIT_CONFIG_ERROR.code, 0, "Restarting", "ConfigError"),
@@ -145,6 +145,43 @@ def test_ending_an_attempt_uses_the_specs_grace_period(make_job):
     job = with_status(make_job(nodes=2, runPolicy={"terminationGracePeriodSeconds": 77}), running_status())
     d = decide(job, [pod(0), pod(1, **FAILED_1)], NOW)
     assert d.grace_seconds == 77
+
+
+@pytest.mark.parametrize(
+    "failed",
+    [
+        dict(phase="Failed", exit_code=wiring.EXIT_PREEMPTED.code, reason="Error"),
+        dict(phase="Failed", exit_code=137, reason="Error", disrupted=True),
+        dict(phase="Failed", reason="Evicted", message="The node was low on resource: memory.", disrupted=True),
+    ],
+    ids=["sigterm-exit-after-checkpoint", "killed-after-preemption", "evicted"],
+)
+def test_a_disruption_restarts_the_gang_without_spending_the_backoff_limit(make_job, failed):
+    job = with_status(make_job(nodes=2, runPolicy={"backoffLimit": 1}), running_status(restarts=3, disruptions=2))
+    d = decide(job, [pod(0), pod(1, **failed)], NOW)
+    assert (d.status["phase"], d.reason) == ("Restarting", "PodDisrupted")
+    assert (d.status["attempt"], d.status["restarts"], d.status["disruptions"]) == (2, 4, 3)
+    assert "not counted against runPolicy.backoffLimit" in d.events[0].message
+
+
+def test_failures_still_spend_the_backoff_limit_beside_disruptions(make_job):
+    # 3 restarts, 2 of them disruptions: 1 failure restart spent of backoffLimit 1.
+    job = with_status(make_job(nodes=2, runPolicy={"backoffLimit": 1}), running_status(restarts=3, disruptions=2))
+    d = decide(job, [pod(0), pod(1, **FAILED_1)], NOW)
+    assert (d.status["phase"], d.reason) == ("Failed", "BackoffLimitExceeded")
+    assert "restarted 1 times after failures" in d.status["message"]
+
+
+def test_a_rank_deleted_while_training_is_a_disruption(make_job):
+    job = with_status(make_job(nodes=2, runPolicy={"backoffLimit": 0}), running_status())
+    d = decide(job, [pod(0), pod(1, deleting=True)], NOW)
+    assert (d.status["phase"], d.status["disruptions"]) == ("Restarting", 1)
+
+
+def test_restart_policy_never_fails_even_a_disrupted_job(make_job):
+    job = with_status(make_job(nodes=2, runPolicy={"restartPolicy": "Never"}), running_status())
+    d = decide(job, [pod(0), pod(1, phase="Failed", exit_code=wiring.EXIT_PREEMPTED.code)], NOW)
+    assert d.status["phase"] == "Failed"
 
 
 def test_the_next_attempt_waits_until_the_old_pods_are_gone(make_job):
@@ -355,3 +392,19 @@ def test_an_unschedulable_pod_says_why():
     }
     seen = view(body)
     assert (seen.reason, seen.message) == ("Unschedulable", "0/2 nodes are available")
+
+
+@pytest.mark.parametrize(
+    "status, disrupted",
+    [
+        ({"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]}, True),
+        ({"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}, True),
+        ({"phase": "Failed", "reason": "Terminated", "message": "Pod was terminated in response to imminent node shutdown."}, True),
+        ({"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "False"}]}, False),
+        ({"phase": "Failed"}, False),
+    ],
+    ids=["preempted", "evicted", "node-shutdown", "condition-false", "plain-failure"],
+)
+def test_a_pod_the_cluster_took_away_is_viewed_as_disrupted(status, disrupted):
+    body = {"metadata": {"name": "demo-0", "labels": {wiring.NODE_RANK_LABEL: "0", wiring.ATTEMPT_LABEL: "1"}}, "status": status}
+    assert view(body).disrupted is disrupted
