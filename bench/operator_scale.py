@@ -34,7 +34,7 @@ from kubespeed import wiring  # noqa: E402
 from kubespeed.devcluster.cluster import ControlPlane  # noqa: E402
 from kubespeed.spec import crd  # noqa: E402
 from kubelet import FakeKubelet, follow  # noqa: E402
-from operator_fixture import OperatorProcess, install_operator_rbac, job_manifest, operator_kubeconfig  # noqa: E402
+from operator_fixture import OperatorProcess, install_operator_rbac, job_manifest, operator_kubeconfig, shared_checkpoint_claim  # noqa: E402
 
 PODS_PER_FAKE_NODE = 100
 NAMESPACE = "bench"
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         install_operator_rbac(cp)
         core = client.CoreV1Api(cp.api_client())
         core.create_namespace({"metadata": {"name": NAMESPACE}})
+        shared_checkpoint_claim(core, NAMESPACE)
         while True:
             try:
                 core.read_namespaced_service_account("default", NAMESPACE)

@@ -27,6 +27,11 @@ RESUME_POLICIES = ("auto", "never", "required")
 RESTART_POLICIES = ("ExitCode", "OnFailure", "Never")
 CLEAN_POD_POLICIES = ("Running", "All", "None")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+SHARED_CHECKPOINT_MESSAGE = (
+    "a job of several nodes needs a checkpoint volume they all share, or its checkpoints can neither be "
+    "resumed nor exported (each pod's own disk holds only its ranks' shards): set checkpoint.volumeClaim "
+    "(the operator creates a ReadWriteMany claim) or checkpoint.claimName (an existing ReadWriteMany claim)"
+)
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 
 # The job's name becomes the headless Service's name (a DNS-1035 label: it starts with a
@@ -246,7 +251,7 @@ class VolumeClaimTemplate:
 class CheckpointSpec:
     """Where checkpoints go, how often, how many stay, and how a new attempt resumes."""
 
-    claimName: str | None = field("An existing PersistentVolumeClaim for checkpoints. Without it or `volumeClaim`, checkpoints live in the pod (lost with it).", None, pattern=DNS_LABEL)
+    claimName: str | None = field("An existing PersistentVolumeClaim for checkpoints (ReadWriteMany for several nodes). Without it or `volumeClaim`, checkpoints live in the pod (lost with it), which only a one-node job may do.", None, pattern=DNS_LABEL)
     volumeClaim: VolumeClaimTemplate | None = field("Ask the operator to create the checkpoint claim.", None)
     mountPath: str = field("Where the checkpoint volume is mounted in every pod.", wiring.CHECKPOINT_DIR_DEFAULT, pattern=r"/.*")
     interval: int = field("Save every this many steps (and on SIGTERM, and at the end).", 100, minimum=1)
@@ -389,6 +394,11 @@ class LMTrainingJobSpec:
             "a job of several nodes needs a ReadWriteMany checkpoint volume: every node writes its shard",
             ".checkpoint.volumeClaim.accessMode",
         ),
+        rule(
+            "self.nodes == 1 || has(self.checkpoint.claimName) || has(self.checkpoint.volumeClaim)",
+            SHARED_CHECKPOINT_MESSAGE,
+            ".checkpoint",
+        ),
     )
 
     image: str = field("Trainer container image (the kubespeed trainer image or one built on it).", min_length=1)
@@ -432,3 +442,5 @@ class LMTrainingJobSpec:
                 f"{path}.training.globalBatchSize",
                 f"{self.training.globalBatchSize} is not a multiple of microBatchSize {self.training.microBatchSize} x data-parallel size {data_parallel}",
             )
+        if self.nodes > 1 and not (self.checkpoint.claimName or self.checkpoint.volumeClaim):
+            raise SpecError(f"{path}.checkpoint", SHARED_CHECKPOINT_MESSAGE)

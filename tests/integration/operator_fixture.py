@@ -199,7 +199,8 @@ def operator(operator_setup: tuple[Path, Path], gpu_nodes: list[str]) -> Iterato
 
 
 def job_manifest(name: str, **spec: Any) -> dict[str, Any]:
-    """A small LMTrainingJob: `spec` overrides a CPU-free default (gpu true, 2 nodes)."""
+    """A small LMTrainingJob: `spec` overrides a CPU-free default (gpu true, 2 nodes sharing
+    the namespace's `CHECKPOINT_CLAIM`, which `shared_checkpoint_claim` makes)."""
     from kubespeed import wiring
 
     body: dict[str, Any] = {
@@ -207,9 +208,33 @@ def job_manifest(name: str, **spec: Any) -> dict[str, Any]:
         "nodes": 2,
         "data": {"train": "builtin:tiny"},
         "training": {"steps": 10, "globalBatchSize": 8, "microBatchSize": 4},
+        "checkpoint": {"claimName": CHECKPOINT_CLAIM},
     }
     body.update(spec)
     return {"apiVersion": f"{wiring.API_GROUP}/{wiring.API_VERSION}", "kind": wiring.KIND, "metadata": {"name": name}, "spec": body}
+
+
+CHECKPOINT_CLAIM = "checkpoints"
+
+
+def shared_checkpoint_claim(core: Any, namespace: str) -> None:
+    """`CHECKPOINT_CLAIM` in `namespace`: ReadWriteMany and bound ahead to a volume of its own,
+    as a provisioner would bind it, since the schema wants a gang of several nodes to share
+    its checkpoints and the scheduler places no pod whose claim is unbound."""
+    volume = f"ckpt-{namespace}"
+    core.create_persistent_volume({
+        "metadata": {"name": volume},
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "", "claimRef": {"namespace": namespace, "name": CHECKPOINT_CLAIM},
+            # Nothing runs in the pods of these tests (the fake kubelet only reports status).
+            "hostPath": {"path": f"/var/lib/kubespeed-tests/{volume}"},
+        },
+    })  # fmt: skip
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": CHECKPOINT_CLAIM},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": volume, "resources": {"requests": {"storage": "1Gi"}}},
+    })  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -312,7 +337,9 @@ def run_all(lmtj: JobClient, kubelet: Any, name: str, attempt: int, nodes: int =
 
 @pytest.fixture
 def lmtj(control_plane: ControlPlane, namespace: str, operator: OperatorProcess, kubelet: Any) -> Iterator[JobClient]:
-    """Jobs in the test's namespace, with the session's operator running; its log stays clean."""
-    yield JobClient(control_plane, namespace)
+    """Jobs in the test's namespace (with its shared checkpoint claim), the session's operator running; its log stays clean."""
+    jobs = JobClient(control_plane, namespace)
+    shared_checkpoint_claim(jobs.core, namespace)
+    yield jobs
     if operator.process is not None and operator.process.poll() is None:
         operator.assert_clean_log()

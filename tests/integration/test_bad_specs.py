@@ -88,6 +88,7 @@ BAD_SPECS = [
     ("relative mount path", bad(checkpoint__mountPath="checkpoints"), "spec.checkpoint.mountPath"),
     ("claim size that is not a quantity", bad(checkpoint__volumeClaim={"size": "lots"}), "spec.checkpoint.volumeClaim.size"),
     ("several nodes on a ReadWriteOnce claim", bad(nodes=2, training__globalBatchSize=16, checkpoint__volumeClaim={"accessMode": "ReadWriteOnce"}), "spec.checkpoint.volumeClaim.accessMode"),
+    ("several nodes without a shared checkpoint volume", bad(nodes=2, training__globalBatchSize=16), "spec.checkpoint"),
     ("keep no checkpoints", bad(checkpoint__keep=0), "spec.checkpoint.keep"),
     ("unknown resume policy", bad(checkpoint__resume="sometimes"), "spec.checkpoint.resume"),
     ("negative backoff limit", bad(runPolicy__backoffLimit=-1), "spec.runPolicy.backoffLimit"),

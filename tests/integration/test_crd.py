@@ -109,7 +109,7 @@ def test_kubectl_explain_teaches(control_plane, installed_crd, path, teaches):
 
 
 def test_kubectl_get_shows_phase_nodes_progress_and_loss(control_plane, jobs, namespace):
-    jobs.create(lmtj("shown", {**MINIMAL_SPEC, "nodes": 2, "training": {"globalBatchSize": 32}}))
+    jobs.create(lmtj("shown", {**MINIMAL_SPEC, "nodes": 2, "training": {"globalBatchSize": 32}, "checkpoint": {"volumeClaim": {}}}))
     expected = ["shown", "Succeeded", "2", "1000", "1000", "2.31"]
     # An operator in the session may write its first status after ours; it keeps a finished job's status as it is.
     deadline = time.monotonic() + 30

@@ -28,7 +28,7 @@ JOB = {
     "apiVersion": f"{wiring.API_GROUP}/{wiring.API_VERSION}",
     "kind": wiring.KIND,
     "metadata": {"name": "demo"},
-    "spec": {"image": "trainer:1", "nodes": 2, "procsPerNode": 2, "data": {"train": "builtin:tiny"}},
+    "spec": {"image": "trainer:1", "nodes": 2, "procsPerNode": 2, "data": {"train": "builtin:tiny"}, "checkpoint": {"volumeClaim": {}}},
 }
 
 

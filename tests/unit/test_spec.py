@@ -37,6 +37,7 @@ def test_minimal_spec_gets_every_default():
         ("unknown model type", with_(model__type="rnn"), "spec.model.type"),
         ("batch not multiple of micro batch", with_(training__globalBatchSize=10, training__microBatchSize=4), "spec.training.globalBatchSize"),
         ("batch not multiple of world", with_(nodes=2, training__globalBatchSize=8, training__microBatchSize=8), "spec.training.globalBatchSize"),
+        ("several nodes without a shared checkpoint volume", with_(nodes=2, training__globalBatchSize=16, training__microBatchSize=8), "spec.checkpoint"),
         ("world not multiple of stages", with_(nodes=3, deepspeed__pipelineStages=2), "spec.deepspeed.pipelineStages"),
         ("parameter offload without zero 3", with_(deepspeed__zeroStage=2, deepspeed__offload={"parameters": "cpu"}), "spec.deepspeed.offload.parameters"),
         ("finetune without initFrom", with_(training__objective="finetune"), "spec.training.initFrom"),

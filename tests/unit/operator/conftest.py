@@ -11,6 +11,7 @@ from kubespeed import wiring
 
 JOB_NAME = "demo"
 NAMESPACE = "team-a"
+SHARED_CLAIM = "shared-checkpoints"
 UID = "0b7e3f1c-5a4e-4d0f-9c61-2f4f0f6c1a11"
 
 
@@ -22,6 +23,10 @@ def _job(**spec_overrides: Any) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = copy.deepcopy(value)
+    checkpoint = spec.get("checkpoint") or {}
+    if (spec.get("nodes") or 1) > 1 and "claimName" not in checkpoint and "volumeClaim" not in checkpoint:
+        # A gang of several nodes must share its checkpoints (the schema says so).
+        spec["checkpoint"] = {**checkpoint, "claimName": SHARED_CLAIM}
     return {
         "apiVersion": f"{wiring.API_GROUP}/{wiring.API_VERSION}",
         "kind": wiring.KIND,
