@@ -44,6 +44,7 @@ CREATED_POD_GRACE_SECONDS = 30.0
 # creating a little at a time and every gang finishing last; a handful is enough
 # to keep the API server busy.
 CREATING_JOBS = 32
+CLAIM_SEEN_SECONDS = 30.0
 PodsOf = Callable[[str, str], Iterable[PodView]]
 Key = tuple[str, str]
 
@@ -99,6 +100,8 @@ class Reconciler:
         # The resourceVersion of this operator's last status write per job: its echo on the watch is no news.
         self._written: dict[Key, str] = {}
         self._creating = asyncio.Semaphore(CREATING_JOBS)
+        # Claims seen to exist: (namespace, claim) -> monotonic time until which that is trusted.
+        self._claims_seen: dict[Key, float] = {}
         # The parsed spec per job, with the (uid, generation) it was parsed from.
         self._specs: dict[Key, tuple[tuple[Any, Any], LMTrainingJobSpec]] = {}
         # (job) -> pod name -> (the pod as created, monotonic time of the create).
@@ -238,7 +241,7 @@ class Reconciler:
         else the pods that this call created (not those that were there already)."""
         meta = job["metadata"]
         for field_path, claim in (("spec.checkpoint.claimName", spec.checkpoint.claimName), ("spec.data.claimName", spec.data.claimName)):
-            if claim and await self.kube.get(path("v1", "PersistentVolumeClaim", meta["namespace"], claim)) is None:
+            if claim and not await self._claim_exists(meta["namespace"], claim):
                 return Blocker(
                     "ClaimNotFound",
                     f"PersistentVolumeClaim {claim!r} ({field_path}) does not exist in namespace {meta['namespace']}; create it or fix {field_path}",
@@ -252,6 +255,17 @@ class Reconciler:
         blocker, created = await self._create_all(pods)
         views = [seen for seen in map(view, created) if seen is not None]
         return blocker, views
+
+    async def _claim_exists(self, namespace: str, claim: str) -> bool:
+        """Whether the claim exists, read at most every CLAIM_SEEN_SECONDS: many jobs share one claim.
+        A claim deleted meanwhile leaves the pods Unschedulable, which the job's status reports."""
+        key = (namespace, claim)
+        if time.monotonic() < self._claims_seen.get(key, 0.0):
+            return True
+        if await self.kube.get(path("v1", "PersistentVolumeClaim", namespace, claim)) is None:
+            return False
+        self._claims_seen[key] = time.monotonic() + CLAIM_SEEN_SECONDS
+        return True
 
     async def _create_all(self, objects: list[dict[str, Any]]) -> tuple[Blocker | None, list[dict[str, Any]]]:
         """Create objects concurrently (each idempotently): the first refusal as a Blocker, and the objects created."""
