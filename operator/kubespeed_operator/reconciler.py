@@ -41,9 +41,10 @@ LEASE_WAIT_SECONDS = 1.0
 CREATED_POD_GRACE_SECONDS = 30.0
 # Jobs creating their objects at once. Hundreds of jobs applied together are served
 # first come, first served, each gang created in a moment, rather than all of them
-# creating a little at a time and every gang finishing last; a handful is enough
-# to keep the API server busy.
+# creating a little at a time and every gang finishing last. 32 keeps a 2-core API
+# server busy; 8 left it waiting (bench/operator_scale.py: 17 s instead of 12-13 s).
 CREATING_JOBS = 32
+# How long a claim seen to exist is trusted before it is read again (many jobs share one).
 CLAIM_SEEN_SECONDS = 30.0
 PodsOf = Callable[[str, str], Iterable[PodView]]
 Key = tuple[str, str]
