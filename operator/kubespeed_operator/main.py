@@ -53,6 +53,7 @@ class Operator:
     def pod_seen(self, namespace: str, job: str, index: Any) -> None:
         self._use_index(index)
         # Pods of a deleted job (going with it) wake nothing; the job's own event starts its task.
+        self.reconciler.pod_seen(namespace, job)
         if (namespace, job) in self.metrics.jobs.phases:
             self.workers.wake(namespace, job)
 

@@ -12,11 +12,21 @@ showed it, and the pods this operator created that the pod watch has not shown
 yet. A stale job costs one conflict on the guarded status write and a fresh
 read; a created pod not yet watched is not created again. Neither is needed for
 a correct decision, only for a cheap one (one reconcile pass, no GET, no 409).
+
+Pods come before reports: while other jobs still wait to create their pods,
+or the pod watch has not yet shown pods this operator created (the API server
+is behind), a job that is only starting up (creating, starting or just running
+its pods) holds its status write and Events back, for at most
+REPORT_WAIT_SECONDS. Hundreds of jobs applied at once then get their pods
+sooner, and most write their status once, from what their pods show by then.
+A report of a problem, an end or a restart is never held back, and a job
+applied alone reports at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import datetime, timezone
@@ -46,6 +56,10 @@ CREATED_POD_GRACE_SECONDS = 30.0
 CREATING_JOBS = 32
 # How long a claim seen to exist is trusted before it is read again (many jobs share one).
 CLAIM_SEEN_SECONDS = 30.0
+# The longest a starting job's status waits for other jobs' pods to be created and seen.
+REPORT_WAIT_SECONDS = 30.0
+# What a starting job reports while all is well: the reports that may wait.
+STARTUP_REASONS = frozenset({"CreatingPods", "PodsStarting", "PodsRunning"})
 PodsOf = Callable[[str, str], Iterable[PodView]]
 Key = tuple[str, str]
 
@@ -101,6 +115,13 @@ class Reconciler:
         # The resourceVersion of this operator's last status write per job: its echo on the watch is no news.
         self._written: dict[Key, str] = {}
         self._creating = asyncio.Semaphore(CREATING_JOBS)
+        # Passes waiting for or holding a create slot; pods in `_created`; set while both are 0.
+        self._to_create = 0
+        self._unseen = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        # Jobs whose startup report is waiting: (job) -> monotonic time it first waited.
+        self._report_waits: dict[Key, float] = {}
         # Claims seen to exist: (namespace, claim) -> monotonic time until which that is trusted.
         self._claims_seen: dict[Key, float] = {}
         # The parsed spec per job, with the (uid, generation) it was parsed from.
@@ -113,6 +134,7 @@ class Reconciler:
         if not self.may_act():
             # The Lease is not fresh (the API server is away): act only once it is renewed.
             return LEASE_WAIT_SECONDS
+        await self._wait_while_busy((namespace, name))
         started = time.monotonic()
         passes = 0
 
@@ -139,8 +161,26 @@ class Reconciler:
         return job["metadata"].get("resourceVersion") != self._written.get(key)
 
     def forget(self, namespace: str, name: str) -> None:
-        for cache in (self._next_progress_read, self._jobs, self._created, self._written, self._specs):
+        self._unseen -= len(self._created.get((namespace, name)) or ())
+        for cache in (self._next_progress_read, self._jobs, self._created, self._written, self._specs, self._report_waits):
             cache.pop((namespace, name), None)
+        self._update_quiet()
+
+    def pod_seen(self, namespace: str, name: str) -> None:
+        """The pod watch showed a pod of the job: pods it created that the watch now shows are no longer awaited."""
+        if (namespace, name) in self._created:
+            self._prune_created((namespace, name), list(self.pods_of(namespace, name)))
+            self._update_quiet()
+
+    def _update_quiet(self) -> None:
+        if self._to_create or self._unseen:
+            self._quiet.clear()
+        else:
+            self._quiet.set()
+
+    def _busy(self, key: Key) -> bool:
+        """Whether jobs other than `key` have pods to create, or created pods the watch has not shown yet."""
+        return bool(self._to_create) or self._unseen > len(self._created.get(key) or ())
 
     def _spec(self, job: dict[str, Any]) -> LMTrainingJobSpec | None:
         """The job's spec, parsed once per generation (the API server bumps it on every change
@@ -158,15 +198,30 @@ class Reconciler:
 
     def _with_created(self, key: Key, watched: list[PodView]) -> list[PodView]:
         """The watched pods, plus those this operator created that the watch has not shown yet."""
-        created = self._created.get(key)
-        if not created:
+        if key not in self._created:
             return watched
+        self._prune_created(key, watched)
+        self._update_quiet()
+        return watched + [pod for pod, _ in self._created.get(key, {}).values()]
+
+    def _remember_created(self, key: Key, pods: list[PodView]) -> None:
+        created = self._created.setdefault(key, {})
+        for pod in pods:
+            self._unseen += pod.name not in created
+            created[pod.name] = (pod, time.monotonic())
+        self._update_quiet()
+
+    def _prune_created(self, key: Key, watched: list[PodView]) -> None:
+        """Forget the created pods that the watch shows, or that it has not shown for too long."""
+        created = self._created[key]
         shown = {(p.name, p.attempt) for p in watched}
         now = time.monotonic()
         for pod_name, (pod, at) in list(created.items()):
             if (pod.name, pod.attempt) in shown or now - at > CREATED_POD_GRACE_SECONDS:
                 del created[pod_name]
-        return watched + [pod for pod, _ in created.values()]
+                self._unseen -= 1
+        if not created:
+            del self._created[key]
 
     async def _reconcile_once(self, namespace: str, name: str, job: dict[str, Any] | None) -> float | None:
         if job is None or job["metadata"].get("deletionTimestamp"):
@@ -180,17 +235,27 @@ class Reconciler:
         spec = self._spec(job)
         decision = decide(job, pods, now, self.timing, progress=progress, spec=spec)
         if decision.create_attempt is not None and spec is not None:
-            async with self._creating:
-                blocker, created = await self._create(job, spec, decision)
+            self._to_create += 1
+            self._quiet.clear()
+            try:
+                async with self._creating:
+                    blocker, created = await self._create(job, spec, decision)
+            finally:
+                self._to_create -= 1
+                self._update_quiet()
             if blocker is not None:
                 log = logger.error if blocker.permanent else logger.warning
                 log("%s/%s: %s: %s", namespace, name, blocker.reason, blocker.message)
                 decision = decide(job, pods, now, self.timing, blocker=blocker, progress=progress, spec=spec)
             elif created:
                 # The status written next already counts the pods just created.
-                self._created.setdefault(key, {}).update({pod.name: (pod, time.monotonic()) for pod in created})
+                self._remember_created(key, created)
                 pods = pods + created
                 decision = decide(job, pods, now, self.timing, progress=progress, spec=spec)
+        if self._report_can_wait(key, job, decision):
+            # Woken at once, the next pass waits in `reconcile` for the API server to catch up.
+            return 0.0
+        self._report_waits.pop(key, None)
         await self._write_status(job, decision)
         for pod_name in decision.delete_pods:
             await self.kube.delete(path("v1", "Pod", namespace, pod_name), grace_seconds=decision.grace_seconds)
@@ -199,6 +264,24 @@ class Reconciler:
             await self.kube.delete(job_path(namespace, name), propagation="Background")
             return None
         return decision.wake_after
+
+    def _report_can_wait(self, key: Key, job: dict[str, Any], decision: Decision) -> bool:
+        """Whether this startup report may wait while the API server is busy with other jobs' pods."""
+        if not self._busy(key) or decision.delete_pods or decision.delete_job or decision.reason not in STARTUP_REASONS:
+            return False
+        old = job.get("status") or {}
+        if old.get("phase") not in (None, "Pending") or not diff(old, decision.status):
+            return False
+        first = self._report_waits.setdefault(key, time.monotonic())
+        return time.monotonic() - first < REPORT_WAIT_SECONDS
+
+    async def _wait_while_busy(self, key: Key) -> None:
+        """A job whose report is waiting sleeps until every pod is created and seen, or its wait is up."""
+        first = self._report_waits.get(key)
+        if first is None or not self._busy(key):
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._quiet.wait(), timeout=max(0.0, first + REPORT_WAIT_SECONDS - time.monotonic()))
 
     async def _observe_pods(self, job: dict[str, Any], pods: list[PodView]) -> list[PodView]:
         """The watched pods, with any rank that looks missing from a started gang confirmed by a read.
