@@ -86,17 +86,23 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def _b_started_while_a_creates(make_job: Callable[..., dict[str, Any]]) -> tuple[RecordingKube, Reconciler, asyncio.Task]:
+    """Job a's creates held at the gate (its pass, still running, is returned); job b creates
+    its pods meanwhile, and its report waits."""
+    kube = RecordingKube()
+    kube.gates["a"] = asyncio.Event()
+    reconciler = _reconciler(kube, _named(make_job, "a"), _named(make_job, "b"))
+    first = asyncio.create_task(reconciler.reconcile(NAMESPACE, "a"))
+    await _settle()
+    assert await reconciler.reconcile(NAMESPACE, "b") == 0.0
+    assert ("create", "Pod", "b-0") in kube.calls
+    assert kube.status_writes("b") == [] and not [c for c in kube.calls if c[1] == "Event"]
+    return kube, reconciler, first
+
+
 def test_a_starting_job_reports_once_the_other_jobs_have_their_pods(make_job: Callable[..., dict[str, Any]]) -> None:
     async def scenario() -> None:
-        kube = RecordingKube()
-        kube.gates["a"] = asyncio.Event()
-        reconciler = _reconciler(kube, _named(make_job, "a"), _named(make_job, "b"))
-        first = asyncio.create_task(reconciler.reconcile(NAMESPACE, "a"))
-        await _settle()
-        # b creates its pods while a is still creating: b's report waits.
-        assert await reconciler.reconcile(NAMESPACE, "b") == 0.0
-        assert ("create", "Pod", "b-0") in kube.calls
-        assert kube.status_writes("b") == [] and not [c for c in kube.calls if c[1] == "Event"]
+        kube, reconciler, first = await _b_started_while_a_creates(make_job)
         second = asyncio.create_task(reconciler.reconcile(NAMESPACE, "b"))
         await asyncio.sleep(0.05)
         assert not second.done()
@@ -138,12 +144,7 @@ def test_a_report_waits_no_longer_than_its_limit(make_job: Callable[..., dict[st
     monkeypatch.setattr(reconciler_mod, "REPORT_WAIT_SECONDS", 0.1)
 
     async def scenario() -> None:
-        kube = RecordingKube()
-        kube.gates["a"] = asyncio.Event()
-        reconciler = _reconciler(kube, _named(make_job, "a"), _named(make_job, "b"))
-        first = asyncio.create_task(reconciler.reconcile(NAMESPACE, "a"))
-        await _settle()
-        assert await reconciler.reconcile(NAMESPACE, "b") == 0.0
+        kube, reconciler, first = await _b_started_while_a_creates(make_job)
         # a never finishes creating here; b's report goes out when its wait is up.
         await asyncio.wait_for(reconciler.reconcile(NAMESPACE, "b"), timeout=5)
         assert kube.status_writes("b") == ["Pending"]
