@@ -170,7 +170,6 @@ class Reconciler:
         """The pod watch showed a pod of the job: pods it created that the watch now shows are no longer awaited."""
         if (namespace, name) in self._created:
             self._prune_created((namespace, name), list(self.pods_of(namespace, name)))
-            self._update_quiet()
 
     def _update_quiet(self) -> None:
         if self._to_create or self._unseen:
@@ -201,7 +200,6 @@ class Reconciler:
         if key not in self._created:
             return watched
         self._prune_created(key, watched)
-        self._update_quiet()
         return watched + [pod for pod, _ in self._created.get(key, {}).values()]
 
     def _remember_created(self, key: Key, pods: list[PodView]) -> None:
@@ -222,6 +220,7 @@ class Reconciler:
                 self._unseen -= 1
         if not created:
             del self._created[key]
+        self._update_quiet()
 
     async def _reconcile_once(self, namespace: str, name: str, job: dict[str, Any] | None) -> float | None:
         if job is None or job["metadata"].get("deletionTimestamp"):
@@ -280,6 +279,7 @@ class Reconciler:
         first = self._report_waits.get(key)
         if first is None or not self._busy(key):
             return
+        # `_quiet` also waits for this job's own pods to be seen, which is a moment at most.
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._quiet.wait(), timeout=max(0.0, first + REPORT_WAIT_SECONDS - time.monotonic()))
 
