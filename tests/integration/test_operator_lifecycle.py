@@ -66,6 +66,23 @@ def test_the_job_follows_its_pods_to_running_and_succeeded(lmtj, kubelet):
     assert {"PodsStarting", "PodsRunning", "Succeeded"} <= set(reasons)
 
 
+def test_jobs_applied_together_each_get_their_pods_status_and_events(lmtj, kubelet):
+    """Startup reports may wait while other jobs' pods are created (reconciler.py); none is lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [f"burst-{i}" for i in range(6)]
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(lambda name: lmtj.create(job_manifest(name)), names))
+    for name in names:
+        run_all(lmtj, kubelet, name, attempt=1)
+    for name in names:
+        status = lmtj.status(name)
+        assert (status["attempt"], status["replicas"]["ready"], status["startTime"] is not None) == (1, 2, True)
+        reasons = wait_for(lambda: [r for _, r, _ in lmtj.events(name)] if "PodsRunning" in [r for _, r, _ in lmtj.events(name)] else None, f"{name}'s PodsRunning Event")
+        # Each startup Event at most once, and no other: a job that waited reports Running directly.
+        assert sorted(set(reasons)) == sorted(reasons) and set(reasons) <= {"PodsStarting", "PodsRunning"}, reasons
+
+
 def test_one_failed_pod_restarts_the_whole_gang_as_attempt_2_never_mixing_attempts(lmtj, kubelet):
     lmtj.create(job_manifest("gang", runPolicy={"backoffLimit": 2}))
     run_all(lmtj, kubelet, "gang", attempt=1)
