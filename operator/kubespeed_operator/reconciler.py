@@ -235,7 +235,7 @@ class Reconciler:
         decision = decide(job, pods, now, self.timing, progress=progress, spec=spec)
         if decision.create_attempt is not None and spec is not None:
             self._to_create += 1
-            self._quiet.clear()
+            self._update_quiet()
             try:
                 async with self._creating:
                     blocker, created = await self._create(job, spec, decision)
