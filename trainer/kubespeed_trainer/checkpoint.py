@@ -32,7 +32,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -117,8 +117,12 @@ def _rank_file(directory: Path, tag: str, rank: int) -> Path:
 
 
 def save(engine: Any, directory: str | Path, step: int, client_state: dict[str, Any], *, keep: int,
-         rank_state: dict[str, Any] | None = None) -> str:
-    """Save a checkpoint from every rank; when this returns, it is complete and `latest` names it."""
+         rank_state: dict[str, Any] | None = None, on_complete: Callable[[str], None] | None = None) -> str:
+    """Save a checkpoint from every rank; when this returns, it is complete and `latest` names it.
+
+    Rank 0 calls `on_complete(tag)` as soon as `latest` names the tag, before the closing barrier:
+    a peer that dies in that barrier must not hide a checkpoint that is already complete.
+    """
     directory = Path(directory)
     tag = tag_for(step)
     rank = dist.get_rank()
@@ -130,6 +134,8 @@ def save(engine: Any, directory: str | Path, step: int, client_state: dict[str, 
         marker = {"step": step, "time": time.time(), "worldSize": dist.get_world_size()}
         write_atomically(directory / tag / COMPLETE_MARKER, json.dumps(marker) + "\n")
         write_atomically(directory / LATEST_FILE, tag)
+        if on_complete:
+            on_complete(tag)
         prune(directory, keep)
     dist.barrier()
     return tag

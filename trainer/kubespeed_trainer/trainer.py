@@ -305,7 +305,10 @@ class Trainer:
     def save(self) -> None:
         client = {"step": self.progress.step, "tokens": self.progress.tokens, "sampler": self.sampler.state_dict(),
                   "trainerConfig": to_dict(self.config)}
-        checkpoint.save(self.engine, self.directory, self.progress.step, client, keep=self.config.checkpoint.keep)
+        checkpoint.save(self.engine, self.directory, self.progress.step, client, keep=self.config.checkpoint.keep,
+                        on_complete=self._record_checkpoint)
+
+    def _record_checkpoint(self, tag: str) -> None:
         if self.metrics:
             self.metrics.record("checkpoint", step=self.progress.step, checkpointStep=self.progress.step)
 
