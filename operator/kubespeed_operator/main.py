@@ -25,6 +25,7 @@ from kubespeed_operator.kube import Kube, load_credentials
 from kubespeed_operator.leader import Lease
 from kubespeed_operator.lifecycle import Timing
 from kubespeed_operator.metrics import OperatorMetrics
+from kubespeed_operator.podwatch import PodWatch
 from kubespeed_operator.reconciler import Reconciler
 from kubespeed_operator.workers import Workers
 
@@ -40,18 +41,13 @@ class Operator:
         self.workers = workers
         self.metrics = metrics
 
-    def _use_index(self, index: Any) -> None:
-        self.reconciler.pods_of = lambda namespace, name: list(index.get((namespace, name), ()))
-
-    def job_seen(self, job: dict[str, Any], index: Any) -> None:
-        self._use_index(index)
+    def job_seen(self, job: dict[str, Any]) -> None:
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         self.metrics.observe_job(namespace, name, (job.get("status") or {}).get("phase"))
         if self.reconciler.job_seen(job):
             self.workers.wake(namespace, name)
 
-    def pod_seen(self, namespace: str, job: str, index: Any) -> None:
-        self._use_index(index)
+    def pod_seen(self, namespace: str, job: str) -> None:
         # Pods of a deleted job (going with it) wake nothing; the job's own event starts its task.
         self.reconciler.pod_seen(namespace, job)
         if (namespace, job) in self.metrics.jobs.phases:
@@ -105,26 +101,34 @@ async def run(args: argparse.Namespace) -> int:
         timing = Timing(progress_interval=args.progress_interval, resync=args.resync)
         reconciler = Reconciler(kube, metrics, timing, args.identity, http, may_act=lease.held)
         workers = Workers(reconciler.reconcile, on_error=metrics.reconcile_errors.inc)
-        kopf_stop: asyncio.Future = loop.create_future()
-        operator = asyncio.create_task(
-            kopf.operator(
-                clusterwide=not args.namespace,
-                namespaces=args.namespace or [],
-                standalone=True,
-                memo=kopf.Memo(operator=Operator(reconciler, workers, metrics)),
-                stop_flag=kopf_stop,
-            )
-        )
+        handler = Operator(reconciler, workers, metrics)
+        pods = PodWatch(kube, args.namespace, on_change=handler.pod_seen)
+        reconciler.pods_of = pods.pods_of
+        watching = asyncio.create_task(pods.run())
         keeping = asyncio.create_task(lease.keep())
         stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({operator, keeping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        # No job is reconciled before every pod is known: a pod not yet listed would look missing.
+        synced = asyncio.create_task(pods.synced.wait())
+        await asyncio.wait({synced, keeping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        kopf_stop: asyncio.Future = loop.create_future()
+        if synced.done():
+            operator = asyncio.create_task(
+                kopf.operator(
+                    clusterwide=not args.namespace,
+                    namespaces=args.namespace or [],
+                    standalone=True,
+                    memo=kopf.Memo(operator=handler),
+                    stop_flag=kopf_stop,
+                )
+            )
+            await asyncio.wait({operator, keeping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not kopf_stop.done():
+                kopf_stop.set_result(None)
+            await asyncio.gather(operator, return_exceptions=True)
         lost = keeping.done()
-        if not kopf_stop.done():
-            kopf_stop.set_result(None)
-        await asyncio.gather(operator, return_exceptions=True)
         await workers.stop()
-        keeping.cancel()
-        stopping.cancel()
+        for task in (watching, keeping, stopping, synced):
+            task.cancel()
         if not lost:
             await lease.release()
         for server in servers:
