@@ -3,8 +3,9 @@
     kubespeed operator --all-namespaces            # cluster-wide (the chart's default)
     kubespeed operator --namespace team-a          # one namespace (a Role is enough)
 
-It takes the Lease (leader election) before it starts kopf, serves /metrics and
-/healthz, and stops non-zero if it loses the Lease, so its Deployment restarts it.
+It takes the Lease (leader election), lists the training pods (podwatch), then
+starts kopf for the jobs; it serves /metrics and /healthz, and stops non-zero if
+it loses the Lease, so its Deployment restarts it.
 """
 
 from __future__ import annotations
