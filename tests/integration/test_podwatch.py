@@ -126,3 +126,15 @@ def test_a_broken_watch_resumes_from_its_version_and_misses_nothing(watched, nam
         assert seen.verbs.count("GET") == 1 and seen.verbs.count("WATCH") >= 3, seen.verbs
 
     watched(scenario)
+
+
+def test_a_pod_larger_than_aiohttps_line_limit_comes_through_the_watch(watched, namespace):
+    async def scenario(core, watch, seen, paused):
+        await asyncio.wait_for(watch.synced.wait(), 30)
+        big = pod("watched-0", 0)
+        big["metadata"]["annotations"] = {"example.com/notes": "x" * 200_000}
+        core.create_namespaced_pod(namespace, big)
+        await until(lambda: len(watch.pods_of(namespace, JOB)) == 1, "the 200 KB pod")
+        assert seen.verbs.count("GET") == 1, seen.verbs
+
+    watched(scenario)
