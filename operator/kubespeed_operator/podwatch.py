@@ -67,13 +67,11 @@ class PodWatch:
                     version = await self._list(namespace)
                 version = await self._watch(namespace, version)
                 failures = 0
-            except ApiError as err:
-                if err.status == 410:  # Gone: the version is too old to resume from (or a list's continue token is)
+            except (ApiError, aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as err:
+                if isinstance(err, ApiError) and err.status == 410:
+                    # Gone: the version is too old to resume from (or a list's continue token is).
                     version = None
                     continue
-                failures += 1
-                await self._pause(namespace, failures, err)
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as err:
                 # The API server is away or overloaded, or a line came cut: resume from the version.
                 failures += 1
                 await self._pause(namespace, failures, err)
