@@ -100,7 +100,7 @@ class PodWatch:
                 break
             params = {**params, "continue": token}
         # What this scope knew and the list no longer has went while the watch was away.
-        for (pod_namespace, pod_name), job in list(self._job_of.items()):
+        for pod_namespace, pod_name in list(self._job_of):
             if (namespace is None or pod_namespace == namespace) and (pod_namespace, pod_name) not in listed:
                 self._remove(pod_namespace, pod_name)
         for (pod_namespace, _), (job, seen) in listed.items():
@@ -117,15 +117,12 @@ class PodWatch:
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":
                 raise ApiError(obj.get("code") or 500, obj.get("reason") or "WatchError", obj.get("message") or str(obj))
-            version = (obj.get("metadata") or {}).get("resourceVersion") or version
+            meta = obj.get("metadata") or {}
+            version = meta.get("resourceVersion") or version
             if kind == "BOOKMARK":
                 continue
-            meta = obj.get("metadata") or {}
-            if kind == "DELETED":
-                self._remove(meta.get("namespace", ""), meta.get("name", ""))
-                continue
-            seen = self._parse(obj)
-            if seen is None:
+            seen = self._parse(obj) if kind != "DELETED" else None
+            if seen is None:  # deleted, or no longer a training pod
                 self._remove(meta.get("namespace", ""), meta.get("name", ""))
             else:
                 self._put(meta["namespace"], *seen)
