@@ -40,6 +40,7 @@ class Seen:
     jobs: list[tuple[str, str]] = field(default_factory=list)  # (namespace, job) per change reported
     verbs: list[str] = field(default_factory=list)  # one per API request
 
+
 @pytest.fixture
 def watched(control_plane, namespace) -> Callable[[Callable[..., Awaitable[None]]], None]:
     """Run `scenario(core, watch, seen, paused)` with a PodWatch of `namespace` running;
