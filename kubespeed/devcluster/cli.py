@@ -33,14 +33,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+def _stop(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
 def run_cluster(gpu_nodes: int, gpus_per_node: int) -> int:
     from kubespeed.devcluster.cluster import ControlPlane, ControlPlaneError
 
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # SIGINT too, explicitly: a shell that starts a command in the background (`&`, CI runners,
+    # agents) starts it with SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
     started = time.monotonic()
     try:
         with ControlPlane() as cp:

@@ -194,7 +194,7 @@ class LossScaleSpec:
     initialScalePower: int = field("The first loss scale is 2^this.", 16, minimum=0, maximum=32)
     window: int = field("Steps without overflow before the scale doubles.", 1000, minimum=1)
     hysteresis: int = field("Overflows tolerated before the scale halves.", 2, minimum=1)
-    minScale: float = field("The loss scale never drops below this.", 1.0, minimum=0.0, exclusive_minimum=True)
+    minScale: int = field("The loss scale never drops below this (a whole number: DeepSpeed's fp16 config takes no fraction).", 1, minimum=1)
 
 
 @dataclass(kw_only=True)

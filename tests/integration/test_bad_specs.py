@@ -76,6 +76,7 @@ BAD_SPECS = [
     ("sequence too short", bad(training__seqLength=4), "spec.training.seqLength"),
     ("ZeRO stage 4", bad(deepspeed__zeroStage=4), "spec.deepspeed.zeroStage"),
     ("unknown precision", bad(deepspeed__precision="fp8"), "spec.deepspeed.precision"),
+    ("a fractional minimum loss scale (DeepSpeed takes whole numbers)", bad(deepspeed__lossScale={"minScale": 0.5}), "spec.deepspeed.lossScale.minScale"),
     ("parameter offload below ZeRO 3", bad(deepspeed__zeroStage=2, deepspeed__offload={"parameters": "cpu"}), "spec.deepspeed.offload.parameters"),
     ("optimizer offload without ZeRO", bad(deepspeed__offload={"optimizer": "cpu"}), "spec.deepspeed.offload.optimizer"),
     ("pipeline with ZeRO 2", bad(nodes=2, training__globalBatchSize=16, deepspeed__pipelineStages=2, deepspeed__zeroStage=2), "spec.deepspeed.zeroStage"),

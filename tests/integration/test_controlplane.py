@@ -248,7 +248,10 @@ def test_dev_cluster_prints_the_exports_and_ctrl_c_stops_every_process_and_remov
     command = [sys.executable, "-m", "kubespeed.cli", "dev", "cluster", "--gpu-nodes", "1"]
     stderr = tmp_path / "stderr"
     with open(stderr, "w") as err:
-        dev = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True)
+        # Started as a shell starts a command in the background (`&`): with SIGINT ignored.
+        # Ctrl-C must stop it all the same.
+        dev = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         assert dev.stdout is not None
         kubeconfig_line, path_line = dev.stdout.readline(), dev.stdout.readline()

@@ -80,9 +80,10 @@ class Job:
                 "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1", "--master-port", str(port or free_port()),
                 "--", str(self.config_path), "--checkpoint-dir", str(self.run_dir), "--gpu", "false", *extra]
 
-    def start(self, ranks: int, **kwargs) -> subprocess.Popen:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBESPEED_", "MASTER_", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
-        env["OMP_NUM_THREADS"] = "1"
+    def start(self, ranks: int, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+        """Start `kubespeed launch` with `ranks` ranks; `env` adds to the environment of the pod it plays."""
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("KUBESPEED_", "MASTER_", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
+        env = {**inherited, "OMP_NUM_THREADS": "1", **(env or {})}
         proc = subprocess.Popen(self.command(ranks, **kwargs), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
         self.processes.append(proc)
@@ -119,6 +120,15 @@ def kill(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
         proc.wait()
+
+
+@pytest.fixture(scope="session")
+def cpu_fp16_refused() -> str | None:
+    """Why DeepSpeed's CPU accelerator refuses fp16 on this machine (the trainer's own check), None where it trains fp16."""
+    code = ("from kubespeed_trainer import device; device.select_accelerator(False); "
+            "print(device.unsupported_precision('fp16') or '')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else None
 
 
 @pytest.fixture

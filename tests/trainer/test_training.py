@@ -98,7 +98,10 @@ def test_bf16_trains_on_the_cpu(trainer_job):
     assert config["bf16"] == {"enabled": True}
 
 
-def test_fp16_dynamic_loss_scale_halves_on_overflow_and_training_goes_on(trainer_job):
+def test_fp16_dynamic_loss_scale_halves_on_overflow_and_training_goes_on(trainer_job, cpu_fp16_refused):
+    if cpu_fp16_refused:
+        pytest.skip(f"this CPU cannot run a DeepSpeed fp16 engine ({cpu_fp16_refused}); "
+                    "test_loss_scaling.py checks the loss scaler on every CPU")
     # 2^32 overflows fp16 gradients at once: DeepSpeed skips those steps and halves the scale
     # until the gradients fit, then trains (hysteresis 1: halve on every overflow).
     result = trainer_job(deepspeed={"zeroStage": 1, "precision": "fp16",
@@ -109,6 +112,19 @@ def test_fp16_dynamic_loss_scale_halves_on_overflow_and_training_goes_on(trainer
     assert all(b <= a for a, b in zip(scales, scales[1:]))
     losses = result.losses()
     assert losses[STEPS] < losses[1]
+
+
+# oneDNN honours this cap on the instruction sets it uses: below AVX512-FP16, this CPU has
+# no native fp16, as on an AMD EPYC, and DeepSpeed's CPU accelerator refuses fp16.
+WITHOUT_NATIVE_FP16 = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
+
+
+def test_fp16_on_a_cpu_without_it_is_refused_as_a_config_error_naming_the_field(trainer_job):
+    job = trainer_job(deepspeed={"precision": "fp16"})
+    result = job.launch(ranks=2, env=WITHOUT_NATIVE_FP16)
+    assert result.code == wiring.EXIT_CONFIG_ERROR.code, result.output[-3000:]
+    assert "deepspeed.precision: fp16 is not supported on this device (cpu)" in result.output
+    assert "Traceback" not in result.output and not result.metrics("start")
 
 
 def test_two_launchers_as_two_nodes_form_one_four_rank_world(trainer_job, unused_port):

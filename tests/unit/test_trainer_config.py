@@ -91,9 +91,9 @@ def test_precision(name, precision, gpu, bf16, want):
 
 
 def test_fp16_uses_dynamic_loss_scaling_from_the_spec():
-    cfg = config(deepspeed__precision="fp16", deepspeed__lossScale={"initialScalePower": 12, "window": 50, "hysteresis": 3, "minScale": 0.5})
+    cfg = config(deepspeed__precision="fp16", deepspeed__lossScale={"initialScalePower": 12, "window": 50, "hysteresis": 3, "minScale": 2})
     fp16 = dsconfig.resolve_deepspeed_config(cfg, 1, gpu=False)["fp16"]
-    assert fp16 == {"enabled": True, "loss_scale": 0, "initial_scale_power": 12, "loss_scale_window": 50, "hysteresis": 3, "min_loss_scale": 0.5}
+    assert fp16 == {"enabled": True, "loss_scale": 0, "initial_scale_power": 12, "loss_scale_window": 50, "hysteresis": 3, "min_loss_scale": 2}
 
 
 def test_zero_stage_offload_clipping_and_optimizer_come_from_the_spec():

@@ -92,6 +92,33 @@ def skip_shm_comm_op() -> None:
     deepspeed.ops.__compatible_ops__ = {"deepspeed_shm_comm": False}
 
 
+# Why an accelerator refuses a precision, per DeepSpeed accelerator name, and what to use instead.
+_PRECISION_HELP = {
+    ("cpu", "fp16"): "DeepSpeed's CPU accelerator trains fp16 only where oneDNN has native fp16 "
+                     "(AVX512-FP16 or AMX-FP16, e.g. Intel Sapphire Rapids); use bf16 or fp32 here",
+    ("cuda", "bf16"): "bf16 needs an Ampere or newer GPU; use fp16 or fp32 on this one",
+}
+
+
+def unsupported_precision(precision: str) -> str | None:
+    """Why the selected accelerator cannot train in `precision`, or None when it can.
+
+    DeepSpeed's engine would refuse such a run from every rank with a bare
+    `ValueError` from its sanity check, after the ranks have started and joined;
+    asked here, before any rank starts, the job fails once as a configuration
+    error. Call after `select_accelerator`.
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    supported = {"fp16": accelerator.is_fp16_supported, "bf16": accelerator.is_bf16_supported}.get(precision)
+    if supported is None or supported():
+        return None
+    name = accelerator.device_name()
+    help_text = _PRECISION_HELP.get((name, precision), "choose another precision")
+    return f"{precision} is not supported on this device ({name}): {help_text}"
+
+
 def backend(gpu: bool) -> str:
     return "nccl" if gpu else "gloo"
 

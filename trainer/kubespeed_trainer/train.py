@@ -92,7 +92,13 @@ def main(argv: list[str]) -> int:
         print(f"kubespeed train: {message}", file=sys.stderr)
         return code.code
     device.select_accelerator(gpu)
-    from kubespeed_trainer import trainer
+    from kubespeed_trainer import dsconfig, trainer
+
+    precision = dsconfig.resolve_precision(config.deepspeed.precision, gpu, device.bf16_supported(gpu))
+    refused = device.unsupported_precision(precision)
+    if refused is not None:
+        print(f"kubespeed train: {args.config}: deepspeed.precision: {refused}", file=sys.stderr)
+        return wiring.EXIT_CONFIG_ERROR.code
 
     directory = args.checkpoint_dir or Path(os.environ.get(wiring.ENV_CHECKPOINT_DIR) or config.checkpoint.mountPath)
     options = trainer.RunOptions(checkpoint_dir=directory, metrics_port=args.metrics_port,
