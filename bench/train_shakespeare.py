@@ -43,6 +43,8 @@ from pathlib import Path
 
 import yaml
 
+from kubespeed.ports import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_ITERS_EXCLUDED = 100
 
@@ -169,7 +171,7 @@ def main() -> None:
         plain = {**json.loads(result_file.read_text()), "wall_s": round(time.perf_counter() - start, 1),
                  "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
         one = deepspeed_run(data, args.iters, 1, 0, work, 0)
-        two = deepspeed_run(data, args.iters, 2, 2, work, _free_port())
+        two = deepspeed_run(data, args.iters, 2, 2, work, free_port())
     print(json.dumps({
         "iters": args.iters,
         "plain": plain,
@@ -180,12 +182,6 @@ def main() -> None:
     }))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -120,11 +120,6 @@ def checkpoint_claim_name(job: str) -> str:
     return f"{job}-checkpoints"
 
 
-def checkpoint_tag(step: int) -> str:
-    """The folder of step `step`'s checkpoint in the checkpoint volume; zero-padded so tags sort by step."""
-    return f"step{step:08d}"
-
-
 def hostfile(hosts: list[str], slots: int) -> str:
     """DeepSpeed hostfile: one `<host> slots=<n>` line per node, in node-rank order."""
     return "".join(f"{host} slots={slots}\n" for host in hosts)

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from kubespeed.devcluster import nodes, pki
+from kubespeed.ports import free_port
 from kubespeed.devcluster.build import ensure_binaries, read_pins
 from kubespeed.devcluster.processes import (
     ControlPlaneError,
     Process,
-    free_port,
     http_ok,
     spawn,
     stop,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -85,12 +84,6 @@ def stop(process: Process, grace: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             process.popen.kill()
     process.popen.wait()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_ok(url: str, context: ssl.SSLContext | None = None, timeout: float = 5.0) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import shlex
 import shutil
 import signal
@@ -11,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubespeed import wiring
+from kubespeed import checkpoints, metrics, wiring
 from kubespeed.local import progress, rewire, runner, summary
 from kubespeed.local.overrides import apply_overrides
 from kubespeed.local.plot import plot_loss
+from kubespeed.ports import free_port
 from kubespeed.spec import LMTrainingJobSpec, SpecError, load_job, parse_job_spec
 
 INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C
@@ -40,15 +43,26 @@ def load_local_job(path: str, overrides: list[str]) -> tuple[dict[str, Any], LMT
     return as_submitted(job, "default"), spec
 
 
-def gpu_available(procs_per_node: int) -> bool:
-    """Enough GPUs here for one pod's ranks, as torch sees them (the trainer's checkpoint module has loaded torch already)."""
-    import torch
+def visible_gpus() -> int:
+    """NVIDIA GPUs this machine's driver shows, as far as CUDA_VISIBLE_DEVICES lets ranks see them.
 
-    return torch.cuda.is_available() and torch.cuda.device_count() >= procs_per_node
+    Read from the driver's /proc entries, so that this process need not load torch;
+    the trainer checks its GPUs itself once it runs.
+    """
+    try:
+        present = len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return present
+    # CUDA stops at the first entry that names no device ("", "-1").
+    usable = list(itertools.takewhile(lambda entry: entry.strip() not in ("", "-1"), listed.split(",")))
+    return min(present, len(usable))
 
 
 def main(argv: list[str]) -> int:
-    started = time.monotonic()  # the wall time people wait includes loading torch and the job
+    started = time.monotonic()  # the wall time people wait includes loading the job
     args = _parser().parse_args(argv)
     try:
         job, spec = load_local_job(args.job, args.overrides)
@@ -69,11 +83,10 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
     from kubespeed_operator.observed import FAILED, PodView
     from kubespeed_operator.render import FIRST_ATTEMPT
     from kubespeed_operator.restart import attempt_failure, verdict
-    from kubespeed_trainer.checkpoint import METRICS_FILE
 
     name = job["metadata"]["name"]
     clock = progress.StepClock(start_step=resume_step(folder, spec), started=started)
-    use_gpu = spec.gpu and gpu_available(spec.procsPerNode)
+    use_gpu = spec.gpu and visible_gpus() >= spec.procsPerNode
     pods = attempt_pods(job, FIRST_ATTEMPT)
     config_map = next(c for c in job_children(job) if c["kind"] == "ConfigMap")
     rewire.write_config_files(config_map, folder, rewire.shared_mounts(pods[0], spec.checkpoint.mountPath, folder), Path.cwd())
@@ -83,7 +96,7 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
 
     interrupt = runner.Interrupt()
     previous = {sig: signal.signal(sig, interrupt.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    view = progress.progress_view(name, folder.checkpoints / METRICS_FILE, plain)
+    view = progress.progress_view(name, folder.checkpoints / checkpoints.METRICS_FILE, plain)
     attempt = FIRST_ATTEMPT
     try:
         while True:
@@ -127,24 +140,22 @@ def show(metrics_port: int, clock: progress.StepClock, view: progress.LineProgre
 
 def resume_step(folder: rewire.RunFolder, spec: LMTrainingJobSpec) -> int:
     """The step this run resumes from (the latest complete checkpoint), 0 when it starts fresh."""
-    from kubespeed_trainer import checkpoint
-
     if spec.checkpoint.resume == "never":
         return 0
-    tag = checkpoint.latest_complete(folder.checkpoints)
-    return checkpoint.step_of(tag) if tag else 0
+    tag = checkpoints.latest_complete(folder.checkpoints)
+    return checkpoints.step_of(tag) if tag else 0
 
 
 def local_pods(pods: list[dict[str, Any]], spec: LMTrainingJobSpec, folder: rewire.RunFolder, use_gpu: bool) -> list[rewire.LocalPod]:
     """One attempt's pods as local process groups, node rank 0 first; one rendezvous port for the gang."""
-    master_port = rewire.free_port()
+    master_port = free_port()
     ordered = sorted(pods, key=lambda p: int(p["metadata"]["labels"][wiring.NODE_RANK_LABEL]))
     return [
         rewire.localize_pod(
             pod,
             rewire.local_mounts(pod, spec.checkpoint.mountPath, folder),
             master_port=master_port,
-            metrics_port=rewire.free_port(),
+            metrics_port=free_port(),
             gpu_available=use_gpu,
             folder=folder,
         )
@@ -162,13 +173,10 @@ def sample_command(weights: Path) -> str:
 
 
 def report(name: str, outcome: str, folder: rewire.RunFolder, clock: progress.StepClock, restarts: int) -> None:
-    from kubespeed_trainer import checkpoint
-    from kubespeed_trainer.metrics import read_jsonl
-
-    records = read_jsonl(folder.checkpoints / checkpoint.METRICS_FILE)
+    records = metrics.read_jsonl(folder.checkpoints / checkpoints.METRICS_FILE)
     drew = plot_loss(summary.history(records), folder.loss_plot, f"{name}: loss")
-    tag = checkpoint.latest_complete(folder.checkpoints)
-    export = folder.checkpoints / checkpoint.EXPORT_DIR
+    tag = checkpoints.latest_complete(folder.checkpoints)
+    export = folder.checkpoints / checkpoints.EXPORT_DIR
     result = summary.build_summary(
         job=name,
         outcome=outcome,

@@ -8,7 +8,6 @@ every `logInterval` steps. The plain lines are metrics.jsonl's own records.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 import urllib.error
@@ -16,9 +15,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubespeed import wiring
+from kubespeed import metrics, wiring
 
-# The trainer's gauges we show (kubespeed_trainer.metrics.GAUGES names them), as Snapshot fields.
+# The trainer's gauges we show (kubespeed.metrics names them), as Snapshot fields.
 SHOWN = {"step": "step", "totalSteps": "total", "loss": "loss", "tokensPerSecond": "tokens_per_second", "etaSeconds": "eta_seconds"}
 
 
@@ -32,26 +31,11 @@ class Snapshot:
 
 
 def parse_metrics(text: str) -> Snapshot | None:
-    """The gauges we show, from Prometheus text; None until the trainer has done a step.
-
-    The trainer leaves a gauge it does not know yet at NaN."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from kubespeed_trainer.metrics import GAUGES
-
-    fields = {GAUGES[key][0]: name for key, name in SHOWN.items()}
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in fields and not math.isnan(sample.value):
-                values[fields[sample.name]] = sample.value
+    """The gauges we show, from Prometheus text; None until the trainer has done a step."""
+    values = {field: value for key, value in metrics.parse_prometheus(text).items() if (field := SHOWN.get(key))}
     if "step" not in values or "total" not in values:
         return None
-    return Snapshot(
-        step=int(values.pop("step")),
-        total=int(values.pop("total")),
-        **values,
-    )
+    return Snapshot(step=int(values.pop("step")), total=int(values.pop("total")), **values)
 
 
 def scrape(port: int, timeout: float = 0.5) -> Snapshot | None:

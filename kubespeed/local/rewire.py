@@ -9,7 +9,6 @@ pod's env and command (`localize_pod`) and the file paths in the trainer config
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import yaml
 
 from kubespeed import wiring
+from kubespeed.spec.job import BUILTIN_DATA_PREFIX
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,6 @@ class LocalPod:
     metrics_port: int
 
 
-def free_port() -> int:
-    """A TCP port nobody on 127.0.0.1 listens on now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def write_config_files(config_map: dict[str, Any], folder: RunFolder, shared: dict[str, Path], cwd: Path) -> None:
     """The ConfigMap's keys as files, as the kubelet would project them into the config volume,
     with the trainer config's file paths as this machine sees them (`localize_trainer_config`)."""
@@ -97,15 +90,13 @@ def localize_trainer_config(text: str, shared: dict[str, Path], cwd: Path) -> st
     runs, since the pod's working directory here is a scratch folder; any other
     absolute path, and `builtin:` data, is left as it is.
     """
-    from kubespeed_trainer.data.sources import BUILTIN_PREFIX
-
     config = yaml.safe_load(text)
     for *parents, leaf in PATH_FIELDS:
         node = config
         for key in parents:
             node = node.get(key) or {}
         value = node.get(leaf)
-        if not isinstance(value, str) or value.startswith(BUILTIN_PREFIX):
+        if not isinstance(value, str) or value.startswith(BUILTIN_DATA_PREFIX):
             continue
         node[leaf] = _local_path(value, shared) if os.path.isabs(value) else str(cwd / value)
     return yaml.safe_dump(config, sort_keys=False)

@@ -13,6 +13,9 @@ import types
 import typing
 from typing import Any
 
+from kubespeed.spec import rules
+from kubespeed.spec.errors import SpecError
+
 MISSING = dataclasses.MISSING
 
 
@@ -23,15 +26,6 @@ QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkM
 
 class Quantity(str):
     """Type of a field holding a resource quantity; parsed values stay the int or str the user wrote."""
-
-
-class SpecError(ValueError):
-    """A spec value is wrong; `path` names the field (e.g. `spec.training.steps`)."""
-
-    def __init__(self, path: str, message: str):
-        super().__init__(f"{path}: {message}")
-        self.path = path
-        self.message = message
 
 
 def field(
@@ -297,9 +291,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, path: str = "spec") -> Any
         _check_bounds(value, f.metadata, sub)
         values[f.name] = value
     obj = cls(**values)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        validate(path)
+    rules.check(cls, to_dict(obj), path)
     return obj
 
 

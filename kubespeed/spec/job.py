@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubespeed import wiring
-from kubespeed.spec.fields import Quantity, SpecError, field
+from kubespeed.spec.fields import Quantity, field
 
 GPT_SIZES = ("tiny", "mini", "small", "gpt-125m", "gpt-350m", "gpt-760m", "gpt-1b")
 MODEL_TYPES = ("gpt", "hf", "lstm")
@@ -33,6 +33,8 @@ SHARED_CHECKPOINT_MESSAGE = (
     "(the operator creates a ReadWriteMany claim) or checkpoint.claimName (an existing ReadWriteMany claim)"
 )
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+# `data.train: builtin:<name>` names text the installation carries instead of a path.
+BUILTIN_DATA_PREFIX = "builtin:"
 
 # The job's name becomes the headless Service's name (a DNS-1035 label: it starts with a
 # letter) and the prefix of pod hostnames `<job>-<rank>` (63 characters at most, ranks up
@@ -78,15 +80,6 @@ class ModelSpec:
         rule("!has(self.heads) || !has(self.embedDim) || self.embedDim % self.heads == 0", "heads must divide embedDim", ".heads"),
     )
 
-    def validate(self, path: str) -> None:
-        if self.type == "hf" and self.hfConfig is None and self.path is None:
-            raise SpecError(f"{path}.hfConfig", "type hf needs hfConfig or path")
-        if self.type != "hf" and (self.hfConfig is not None or self.path is not None):
-            key = "hfConfig" if self.hfConfig is not None else "path"
-            raise SpecError(f"{path}.{key}", f"only applies to type hf, not {self.type}")
-        if self.heads is not None and self.embedDim is not None and self.embedDim % self.heads:
-            raise SpecError(f"{path}.heads", f"{self.heads} does not divide embedDim {self.embedDim}")
-
 
 # ---------------------------------------------------------------- data
 
@@ -99,10 +92,6 @@ class TokenizerSpec:
     path: str | None = field("Local directory of a Hugging Face tokenizer; for type `pretrained`.", None, min_length=1)
 
     __cel__ = (rule("self.type != 'pretrained' || has(self.path)", "type pretrained needs a tokenizer directory", ".path"),)
-
-    def validate(self, path: str) -> None:
-        if self.type == "pretrained" and not self.path:
-            raise SpecError(f"{path}.path", "type pretrained needs a tokenizer directory")
 
 
 @dataclass(kw_only=True)
@@ -176,14 +165,6 @@ class TrainingSpec:
         rule("self.schedule.minLr <= self.optimizer.lr", "schedule.minLr must not exceed optimizer.lr", ".schedule.minLr"),
     )
 
-    def validate(self, path: str) -> None:
-        if self.globalBatchSize % self.microBatchSize:
-            raise SpecError(f"{path}.globalBatchSize", f"{self.globalBatchSize} is not a multiple of microBatchSize {self.microBatchSize}")
-        if self.objective == "finetune" and not self.initFrom:
-            raise SpecError(f"{path}.initFrom", "objective finetune needs a checkpoint or weights to start from")
-        if self.schedule.minLr > self.optimizer.lr:
-            raise SpecError(f"{path}.schedule.minLr", f"{self.schedule.minLr} exceeds optimizer.lr {self.optimizer.lr}")
-
 
 # ---------------------------------------------------------------- deepspeed
 
@@ -224,16 +205,6 @@ class DeepSpeedSpec:
         rule("self.pipelineStages == 1 || (self.offload.optimizer == 'none' && self.offload.parameters == 'none')", "offload does not combine with pipeline parallelism", ".offload"),
     )
 
-    def validate(self, path: str) -> None:
-        if self.offload.parameters == "cpu" and self.zeroStage != 3:
-            raise SpecError(f"{path}.offload.parameters", f"parameter offload needs zeroStage 3, got {self.zeroStage}")
-        if self.offload.optimizer == "cpu" and self.zeroStage == 0:
-            raise SpecError(f"{path}.offload.optimizer", "optimizer offload needs zeroStage 1, 2 or 3")
-        if self.pipelineStages > 1 and self.zeroStage > 1:
-            raise SpecError(f"{path}.zeroStage", f"pipeline parallelism works with ZeRO stage 0 or 1, got {self.zeroStage}")
-        if self.pipelineStages > 1 and "cpu" in (self.offload.optimizer, self.offload.parameters):
-            raise SpecError(f"{path}.offload", "offload does not combine with pipeline parallelism")
-
 
 # ---------------------------------------------------------------- checkpoint
 
@@ -260,10 +231,6 @@ class CheckpointSpec:
     exportWeights: bool = field("At the end, export the final weights as safetensors with a Hugging Face config.", True)
 
     __cel__ = (rule("!has(self.claimName) || !has(self.volumeClaim)", "set either claimName or volumeClaim, not both", ".volumeClaim"),)
-
-    def validate(self, path: str) -> None:
-        if self.claimName and self.volumeClaim:
-            raise SpecError(f"{path}.volumeClaim", "set either claimName or volumeClaim, not both")
 
 
 # ---------------------------------------------------------------- run policy and scheduling
@@ -302,10 +269,6 @@ class Toleration:
 
     __cel__ = (rule("self.operator != 'Exists' || !has(self.value)", "operator Exists takes no value", ".value"),)
 
-    def validate(self, path: str) -> None:
-        if self.operator == "Exists" and self.value is not None:
-            raise SpecError(f"{path}.value", "operator Exists takes no value")
-
 
 @dataclass(kw_only=True)
 class SchedulingSpec:
@@ -329,10 +292,6 @@ class EnvVar:
 
     __cel__ = (rule(f"!(self.name in {_cel_list(RESERVED_ENV)})", "name is set by kubespeed's pod wiring and cannot be overridden", ".name"),)
 
-    def validate(self, path: str) -> None:
-        if self.name in RESERVED_ENV:
-            raise SpecError(f"{path}.name", f"{self.name} is set by kubespeed's pod wiring and cannot be overridden")
-
 
 @dataclass(kw_only=True)
 class Resources:
@@ -345,17 +304,26 @@ class Resources:
         rule(f"!('{GPU_RESOURCE}' in self.requests) && !('{GPU_RESOURCE}' in self.limits)", f"{GPU_RESOURCE} comes from procsPerNode when gpu is true; leave it out of resources", ".limits"),
     )
 
-    def validate(self, path: str) -> None:
-        for kind in ("requests", "limits"):
-            if GPU_RESOURCE in getattr(self, kind):
-                raise SpecError(f"{path}.{kind}", f"{GPU_RESOURCE} comes from procsPerNode when gpu is true; leave it out of resources")
-
 
 # ---------------------------------------------------------------- the job
+
+# Rules across the training sections; they hold for a job's spec and for a trainer config alike.
+TRAINING_RULES = (
+    rule("self.deepspeed.pipelineStages == 1 || self.model.type == 'gpt'", "pipeline parallelism needs model type gpt", ".deepspeed.pipelineStages"),
+    rule("!self.deepspeed.activationCheckpointing || self.model.type != 'lstm'", "activation checkpointing applies to gpt and hf models, not lstm", ".deepspeed.activationCheckpointing"),
+    rule(
+        "self.deepspeed.offload.optimizer != 'cpu' || self.training.optimizer.type != 'sgd'",
+        "optimizer offload runs DeepSpeed's CPU Adam: it needs optimizer adam or adamw, not sgd",
+        ".deepspeed.offload.optimizer",
+    ),
+)
+
 
 @dataclass(kw_only=True)
 class TrainerConfig:
     """The trainer's own config file: the job's five training sections, unchanged."""
+
+    __cel__ = TRAINING_RULES
 
     model: ModelSpec = field("The model.", ModelSpec())
     data: DataSpec = field("The data.")
@@ -382,13 +350,7 @@ class LMTrainingJobSpec:
             "training.globalBatchSize must be a multiple of training.microBatchSize x data-parallel size (nodes x procsPerNode / deepspeed.pipelineStages)",
             ".training.globalBatchSize",
         ),
-        rule("self.deepspeed.pipelineStages == 1 || self.model.type == 'gpt'", "pipeline parallelism needs model type gpt", ".deepspeed.pipelineStages"),
-        rule("!self.deepspeed.activationCheckpointing || self.model.type != 'lstm'", "activation checkpointing applies to gpt and hf models, not lstm", ".deepspeed.activationCheckpointing"),
-        rule(
-            "self.deepspeed.offload.optimizer != 'cpu' || self.training.optimizer.type != 'sgd'",
-            "optimizer offload runs DeepSpeed's CPU Adam: it needs optimizer adam or adamw, not sgd",
-            ".deepspeed.offload.optimizer",
-        ),
+        *TRAINING_RULES,
         rule(
             "!has(self.checkpoint.volumeClaim) || self.nodes == 1 || self.checkpoint.volumeClaim.accessMode == 'ReadWriteMany'",
             "a job of several nodes needs a ReadWriteMany checkpoint volume: every node writes its shard",
@@ -423,24 +385,3 @@ class LMTrainingJobSpec:
 
     def trainer_config(self) -> TrainerConfig:
         return TrainerConfig(model=self.model, data=self.data, training=self.training, deepspeed=self.deepspeed, checkpoint=self.checkpoint)
-
-    def validate(self, path: str) -> None:
-        if self.deepspeed.pipelineStages > 1 and self.model.type != "gpt":
-            raise SpecError(f"{path}.deepspeed.pipelineStages", f"pipeline parallelism needs model type gpt, not {self.model.type}")
-        if self.deepspeed.activationCheckpointing and self.model.type == "lstm":
-            raise SpecError(f"{path}.deepspeed.activationCheckpointing", "applies to gpt and hf models, not lstm")
-        if self.deepspeed.offload.optimizer == "cpu" and self.training.optimizer.type == "sgd":
-            raise SpecError(f"{path}.deepspeed.offload.optimizer", "optimizer offload runs DeepSpeed's CPU Adam: it needs optimizer adam or adamw, not sgd")
-        claim = self.checkpoint.volumeClaim
-        if claim is not None and self.nodes > 1 and claim.accessMode != "ReadWriteMany":
-            raise SpecError(f"{path}.checkpoint.volumeClaim.accessMode", f"{self.nodes} nodes need ReadWriteMany: every node writes its shard")
-        if self.world_size % self.deepspeed.pipelineStages:
-            raise SpecError(f"{path}.deepspeed.pipelineStages", f"nodes x procsPerNode = {self.world_size} is not a multiple of {self.deepspeed.pipelineStages}")
-        data_parallel = self.world_size // self.deepspeed.pipelineStages
-        if self.training.globalBatchSize % (self.training.microBatchSize * data_parallel):
-            raise SpecError(
-                f"{path}.training.globalBatchSize",
-                f"{self.training.globalBatchSize} is not a multiple of microBatchSize {self.training.microBatchSize} x data-parallel size {data_parallel}",
-            )
-        if self.nodes > 1 and not (self.checkpoint.claimName or self.checkpoint.volumeClaim):
-            raise SpecError(f"{path}.checkpoint", SHARED_CHECKPOINT_MESSAGE)

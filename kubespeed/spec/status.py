@@ -6,11 +6,68 @@ from dataclasses import dataclass
 
 from kubespeed.spec.fields import field
 
-PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 
-# Condition types, following the API conventions (one True at a time among the
-# lifecycle ones; Failed/Succeeded are terminal).
-CONDITION_TYPES = ("Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+
+class Phase:
+    """`status.phase`: Pending -> Running -> Succeeded | Failed, with Suspended and Restarting on the way."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+PHASES = (Phase.PENDING, Phase.RUNNING, Phase.RESTARTING, Phase.SUSPENDED, Phase.SUCCEEDED, Phase.FAILED)
+TERMINAL_PHASES = (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class ConditionType:
+    """Condition types, following the API conventions: one True at a time among the lifecycle
+    ones (those named after a phase); Created says whether the attempt's pods could be made."""
+
+    CREATED = "Created"
+    RUNNING = Phase.RUNNING
+    RESTARTING = Phase.RESTARTING
+    SUSPENDED = Phase.SUSPENDED
+    SUCCEEDED = Phase.SUCCEEDED
+    FAILED = Phase.FAILED
+
+
+CONDITION_TYPES = (ConditionType.CREATED, ConditionType.RUNNING, ConditionType.RESTARTING, ConditionType.SUSPENDED,
+                   ConditionType.SUCCEEDED, ConditionType.FAILED)
+
+
+class Reason:
+    """Every reason the operator writes into a condition or an Event: automation matches on these."""
+
+    # Starting and running.
+    CREATING_PODS = "CreatingPods"
+    PODS_CREATED = "PodsCreated"
+    PODS_STARTING = "PodsStarting"
+    PODS_RUNNING = "PodsRunning"
+    WAITING_FOR_OLD_PODS = "WaitingForOldPods"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    SUCCEEDED = "Succeeded"
+    # The attempt ended: the gang restarts or the job fails.
+    POD_FAILED = "PodFailed"
+    POD_DISRUPTED = "PodDisrupted"
+    POD_DELETED = "PodDeleted"
+    IMAGE_PULL_FAILED = "ImagePullFailed"
+    CONFIG_ERROR = "ConfigError"
+    DATA_ERROR = "DataError"
+    PERMANENT_EXIT_CODE = "PermanentExitCode"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    INVALID_SPEC = "InvalidSpec"
+    # The attempt's objects could not be created.
+    CLAIM_NOT_FOUND = "ClaimNotFound"
+    QUOTA_EXCEEDED = "QuotaExceeded"
+    SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
+    API_NOT_INSTALLED = "APINotInstalled"
+    CREATE_FAILED = "CreateFailed"
 
 
 @dataclass(kw_only=True)

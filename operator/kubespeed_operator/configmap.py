@@ -14,7 +14,7 @@ import yaml
 from kubespeed import wiring
 from kubespeed.spec import LMTrainingJobSpec, to_dict
 from kubespeed_operator.meta import child_metadata, labels
-from kubespeed_trainer.dsconfig import resolve_deepspeed_config
+from kubespeed.deepspeed_config import resolve_deepspeed_config
 
 SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 

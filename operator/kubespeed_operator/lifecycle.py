@@ -142,7 +142,7 @@ def decide(
     now: datetime,
     timing: Timing = Timing(),
     blocker: Blocker | None = None,
-    progress: progress_mod.Progress | None = None,
+    progress: progress_mod.TrainerReading | None = None,
     spec: LMTrainingJobSpec | None = None,
 ) -> Decision:
     """What the job's status should be and what to do about its pods, from what was observed.
@@ -217,7 +217,7 @@ def _active(
     ctx: _Context,
     spec: LMTrainingJobSpec,
     blocker: Blocker | None,
-    progress: progress_mod.Progress | None,
+    progress: progress_mod.TrainerReading | None,
     deadline_left: float | None,
 ) -> Decision:
     ctx.attempt = max(ctx.attempt, 1)

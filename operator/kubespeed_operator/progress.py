@@ -2,34 +2,27 @@
 
 Pods get no API credentials, so the operator reads the trainer's metrics
 (http://<rank 0 pod IP>:METRICS_PORT/metrics) instead of the trainer writing
-status. The metric names are the trainer's (kubespeed_trainer.metrics); the
-text format is parsed here so the operator never imports the trainer.
+status. The metric names, and reading them back, are `kubespeed.metrics`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-import re
 from dataclasses import dataclass
 from datetime import datetime
 
 import aiohttp
 
-from kubespeed import wiring
+from kubespeed import checkpoints, metrics, wiring
 from kubespeed_operator.status import parse_time
 
-STEP = "kubespeed_step"
-TOTAL_STEPS = "kubespeed_total_steps"
-LOSS = "kubespeed_loss"
-TOKENS_PER_SECOND = "kubespeed_tokens_per_second"
-ETA_SECONDS = "kubespeed_eta_seconds"
-CHECKPOINT_STEP = "kubespeed_checkpoint_step"
 READ_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
-class Progress:
+class TrainerReading:
+    """What rank 0's metrics endpoint said, as far as the job's status uses it."""
+
     step: int | None = None
     total_steps: int | None = None
     loss: float | None = None
@@ -38,41 +31,19 @@ class Progress:
     checkpoint_step: int | None = None
 
 
-SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-
-
-def parse_samples(text: str) -> dict[str, float]:
-    """Prometheus text format -> {metric name: value}; the first sample of a name wins, labels are ignored."""
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        match = SAMPLE.match(line.strip())
-        if not match or match.group(1) in samples:
-            continue
-        try:
-            samples[match.group(1)] = float(match.group(3))
-        except ValueError:
-            continue
-    return samples
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
 def _int(value: float | None) -> int | None:
-    value = _finite(value)
     return int(value) if value is not None else None
 
 
-def parse(text: str) -> Progress:
-    samples = parse_samples(text)
-    return Progress(
-        step=_int(samples.get(STEP)),
-        total_steps=_int(samples.get(TOTAL_STEPS)),
-        loss=_finite(samples.get(LOSS)),
-        tokens_per_second=_finite(samples.get(TOKENS_PER_SECOND)),
-        eta_seconds=_finite(samples.get(ETA_SECONDS)),
-        checkpoint_step=_int(samples.get(CHECKPOINT_STEP)),
+def parse(text: str) -> TrainerReading:
+    values = metrics.parse_prometheus(text)
+    return TrainerReading(
+        step=_int(values.get("step")),
+        total_steps=_int(values.get("totalSteps")),
+        loss=values.get("loss"),
+        tokens_per_second=values.get("tokensPerSecond"),
+        eta_seconds=values.get("etaSeconds"),
+        checkpoint_step=_int(values.get("checkpointStep")),
     )
 
 
@@ -88,7 +59,7 @@ def format_eta(seconds: float) -> str:
     return f"{secs}s"
 
 
-def progress_status(progress: Progress, read_at: str) -> dict:
+def progress_status(progress: TrainerReading, read_at: str) -> dict:
     """`status.progress`; numbers the CRD keeps as strings are formatted for `kubectl get`."""
     result: dict = {"updateTime": read_at}
     if progress.step is not None:
@@ -104,13 +75,13 @@ def progress_status(progress: Progress, read_at: str) -> dict:
     return result
 
 
-def checkpoint_status(progress: Progress, old: dict | None, read_at: str) -> dict | None:
+def checkpoint_status(progress: TrainerReading, old: dict | None, read_at: str) -> dict | None:
     """`status.checkpoint`: the step of the latest complete checkpoint; its time is when it was first seen."""
     if progress.checkpoint_step is None or progress.checkpoint_step < 0:
         return old
     if old and old.get("step") == progress.checkpoint_step:
         return old
-    return {"step": progress.checkpoint_step, "path": wiring.checkpoint_tag(progress.checkpoint_step), "time": read_at}
+    return {"step": progress.checkpoint_step, "path": checkpoints.tag_for(progress.checkpoint_step), "time": read_at}
 
 
 def finished_status(total_steps: int, old_progress: dict | None, old_checkpoint: dict | None, finished_at: str) -> dict:
@@ -121,7 +92,7 @@ def finished_status(total_steps: int, old_progress: dict | None, old_checkpoint:
     saved at the end (checkpoint.interval: "and at the end"), so both are known.
     """
     progress = {**(old_progress or {}), "step": total_steps, "totalSteps": total_steps, "eta": format_eta(0), "updateTime": finished_at}
-    return {"progress": progress, "checkpoint": checkpoint_status(Progress(checkpoint_step=total_steps), old_checkpoint, finished_at)}
+    return {"progress": progress, "checkpoint": checkpoint_status(TrainerReading(checkpoint_step=total_steps), old_checkpoint, finished_at)}
 
 
 def metrics_url(pod_ip: str) -> str:
@@ -129,7 +100,7 @@ def metrics_url(pod_ip: str) -> str:
     return f"http://{host}:{wiring.METRICS_PORT}{wiring.METRICS_PATH}"
 
 
-async def read(session: aiohttp.ClientSession, pod_ip: str) -> Progress | None:
+async def read(session: aiohttp.ClientSession, pod_ip: str) -> TrainerReading | None:
     """Rank 0's progress, or None when its endpoint cannot be read (not up yet, restarting, unreachable)."""
     try:
         timeout = aiohttp.ClientTimeout(total=READ_TIMEOUT_SECONDS)

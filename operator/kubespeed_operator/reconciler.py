@@ -305,7 +305,7 @@ class Reconciler:
                 pods.append(seen)
         return pods
 
-    async def _read_progress(self, job: dict[str, Any], pods: list[PodView]) -> progress_mod.Progress | None:
+    async def _read_progress(self, job: dict[str, Any], pods: list[PodView]) -> progress_mod.TrainerReading | None:
         status = job.get("status") or {}
         if status.get("phase") != "Running":
             return None

@@ -40,8 +40,8 @@ from training_helpers import (
 from kubespeed import wiring
 from kubespeed.devcluster.cluster import ControlPlane
 from kubespeed.spec import crd
-from kubespeed_trainer.checkpoint import LATEST_FILE, METRICS_FILE, complete_tags
-from kubespeed_trainer.metrics import read_jsonl
+from kubespeed.checkpoints import LATEST_FILE, METRICS_FILE, complete_tags, tag_for
+from kubespeed.metrics import read_jsonl
 from operator_fixture import JobClient, install_operator_rbac, operator_kubeconfig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -170,7 +170,7 @@ def test_job_trains_to_success_reports_progress_and_names_its_last_checkpoint(tr
     assert status["checkpoint"]["step"] == steps
     named = status["checkpoint"]["path"]
     assert named in complete_tags(training.checkpoints)
-    assert (training.checkpoints / LATEST_FILE).read_text().strip() == named == wiring.checkpoint_tag(steps)
+    assert (training.checkpoints / LATEST_FILE).read_text().strip() == named == tag_for(steps)
 
     losses = [line["loss"] for line in of_kind(training.metrics(), "train")]
     assert len(losses) == steps
@@ -208,7 +208,7 @@ def test_suspend_then_resume_continues_from_the_checkpoint_written_at_sigterm(tr
                "the suspended job's pods and processes to be gone", STOP_SECONDS, explain=training.explain)  # fmt: skip
     saved = of_kind(training.metrics(), "checkpoint")
     assert len(saved) == 1 and saved[0]["step"] == of_kind(training.metrics(), "train")[-1]["step"] >= 3, saved
-    assert (training.checkpoints / LATEST_FILE).read_text().strip() == wiring.checkpoint_tag(saved[0]["step"])
+    assert (training.checkpoints / LATEST_FILE).read_text().strip() == tag_for(saved[0]["step"])
 
     training.jobs.patch_spec(training.name, {"runPolicy": {"suspend": False}})
     training.wait_phase("Succeeded")

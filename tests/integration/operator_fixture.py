@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from kubespeed.devcluster.cluster import ControlPlane
-from kubespeed.devcluster.processes import free_port
+from kubespeed.ports import free_port
 from kubespeed.spec import crd
 
 REPO = Path(__file__).resolve().parents[2]

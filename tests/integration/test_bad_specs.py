@@ -177,12 +177,28 @@ def refusal(call: Any) -> tuple[int, str]:
     return err.value.status, err.value.body
 
 
+def cel_messages(schema: dict[str, Any]) -> set[str]:
+    """The messages of every CEL rule in a schema and the schemas inside it."""
+    found = {rule["message"] for rule in schema.get("x-kubernetes-validations", [])}
+    for sub in [*schema.get("properties", {}).values(), *([schema["items"]] if "items" in schema else [])]:
+        found |= cel_messages(sub)
+    return found
+
+
+CEL_MESSAGES = cel_messages(crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("what, spec, field", BAD_SPECS, ids=ids(BAD_SPECS))
 def test_api_server_refuses_it_naming_the_field(custom, lmtj_namespace, what, spec, field):
     status, body = refusal(lambda: create(custom, lmtj_namespace, "bad", spec))
     assert status == (400 if what == UNKNOWN_FIELD else 422), body
     assert field in body, f"{what}: the refusal does not name {field}: {body}"
+    with pytest.raises(SpecError) as ours:
+        parse_job_spec(spec)
+    if ours.value.message in CEL_MESSAGES:
+        # One rule, evaluated by both: the same words.
+        assert ours.value.message in body, f"{what}: the API server said {body}"
 
 
 @pytest.mark.integration

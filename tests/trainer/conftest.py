@@ -25,14 +25,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kubespeed.ports import free_port
+
 DATA_CHARS = 60_000
 RUN_TIMEOUT_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tiny_config(data: Path, **sections: dict) -> dict:

@@ -39,7 +39,7 @@ RANK = textwrap.dedent("""
 
 
 def test_a_peer_dying_in_the_closing_barrier_does_not_hide_a_complete_checkpoint(tmp_path: Path, unused_port: int) -> None:
-    from kubespeed_trainer import checkpoint
+    from kubespeed import checkpoints
 
     port = str(unused_port)
     procs = []
@@ -61,6 +61,6 @@ def test_a_peer_dying_in_the_closing_barrier_does_not_hide_a_complete_checkpoint
                 os.killpg(proc.pid, 9)
                 proc.wait()
 
-    tag = checkpoint.tag_for(5)
-    assert checkpoint.latest_complete(tmp_path) == tag
+    tag = checkpoints.tag_for(5)
+    assert checkpoints.latest_complete(tmp_path) == tag
     assert (tmp_path / "reported").read_text() == tag, procs[0].communicate()[0][-3000:]

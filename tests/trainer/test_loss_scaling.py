@@ -44,10 +44,10 @@ def deepspeed_scaler(loss_scale: dict, tmp: Path):
     from deepspeed.runtime.fp16.loss_scaler import CreateLossScaler
     from deepspeed.runtime.precision_config import get_float16_config
 
-    from kubespeed_trainer import dsconfig
+    from kubespeed import deepspeed_config
 
     config = parse_trainer_config({"data": {"train": str(tmp)}, "deepspeed": {"precision": "fp16", "lossScale": loss_scale}})
-    resolved = dsconfig.resolve_deepspeed_config(config, world_size=1, gpu=False)
+    resolved = deepspeed_config.resolve_deepspeed_config(config, world_size=1, gpu=False)
     fp16 = get_float16_config(resolved)
     assert fp16.enabled and fp16.loss_scale == 0, "dynamic loss scaling is on"
     return CreateLossScaler(dtype=torch.half, static_loss_scale=0, dynamic_scaling=True,

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 import torch
 
-from kubespeed import wiring
+from kubespeed import checkpoints, wiring
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -32,12 +32,6 @@ def assert_loss_falls(losses: dict[int, float]) -> None:
     assert last < 0.9 * first, f"loss {first:.3f} -> {last:.3f}"
 
 
-def complete_tags(run_dir):
-    from kubespeed_trainer import checkpoint
-
-    return checkpoint.complete_tags(run_dir)
-
-
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_zero_stage_trains_and_resume_matches_an_uninterrupted_run(trainer_job, uninterrupted_runs, stage):
     whole = uninterrupted_runs(stage)
@@ -47,7 +41,7 @@ def test_zero_stage_trains_and_resume_matches_an_uninterrupted_run(trainer_job, 
     parted = trainer_job("parted", deepspeed={"zeroStage": stage})
     first = parted.launch(ranks=2, extra=("--max-steps-this-run", str(STOP_AT)))
     assert first.code == 0, first.output[-3000:]
-    assert complete_tags(parted.run_dir) == [f"step{STOP_AT:08d}"]
+    assert checkpoints.complete_tags(parted.run_dir) == [f"step{STOP_AT:08d}"]
     assert max(first.losses()) == STOP_AT
 
     second = parted.launch(ranks=2)
@@ -72,7 +66,7 @@ def test_sigterm_leaves_a_complete_checkpoint_and_the_next_run_resumes_from_it(t
     proc.send_signal(signal.SIGTERM)
     stopped = job.finish(proc)
     assert stopped.code == wiring.EXIT_PREEMPTED.code, stopped.output[-3000:]
-    tags = complete_tags(job.run_dir)
+    tags = checkpoints.complete_tags(job.run_dir)
     assert len(tags) == 1
     saved_step = json.loads((job.run_dir / tags[0] / "complete").read_text())["step"]
     assert saved_step == max(stopped.losses())

@@ -17,8 +17,9 @@ from kubespeed import wiring
 from kubespeed.local import command, progress, rewire, runner, summary
 from kubespeed.local.overrides import apply_overrides
 from kubespeed.local.plot import plot_loss
+from kubespeed.metrics import read_jsonl
+from kubespeed.ports import free_port
 from kubespeed.spec import SpecError, load_job, parse_job_spec
-from kubespeed_trainer.metrics import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
@@ -274,7 +275,7 @@ def test_progress_reads_the_trainers_gauges():
 
 def test_progress_is_nothing_before_the_first_step_count():
     assert progress.parse_metrics("# HELP python_info x\n") is None
-    assert progress.scrape(rewire.free_port()) is None
+    assert progress.scrape(free_port()) is None
 
 
 def test_step_clock_counts_from_where_a_resumed_run_starts():

@@ -1,19 +1,7 @@
 """Checkpoints that are either complete or ignored, and resume from the newest complete one.
 
-Layout of a checkpoint directory (`checkpoint.mountPath`, or `--checkpoint-dir`):
-
-    trainer.yaml, deepspeed.json   the trainer config and the resolved DeepSpeed config of the run
-    tokenizer/                     the tokenizer, saved once (sample and export read it)
-    data/                          the prepared token shards (see data/prepare.py)
-    metrics.jsonl                  rank 0's metrics, one JSON object per line
-    step00000100/                  one checkpoint: DeepSpeed's files (model, ZeRO shards,
-                                   client state), one `rank<r>.pt` per rank (its RNG states),
-                                   and last `complete`
-    latest                         the tag of the newest complete checkpoint
-    export/                        the final weights as safetensors (checkpoint.exportWeights)
-
-A save goes: every rank writes its part (DeepSpeed's `save_checkpoint`, which ends
-in a barrier), then rank 0 writes `complete` into the tag and replaces `latest`
+The directory's layout is `kubespeed.checkpoints`'s. A save goes: every rank
+writes its part (DeepSpeed's `save_checkpoint`, which ends in a barrier), then rank 0 writes `complete` into the tag and replaces `latest`
 atomically (write a temporary file, fsync, rename). `latest` has DeepSpeed's own
 format (the tag as text), but DeepSpeed is told not to write it, so it never names
 a checkpoint that a crash left half-written. Rank 0 then deletes all but the
@@ -26,9 +14,7 @@ as DeepSpeed writes each rank's shards where that rank runs.
 from __future__ import annotations
 
 import json
-import os
 import random
-import re
 import shutil
 import time
 from pathlib import Path
@@ -38,63 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from kubespeed import wiring
-
-COMPLETE_MARKER = "complete"
-LATEST_FILE = "latest"
-TRAINER_CONFIG_FILE = "trainer.yaml"
-DEEPSPEED_CONFIG_FILE = "deepspeed.json"
-TOKENIZER_DIR = "tokenizer"
-DATA_DIR = "data"
-METRICS_FILE = "metrics.jsonl"
-EXPORT_DIR = "export"
-_TAG = re.compile(r"step(\d+)")
-
-
-def tag_for(step: int) -> str:
-    """Zero-padded so tags sort by step in a directory listing, too; the operator names it in status."""
-    return wiring.checkpoint_tag(step)
-
-
-def step_of(tag: str) -> int | None:
-    match = _TAG.fullmatch(tag)
-    return int(match.group(1)) if match else None
-
-
-def is_complete(directory: Path, tag: str) -> bool:
-    return (directory / tag / COMPLETE_MARKER).is_file()
-
-
-def complete_tags(directory: str | Path) -> list[str]:
-    """Complete checkpoints, oldest first."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    tags = [p.name for p in directory.iterdir() if p.is_dir() and step_of(p.name) is not None and is_complete(directory, p.name)]
-    return sorted(tags, key=lambda t: step_of(t) or 0)
-
-
-def latest_complete(directory: str | Path) -> str | None:
-    """The tag `latest` names if it is complete, else the newest complete tag, else None."""
-    directory = Path(directory)
-    try:
-        named = (directory / LATEST_FILE).read_text().strip()
-    except OSError:
-        named = ""
-    if named and is_complete(directory, named):
-        return named
-    tags = complete_tags(directory)
-    return tags[-1] if tags else None
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Readers see the old content or the new, never a part: write aside, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+from kubespeed.checkpoints import COMPLETE_MARKER, LATEST_FILE, complete_tags, latest_complete, step_of, tag_for, write_atomically
 
 
 def rng_state() -> dict[str, Any]:

@@ -27,28 +27,27 @@ from pathlib import Path
 
 import torch
 
-from kubespeed import wiring
+from kubespeed import checkpoints, wiring
 from kubespeed.spec import SpecError, TrainerConfig, parse_trainer_config
 from kubespeed.spec.job import ModelSpec
-from kubespeed_trainer import checkpoint
 
 
 def load_run_config(directory: Path) -> TrainerConfig:
     import yaml
 
-    path = directory / checkpoint.TRAINER_CONFIG_FILE
+    path = directory / checkpoints.TRAINER_CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a kubespeed checkpoint directory ({checkpoint.TRAINER_CONFIG_FILE} missing)")
+        raise FileNotFoundError(f"{directory} is not a kubespeed checkpoint directory ({checkpoints.TRAINER_CONFIG_FILE} missing)")
     return parse_trainer_config(yaml.safe_load(path.read_text()), str(path))
 
 
 def checkpoint_state_dict(directory: Path, tag: str) -> dict[str, torch.Tensor]:
     """Full fp32 weights of one checkpoint, in the model's own parameter names."""
     tag_dir = directory / tag
-    if not checkpoint.is_complete(directory, tag):
+    if not checkpoints.is_complete(directory, tag):
         raise FileNotFoundError(f"{tag_dir} is not a complete checkpoint")
     config = load_run_config(directory)
-    ds_config = json.loads((directory / checkpoint.DEEPSPEED_CONFIG_FILE).read_text())
+    ds_config = json.loads((directory / checkpoints.DEEPSPEED_CONFIG_FILE).read_text())
     if any(p.name.startswith("layer_") for p in tag_dir.iterdir()):
         from kubespeed_trainer.models import gpt
         from kubespeed_trainer.parallel.pipeline import state_dict_from_layers
@@ -75,11 +74,11 @@ def build_from_checkpoint(directory: Path, tag: str | None = None) -> tuple[torc
     from kubespeed_trainer import models
     from kubespeed_trainer.tokenizer import load_tokenizer
 
-    tag = tag or checkpoint.latest_complete(directory)
+    tag = tag or checkpoints.latest_complete(directory)
     if tag is None:
         raise FileNotFoundError(f"{directory} holds no complete checkpoint")
     config = load_run_config(directory)
-    tokenizer = load_tokenizer(directory / checkpoint.TOKENIZER_DIR)
+    tokenizer = load_tokenizer(directory / checkpoints.TOKENIZER_DIR)
     model = models.build_model(config.model, vocab_size=tokenizer.vocab_size, seq_length=config.training.seqLength)
     load_state(model, checkpoint_state_dict(directory, tag))
     return model.eval(), config, tokenizer
@@ -98,8 +97,8 @@ def state_dict_from(source: Path, spec: ModelSpec) -> dict[str, torch.Tensor]:
     """Weights to start a fine-tuning run from: a checkpoint directory or exported weights."""
     from kubespeed_trainer import models
 
-    if (source / checkpoint.TRAINER_CONFIG_FILE).is_file():
-        tag = checkpoint.latest_complete(source)
+    if (source / checkpoints.TRAINER_CONFIG_FILE).is_file():
+        tag = checkpoints.latest_complete(source)
         if tag is None:
             raise FileNotFoundError(f"{source} holds no complete checkpoint")
         return checkpoint_state_dict(source, tag)
@@ -114,7 +113,7 @@ def export_checkpoint(directory: Path, tag: str | None, out: Path) -> Path:
     if out.exists():
         shutil.rmtree(out)
     models.export_hf(model, config.model, tokenizer.vocab_size, config.training.seqLength, out, eos_id=tokenizer.eos_id)
-    tokenizer.save(out / checkpoint.TOKENIZER_DIR)
+    tokenizer.save(out / checkpoints.TOKENIZER_DIR)
     return out
 
 
@@ -125,7 +124,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, help="output directory (default: CHECKPOINT_DIR/export)")
     args = parser.parse_args(argv)
     try:
-        out = export_checkpoint(args.checkpoint_dir, args.tag, args.out or args.checkpoint_dir / checkpoint.EXPORT_DIR)
+        out = export_checkpoint(args.checkpoint_dir, args.tag, args.out or args.checkpoint_dir / checkpoints.EXPORT_DIR)
     except (FileNotFoundError, SpecError, ValueError) as err:
         print(f"kubespeed export: {err}", file=sys.stderr)
         return wiring.EXIT_DATA_ERROR.code

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from kubespeed import wiring
-from kubespeed_trainer import checkpoint
+from kubespeed import checkpoints, wiring
 
 
 @torch.no_grad()
@@ -44,7 +43,7 @@ def load(directory: Path, tag: str | None) -> tuple[torch.nn.Module, object, int
     """(model, tokenizer, context length) from a checkpoint directory or an export."""
     from kubespeed_trainer.tokenizer import load_tokenizer
 
-    if (directory / checkpoint.TRAINER_CONFIG_FILE).is_file():
+    if (directory / checkpoints.TRAINER_CONFIG_FILE).is_file():
         from kubespeed_trainer.export import build_from_checkpoint
 
         model, config, tokenizer = build_from_checkpoint(directory, tag)
@@ -54,7 +53,7 @@ def load(directory: Path, tag: str | None) -> tuple[torch.nn.Module, object, int
     model = models.load_exported(directory)
     config = getattr(model, "config", None)
     context = getattr(config, "block_size", None) or getattr(config, "max_position_embeddings", None) or 1024
-    return model, load_tokenizer(directory / checkpoint.TOKENIZER_DIR), context
+    return model, load_tokenizer(directory / checkpoints.TOKENIZER_DIR), context
 
 
 def main(argv: list[str]) -> int:

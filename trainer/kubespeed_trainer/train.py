@@ -34,7 +34,7 @@ import os
 import sys
 from pathlib import Path
 
-from kubespeed import wiring
+from kubespeed import deepspeed_config, wiring
 from kubespeed.spec import SpecError, TrainerConfig, parse_trainer_config
 
 
@@ -92,9 +92,9 @@ def main(argv: list[str]) -> int:
         print(f"kubespeed train: {message}", file=sys.stderr)
         return code.code
     device.select_accelerator(gpu)
-    from kubespeed_trainer import dsconfig, trainer
+    from kubespeed_trainer import trainer
 
-    precision = dsconfig.resolve_precision(config.deepspeed.precision, gpu, device.bf16_supported(gpu))
+    precision = deepspeed_config.resolve_precision(config.deepspeed.precision, gpu, device.bf16_supported(gpu))
     refused = device.unsupported_precision(precision)
     if refused is not None:
         print(f"kubespeed train: {args.config}: deepspeed.precision: {refused}", file=sys.stderr)

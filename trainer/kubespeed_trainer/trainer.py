@@ -29,7 +29,9 @@ import torch.distributed as dist
 
 from kubespeed import wiring
 from kubespeed.spec import TrainerConfig, to_dict
-from kubespeed_trainer import checkpoint, device, dsconfig, schedule
+from kubespeed import checkpoints, deepspeed_config
+from kubespeed.ports import free_port
+from kubespeed_trainer import checkpoint, device, schedule
 from kubespeed_trainer.signals import StopRequest
 
 
@@ -60,20 +62,12 @@ def init_distributed(gpu: bool) -> None:
 
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     if gpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     else:
         device.skip_shm_comm_op()
     deepspeed.init_distributed(dist_backend=device.backend(gpu), verbose=False)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def prepare_data(config: TrainerConfig, directory: Path) -> tuple[Path, Any]:
@@ -88,9 +82,9 @@ def prepare_data(config: TrainerConfig, directory: Path) -> tuple[Path, Any]:
     def prepare() -> Path:
         try:
             inherited = None
-            if config.training.initFrom and (Path(config.training.initFrom) / checkpoint.TOKENIZER_DIR).is_dir():
-                inherited = load_tokenizer(Path(config.training.initFrom) / checkpoint.TOKENIZER_DIR)
-            return data.prepare_dataset(config.data, inherited, directory / checkpoint.DATA_DIR, seq_length=config.training.seqLength)
+            if config.training.initFrom and (Path(config.training.initFrom) / checkpoints.TOKENIZER_DIR).is_dir():
+                inherited = load_tokenizer(Path(config.training.initFrom) / checkpoints.TOKENIZER_DIR)
+            return data.prepare_dataset(config.data, inherited, directory / checkpoints.DATA_DIR, seq_length=config.training.seqLength)
         except (OSError, ValueError, UnicodeError) as err:
             raise DataError(f"data: {err}") from err
 
@@ -152,7 +146,7 @@ class Trainer:
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.is_rank0 = self.rank == 0
         self.directory = options.checkpoint_dir
-        self.ds_config = dsconfig.resolve_deepspeed_config(
+        self.ds_config = deepspeed_config.resolve_deepspeed_config(
             config, self.world, options.gpu, bf16_supported=device.bf16_supported(options.gpu))
         self.prepared, self.tokenizer = prepare_data(config, self.directory)
         if self.is_rank0:
@@ -169,7 +163,7 @@ class Trainer:
         if self.is_rank0:
             from kubespeed_trainer.metrics import Metrics
 
-            self.metrics = Metrics(self.directory / checkpoint.METRICS_FILE, port=options.metrics_port,
+            self.metrics = Metrics(self.directory / checkpoints.METRICS_FILE, port=options.metrics_port,
                                    attempt=options.attempt, total_steps=config.training.steps)
         self._build_data()
 
@@ -181,10 +175,10 @@ class Trainer:
         import yaml
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_atomically(self.directory / checkpoint.TRAINER_CONFIG_FILE, yaml.safe_dump(to_dict(self.config), sort_keys=False))
-        checkpoint.write_atomically(self.directory / checkpoint.DEEPSPEED_CONFIG_FILE, json.dumps(self.ds_config, indent=2) + "\n")
-        if not (self.directory / checkpoint.TOKENIZER_DIR).is_dir():
-            self.tokenizer.save(self.directory / checkpoint.TOKENIZER_DIR)
+        checkpoints.write_atomically(self.directory / checkpoints.TRAINER_CONFIG_FILE, yaml.safe_dump(to_dict(self.config), sort_keys=False))
+        checkpoints.write_atomically(self.directory / checkpoints.DEEPSPEED_CONFIG_FILE, json.dumps(self.ds_config, indent=2) + "\n")
+        if not (self.directory / checkpoints.TOKENIZER_DIR).is_dir():
+            self.tokenizer.save(self.directory / checkpoints.TOKENIZER_DIR)
 
     def _init_state(self) -> dict[str, torch.Tensor] | None:
         """Weights to start from, for objective finetune: a checkpoint directory or exported weights."""
@@ -394,7 +388,7 @@ class Trainer:
         from kubespeed_trainer import export
 
         if self.is_rank0:
-            export.export_checkpoint(self.directory, checkpoint.latest_complete(self.directory), self.directory / checkpoint.EXPORT_DIR)
+            export.export_checkpoint(self.directory, checkpoints.latest_complete(self.directory), self.directory / checkpoints.EXPORT_DIR)
         dist.barrier()
 
     def _flops_per_token(self) -> float:
@@ -431,7 +425,7 @@ def _compare_with_operator_config(resolved: dict[str, Any]) -> None:
         written = json.load(fh)
     if written != resolved:
         print(f"kubespeed train: warning: {path} differs from the config resolved on this device; using the latter "
-              f"(see {checkpoint.DEEPSPEED_CONFIG_FILE} beside the checkpoints)", file=sys.stderr)
+              f"(see {checkpoints.DEEPSPEED_CONFIG_FILE} beside the checkpoints)", file=sys.stderr)
 
 
 def _peak_memory(gpu: bool) -> dict[str, float]:

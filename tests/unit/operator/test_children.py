@@ -10,7 +10,7 @@ import yaml
 from kubespeed import wiring
 from kubespeed.spec import SpecError, parse_trainer_config
 from kubespeed_operator.children import attempt_pods, job_children, labels, owner_reference
-from kubespeed_trainer.dsconfig import resolve_deepspeed_config
+from kubespeed.deepspeed_config import resolve_deepspeed_config
 
 
 def by_kind(objects):

@@ -13,7 +13,7 @@ import pytest
 from kubespeed import wiring
 from kubespeed_operator.lifecycle import Blocker, Timing, decide
 from kubespeed_operator.observed import PodView, view
-from kubespeed_operator.progress import Progress
+from kubespeed_operator.progress import TrainerReading
 from kubespeed_operator.status import timestamp
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=timezone.utc)
@@ -346,7 +346,7 @@ def test_a_finished_job_never_restarts_whatever_happens_to_its_pods(make_job, ph
 # ------------------------------------------------------------------ progress
 
 def test_progress_from_rank_0_lands_in_status(make_job):
-    reading = Progress(step=120, total_steps=1000, loss=2.34567, tokens_per_second=15234.4, eta_seconds=3725, checkpoint_step=100)
+    reading = TrainerReading(step=120, total_steps=1000, loss=2.34567, tokens_per_second=15234.4, eta_seconds=3725, checkpoint_step=100)
     d = decide(with_status(make_job(nodes=2), running_status()), gang(2), NOW, progress=reading)
     assert d.status["progress"] == {
         "step": 120, "totalSteps": 1000, "loss": "2.3457", "tokensPerSecond": "15234", "eta": "1h02m",

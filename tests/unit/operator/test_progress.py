@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubespeed_operator.progress import Progress, format_eta, metrics_url, parse
+from kubespeed_operator.progress import TrainerReading, format_eta, metrics_url, parse
 
 TEXT = """# HELP kubespeed_step Optimizer steps done.
 # TYPE kubespeed_step gauge
@@ -20,12 +20,12 @@ kubespeed_lr 0.0003
 
 
 def test_the_text_format_becomes_progress_first_sample_wins_nan_is_unknown():
-    assert parse(TEXT) == Progress(step=42, total_steps=1000, loss=3.25, tokens_per_second=15000.0, eta_seconds=None, checkpoint_step=-1)
+    assert parse(TEXT) == TrainerReading(step=42, total_steps=1000, loss=3.25, tokens_per_second=15000.0, eta_seconds=None, checkpoint_step=-1)
 
 
 def test_an_empty_or_foreign_endpoint_gives_no_numbers():
-    assert parse("") == Progress()
-    assert parse("<html>not metrics</html>\n") == Progress()
+    assert parse("") == TrainerReading()
+    assert parse("<html>not metrics</html>\n") == TrainerReading()
 
 
 @pytest.mark.parametrize("seconds, text", [(0, "0s"), (42.4, "42s"), (185, "3m05s"), (3725, "1h02m"), (-5, "0s")])

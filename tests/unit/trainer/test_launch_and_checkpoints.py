@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kubespeed import wiring
+from kubespeed import checkpoints
 from kubespeed_trainer import checkpoint, launch
 
 WIRING_ENV = ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "WORLD_SIZE",
@@ -75,10 +76,10 @@ def test_ranks_share_the_nodes_cpus_without_oversubscribing(nproc, cpus, threads
 
 
 def make_tag(directory, step: int, complete: bool) -> str:
-    tag = checkpoint.tag_for(step)
+    tag = checkpoints.tag_for(step)
     (directory / tag).mkdir(parents=True)
     if complete:
-        (directory / tag / checkpoint.COMPLETE_MARKER).write_text("{}")
+        (directory / tag / checkpoints.COMPLETE_MARKER).write_text("{}")
     return tag
 
 
@@ -86,14 +87,14 @@ def test_only_complete_checkpoints_count_and_latest_falls_back_to_the_newest_com
     make_tag(tmp_path, 100, True)
     newest = make_tag(tmp_path, 200, True)
     half_written = make_tag(tmp_path, 300, False)
-    (tmp_path / checkpoint.LATEST_FILE).write_text(half_written)
-    assert checkpoint.complete_tags(tmp_path) == [checkpoint.tag_for(100), newest]
-    assert checkpoint.latest_complete(tmp_path) == newest
+    (tmp_path / checkpoints.LATEST_FILE).write_text(half_written)
+    assert checkpoints.complete_tags(tmp_path) == [checkpoints.tag_for(100), newest]
+    assert checkpoints.latest_complete(tmp_path) == newest
 
 
 def test_an_empty_or_missing_directory_has_no_checkpoint(tmp_path):
-    assert checkpoint.latest_complete(tmp_path / "absent") is None
-    assert checkpoint.latest_complete(tmp_path) is None
+    assert checkpoints.latest_complete(tmp_path / "absent") is None
+    assert checkpoints.latest_complete(tmp_path) is None
 
 
 def test_prune_keeps_the_newest_complete_and_drops_leftovers(tmp_path):
@@ -101,10 +102,10 @@ def test_prune_keeps_the_newest_complete_and_drops_leftovers(tmp_path):
         make_tag(tmp_path, step, True)
     make_tag(tmp_path, 25, False)
     deleted = checkpoint.prune(tmp_path, keep=2)
-    assert sorted(deleted) == [checkpoint.tag_for(10), checkpoint.tag_for(25)]
-    assert checkpoint.complete_tags(tmp_path) == [checkpoint.tag_for(20), checkpoint.tag_for(30)]
+    assert sorted(deleted) == [checkpoints.tag_for(10), checkpoints.tag_for(25)]
+    assert checkpoints.complete_tags(tmp_path) == [checkpoints.tag_for(20), checkpoints.tag_for(30)]
 
 
 def test_tags_sort_by_step_as_text_too():
-    tags = [checkpoint.tag_for(s) for s in (9, 10, 100)]
-    assert sorted(tags) == tags and [checkpoint.step_of(t) for t in tags] == [9, 10, 100]
+    tags = [checkpoints.tag_for(s) for s in (9, 10, 100)]
+    assert sorted(tags) == tags and [checkpoints.step_of(t) for t in tags] == [9, 10, 100]

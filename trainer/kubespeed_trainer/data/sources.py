@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubespeed.spec.job import DataSpec
+from kubespeed.spec.job import BUILTIN_DATA_PREFIX, DataSpec
 from kubespeed_trainer.data.builtin import BUILTINS
 from kubespeed_trainer.data.python_docs_qa import python_docs_qa, python_docs_qa_fingerprint
 
-BUILTIN_PREFIX = "builtin:"
 # Builtin prompt/response pairs (`data.format: jsonl`), for fine-tuning; see data/python_docs_qa.py.
 BUILTIN_PAIRS = {"python-docs-qa": (python_docs_qa, python_docs_qa_fingerprint)}
 CHUNK_CHARS = 1 << 20
@@ -48,8 +47,8 @@ def source_files(source: str) -> list[Path]:
 
 
 def read_records(source: str, data: DataSpec) -> Iterator[Record]:
-    if source.startswith(BUILTIN_PREFIX):
-        pairs = source.removeprefix(BUILTIN_PREFIX) in BUILTIN_PAIRS
+    if source.startswith(BUILTIN_DATA_PREFIX):
+        pairs = source.removeprefix(BUILTIN_DATA_PREFIX) in BUILTIN_PAIRS
         kind, wanted = ("prompt/response pairs", "jsonl") if pairs else ("plain text", "text")
         if data.format != wanted:
             raise ValueError(f"{source} is {kind}; it needs data.format {wanted}, not {data.format}")
@@ -75,7 +74,7 @@ def training_text(data: DataSpec) -> Iterator[str]:
 def fingerprint(source: str, data: DataSpec) -> str:
     """Changes when the source's files (names, sizes, modification times) or how they are read changes; reads no content."""
     digest = hashlib.sha256(json.dumps([data.format, data.textField, data.promptField, data.responseField]).encode())
-    if source.startswith(BUILTIN_PREFIX):
+    if source.startswith(BUILTIN_DATA_PREFIX):
         digest.update(_builtin(source)[1]().encode())
     else:
         root = Path(source)
@@ -87,10 +86,10 @@ def fingerprint(source: str, data: DataSpec) -> str:
 
 
 def _builtin(source: str):
-    name = source.removeprefix(BUILTIN_PREFIX)
+    name = source.removeprefix(BUILTIN_DATA_PREFIX)
     known = {**BUILTINS, **BUILTIN_PAIRS}
     if name not in known:
-        raise ValueError(f"unknown builtin data {source!r}; known: {', '.join(BUILTIN_PREFIX + n for n in known)}")
+        raise ValueError(f"unknown builtin data {source!r}; known: {', '.join(BUILTIN_DATA_PREFIX + n for n in known)}")
     return known[name]
 
 

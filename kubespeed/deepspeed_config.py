@@ -1,10 +1,11 @@
 """The DeepSpeed config, resolved from a trainer config: a pure function, no torch, no deepspeed.
 
-The operator imports this module (its image has neither torch nor DeepSpeed) to
-write the resolved `deepspeed.json` into the job's ConfigMap, and the trainer
-calls the same function at start-up, so what a user reads in the ConfigMap is
-what the engine runs with. Impossible combinations are refused with a
-`SpecError` that names the field, before any process starts.
+The operator calls it (its image has neither torch nor DeepSpeed) to write the
+resolved `deepspeed.json` into the job's ConfigMap, and the trainer calls it at
+start-up, so what a user reads in the ConfigMap is what the engine runs with.
+Combinations the spec cannot hold are refused when it is parsed (its CEL rules);
+what only a world size can decide (the batch arithmetic of the ranks actually
+started) is refused here, with a `SpecError` that names the field.
 
     resolve_deepspeed_config(parse_trainer_config(cfg), world_size=4, gpu=False)
 
@@ -17,7 +18,7 @@ Derived values:
   Adam, a C++ op compiled at start-up (more than ten minutes on a busy 2-core machine)
 
 The learning-rate schedule is not in this config: the trainer builds it from
-`training.schedule` (see `schedule.py`) and hands it to DeepSpeed. A `scheduler`
+`training.schedule` (kubespeed_trainer's schedule) and hands it to DeepSpeed. A `scheduler`
 given in `deepspeed.overrides` replaces it, like any other override.
 """
 
@@ -61,24 +62,6 @@ def resolve_precision(precision: str, gpu: bool, bf16_supported: bool = True) ->
     if precision == "auto":
         return "bf16" if gpu and bf16_supported else "fp32"
     return precision
-
-
-def _check_combinations(config: TrainerConfig, gpu: bool, path: str) -> None:
-    ds, model = config.deepspeed, config.model
-    if ds.pipelineStages > 1 and model.type != "gpt":
-        raise SpecError(f"{path}.deepspeed.pipelineStages", f"pipeline parallelism is built for model type gpt, not {model.type}")
-    if ds.pipelineStages > 1 and ds.zeroStage > 1:
-        raise SpecError(f"{path}.deepspeed.zeroStage", f"pipeline parallelism works with ZeRO stage 0 or 1, got {ds.zeroStage}")
-    if ds.activationCheckpointing and model.type == "lstm":
-        raise SpecError(f"{path}.deepspeed.activationCheckpointing", "applies to gpt and hf models, not lstm")
-    if ds.offload.optimizer == "cpu" and ds.zeroStage == 0:
-        raise SpecError(f"{path}.deepspeed.offload.optimizer", "optimizer offload needs zeroStage 1, 2 or 3")
-    if ds.offload.parameters == "cpu" and ds.zeroStage != 3:
-        raise SpecError(f"{path}.deepspeed.offload.parameters", f"parameter offload needs zeroStage 3, got {ds.zeroStage}")
-    if ds.pipelineStages > 1 and (ds.offload.optimizer == "cpu" or ds.offload.parameters == "cpu"):
-        raise SpecError(f"{path}.deepspeed.offload", "offload does not combine with pipeline parallelism")
-    if ds.offload.optimizer == "cpu" and config.training.optimizer.type == "sgd":
-        raise SpecError(f"{path}.deepspeed.offload.optimizer", "optimizer offload runs DeepSpeed's CPU Adam; it needs optimizer adam or adamw, not sgd")
 
 
 def _optimizer(config: TrainerConfig, gpu: bool) -> dict[str, Any]:
@@ -139,7 +122,6 @@ def resolve_deepspeed_config(
     config: TrainerConfig, world_size: int, gpu: bool, *, bf16_supported: bool = True, path: str = "config"
 ) -> dict[str, Any]:
     """The DeepSpeed config for `config` on `world_size` ranks; refuses what cannot run."""
-    _check_combinations(config, gpu, path)
     training = config.training
     accumulation = gradient_accumulation_steps(config, world_size, path)
     resolved: dict[str, Any] = {

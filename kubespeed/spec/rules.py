@@ -1,0 +1,34 @@
+"""The CRD's CEL validation rules, evaluated here too: one rule, one message, wherever a spec is read.
+
+A spec class declares its rules once, in `__cel__` (see `job.rule`). The CRD carries
+them as `x-kubernetes-validations`, which the API server evaluates at apply time;
+`from_dict` evaluates the same expressions on the parsed and defaulted section (as
+the API server sees it after defaulting) with a CEL implementation
+(common-expression-language), so `kubespeed local`, the trainer and the operator
+refuse what the API server refuses, with its message, naming the same field.
+
+Transition rules (they read `oldSelf`) only mean something when an object changes;
+the API server alone evaluates them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import cel
+
+from kubespeed.spec.errors import SpecError
+
+
+@functools.cache
+def _programs(cls: type) -> tuple[tuple[dict[str, str], Any], ...]:
+    rules = getattr(cls, "__cel__", ())
+    return tuple((rule, cel.compile(rule["rule"])) for rule in rules if "oldSelf" not in rule["rule"])
+
+
+def check(cls: type, value: dict[str, Any], path: str) -> None:
+    """Refuse `value` (a section of class `cls`, as plain data) at the first rule it breaks."""
+    for rule, program in _programs(cls):
+        if program.execute({"self": value}) is not True:
+            raise SpecError(f"{path}{rule.get('fieldPath', '')}", rule["message"])
