@@ -17,10 +17,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 RANK = textwrap.dedent("""
     import os, sys
     from pathlib import Path
-    from kubespeed_trainer import device
+    from kubespeed_trainer.engine import device
     device.select_accelerator(False)
     import deepspeed, torch
-    from kubespeed_trainer import checkpoint, trainer
+    from kubespeed_trainer.engine import checkpoint, trainer
 
     trainer.init_distributed(False)
     model = torch.nn.Linear(4, 4)

@@ -28,7 +28,7 @@ def world_of_one() -> Iterator[None]:
     """The trainer's world of one: DeepSpeed's scaler and overflow check work through its process group."""
     import torch.distributed as dist
 
-    from kubespeed_trainer import device, trainer
+    from kubespeed_trainer.engine import device, trainer
 
     saved = dict(os.environ)
     device.select_accelerator(False)

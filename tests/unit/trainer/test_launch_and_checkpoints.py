@@ -6,7 +6,8 @@ import pytest
 
 from kubespeed import wiring
 from kubespeed import checkpoints
-from kubespeed_trainer import checkpoint, launch
+from kubespeed_trainer.commands import launch
+from kubespeed_trainer.engine import checkpoint
 
 WIRING_ENV = ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "WORLD_SIZE",
               "KUBESPEED_JOB", "KUBESPEED_TRAINER_CONFIG")

@@ -52,7 +52,7 @@ def _tied_head(module: Embedding, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _loss(logits: torch.Tensor, labels: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    from kubespeed_trainer import objectives
+    from kubespeed_trainer.engine import objectives
 
     targets, mask = labels
     return objectives.loss(logits, targets, mask)

@@ -27,7 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from kubespeed.spec.job import DenoisingSpec
-from kubespeed_trainer.tokenizer import Tokenizer
+from kubespeed_trainer.data.tokenizer import Tokenizer
 
 RANDOM_TOKEN_FRACTION = 0.1
 

@@ -31,8 +31,8 @@ from kubespeed import wiring
 from kubespeed.spec import TrainerConfig, to_dict
 from kubespeed import checkpoints, deepspeed_config
 from kubespeed.ports import free_port
-from kubespeed_trainer import checkpoint, device, schedule
-from kubespeed_trainer.signals import StopRequest
+from kubespeed_trainer.engine import checkpoint, device, schedule
+from kubespeed_trainer.engine.signals import StopRequest
 
 
 class DataError(RuntimeError):
@@ -77,7 +77,7 @@ def prepare_data(config: TrainerConfig, directory: Path) -> tuple[Path, Any]:
     beside its checkpoints or in its export), so token ids mean what they meant.
     """
     from kubespeed_trainer import data
-    from kubespeed_trainer.tokenizer import load_tokenizer
+    from kubespeed_trainer.data.tokenizer import load_tokenizer
 
     def prepare() -> Path:
         try:
@@ -114,7 +114,7 @@ def build_engine(config: TrainerConfig, ds_config: dict[str, Any], vocab_size: i
     model = models.build_model(config.model, vocab_size=vocab_size, seq_length=config.training.seqLength)
     parameters = models.count_parameters(model)
     if init_state is not None:
-        from kubespeed_trainer.export import load_state
+        from kubespeed_trainer.commands.export import load_state
 
         load_state(model, init_state)
     if config.deepspeed.activationCheckpointing and hasattr(model, "gradient_checkpointing"):
@@ -161,7 +161,7 @@ class Trainer:
         self.stop = StopRequest().install()
         self.metrics = None
         if self.is_rank0:
-            from kubespeed_trainer.metrics import Metrics
+            from kubespeed_trainer.engine.metrics import Metrics
 
             self.metrics = Metrics(self.directory / checkpoints.METRICS_FILE, port=options.metrics_port,
                                    attempt=options.attempt, total_steps=config.training.steps)
@@ -185,7 +185,7 @@ class Trainer:
         source = self.config.training.initFrom
         if not source:
             return None
-        from kubespeed_trainer import export
+        from kubespeed_trainer.commands import export
 
         try:
             return export.state_dict_from(Path(source), self.config.model)
@@ -219,7 +219,7 @@ class Trainer:
         return torch.Generator().manual_seed(seed)
 
     def _make(self, batch: dict[str, Any], step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from kubespeed_trainer import objectives
+        from kubespeed_trainer.engine import objectives
 
         inputs, targets, mask = objectives.make_batch(
             self.config.training.objective, batch, tokenizer=self.tokenizer,
@@ -242,7 +242,7 @@ class Trainer:
         with `measure_grad_norm` it is computed here before the step (only on logged
         steps: it is one more pass over every gradient).
         """
-        from kubespeed_trainer import objectives
+        from kubespeed_trainer.engine import objectives
 
         engine = self.engine
         if self.pipelined:
@@ -268,7 +268,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float | None:
         """Mean validation loss over `training.evalBatches` micro batches per data-parallel rank, all ranks averaged."""
-        from kubespeed_trainer import data, objectives
+        from kubespeed_trainer import data
+        from kubespeed_trainer.engine import objectives
 
         training = self.config.training
         if len(self.val_set) < training.microBatchSize * self.dp_size:
@@ -385,7 +386,7 @@ class Trainer:
             self.metrics.record("eval", step=self.progress.step, evalLoss=eval_loss, evalPerplexity=math.exp(min(eval_loss, 80.0)))
 
     def _export(self) -> None:
-        from kubespeed_trainer import export
+        from kubespeed_trainer.commands import export
 
         if self.is_rank0:
             export.export_checkpoint(self.directory, checkpoints.latest_complete(self.directory), self.directory / checkpoints.EXPORT_DIR)

@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("config", help="trainer config file (its data and training.seqLength are used)")
     parser.add_argument("--out", type=Path, required=True, help="directory for the shards, index.json and tokenizer/")
     args = parser.parse_args(argv)
-    from kubespeed_trainer.train import load_config
+    from kubespeed_trainer.commands.train import load_config
 
     try:
         config = load_config(args.config)

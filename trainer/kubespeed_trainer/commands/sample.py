@@ -41,10 +41,10 @@ def generate(model: torch.nn.Module, ids: list[int], *, tokens: int, temperature
 
 def load(directory: Path, tag: str | None) -> tuple[torch.nn.Module, object, int]:
     """(model, tokenizer, context length) from a checkpoint directory or an export."""
-    from kubespeed_trainer.tokenizer import load_tokenizer
+    from kubespeed_trainer.data.tokenizer import load_tokenizer
 
     if (directory / checkpoints.TRAINER_CONFIG_FILE).is_file():
-        from kubespeed_trainer.export import build_from_checkpoint
+        from kubespeed_trainer.commands.export import build_from_checkpoint
 
         model, config, tokenizer = build_from_checkpoint(directory, tag)
         return model, tokenizer, config.training.seqLength

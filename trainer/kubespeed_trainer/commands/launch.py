@@ -47,7 +47,7 @@ from types import FrameType
 
 from kubespeed import wiring
 
-TRAIN_MODULE = "kubespeed_trainer.train"
+TRAIN_MODULE = "kubespeed_trainer.commands.train"
 
 
 @dataclass(frozen=True)

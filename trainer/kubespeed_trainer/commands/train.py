@@ -13,7 +13,7 @@ One process (a world of one; checkpoints go to `checkpoint.mountPath` unless tol
 
 Several ranks on this machine, through torch's launcher (or `kubespeed launch`):
 
-    torchrun --nproc-per-node 2 -m kubespeed_trainer.train config.yaml --checkpoint-dir /tmp/run
+    torchrun --nproc-per-node 2 -m kubespeed_trainer.commands.train config.yaml --checkpoint-dir /tmp/run
 
 Several nodes: `kubespeed launch` on each (see launch.py). Rerunning the same
 command resumes from the newest complete checkpoint (`checkpoint.resume: auto`).
@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
     except SpecError as err:
         print(f"kubespeed train: {err}", file=sys.stderr)
         return wiring.EXIT_CONFIG_ERROR.code
-    from kubespeed_trainer import device
+    from kubespeed_trainer.engine import device
 
     if args.gpu != "auto":
         os.environ[wiring.ENV_USE_GPU] = args.gpu
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
         print(f"kubespeed train: {message}", file=sys.stderr)
         return code.code
     device.select_accelerator(gpu)
-    from kubespeed_trainer import trainer
+    from kubespeed_trainer.engine import trainer
 
     precision = deepspeed_config.resolve_precision(config.deepspeed.precision, gpu, device.bf16_supported(gpu))
     refused = device.unsupported_precision(precision)

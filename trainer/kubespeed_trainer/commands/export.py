@@ -5,7 +5,7 @@
 
 The result loads with `transformers.AutoModelForCausalLM.from_pretrained(out)`
 (built-in GPT as GPT2LMHeadModel, see models/export.py); the tokenizer is copied
-to `out/tokenizer/` (`kubespeed_trainer.tokenizer.load_tokenizer` reads it).
+to `out/tokenizer/` (`kubespeed_trainer.data.tokenizer.load_tokenizer` reads it).
 
 The weights are read from the checkpoint files, not from a live engine, so the
 same code serves the end of training and a later export:
@@ -55,7 +55,7 @@ def checkpoint_state_dict(directory: Path, tag: str) -> dict[str, torch.Tensor]:
         layers = config.model.layers or gpt.SIZES[config.model.size][0]
         state = state_dict_from_layers(tag_dir, layers)
     elif ds_config.get("zero_optimization", {}).get("stage", 0) > 0:
-        from kubespeed_trainer import device
+        from kubespeed_trainer.engine import device
 
         if "deepspeed" not in sys.modules:
             device.select_accelerator(gpu=False)  # reading files needs no accelerator
@@ -72,7 +72,7 @@ def checkpoint_state_dict(directory: Path, tag: str) -> dict[str, torch.Tensor]:
 def build_from_checkpoint(directory: Path, tag: str | None = None) -> tuple[torch.nn.Module, TrainerConfig, object]:
     """(model with the checkpoint's weights, its trainer config, its tokenizer)."""
     from kubespeed_trainer import models
-    from kubespeed_trainer.tokenizer import load_tokenizer
+    from kubespeed_trainer.data.tokenizer import load_tokenizer
 
     tag = tag or checkpoints.latest_complete(directory)
     if tag is None:
