@@ -15,7 +15,7 @@ Several ranks on this machine, through torch's launcher (or `kubespeed launch`):
 
     torchrun --nproc-per-node 2 -m kubespeed_trainer.commands.train config.yaml --checkpoint-dir /tmp/run
 
-Several nodes: `kubespeed launch` on each (see launch.py). Rerunning the same
+Several nodes: `kubespeed launch` on each (see commands/launch.py). Rerunning the same
 command resumes from the newest complete checkpoint (`checkpoint.resume: auto`).
 
 The DeepSpeed config is resolved here from the trainer config with the same
@@ -35,23 +35,8 @@ import sys
 from pathlib import Path
 
 from kubespeed import deepspeed_config, wiring
-from kubespeed.spec import SpecError, TrainerConfig, parse_trainer_config
-
-
-def load_config(path: str) -> TrainerConfig:
-    """Parse a trainer config file; errors name the file and the field."""
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh) or {}
-    except OSError as err:
-        raise SpecError(path, f"cannot read: {err.strerror}") from err
-    except yaml.YAMLError as err:
-        raise SpecError(path, f"not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise SpecError(path, "must be a mapping with sections model, data, training, deepspeed, checkpoint")
-    return parse_trainer_config(raw, path)
+from kubespeed.spec import SpecError
+from kubespeed_trainer.config import load_config
 
 
 def _env_int(name: str) -> int | None:

@@ -114,7 +114,7 @@ def build_engine(config: TrainerConfig, ds_config: dict[str, Any], vocab_size: i
     model = models.build_model(config.model, vocab_size=vocab_size, seq_length=config.training.seqLength)
     parameters = models.count_parameters(model)
     if init_state is not None:
-        from kubespeed_trainer.commands.export import load_state
+        from kubespeed_trainer.engine.checkpoint_weights import load_state
 
         load_state(model, init_state)
     if config.deepspeed.activationCheckpointing and hasattr(model, "gradient_checkpointing"):
@@ -185,10 +185,10 @@ class Trainer:
         source = self.config.training.initFrom
         if not source:
             return None
-        from kubespeed_trainer.commands import export
+        from kubespeed_trainer.engine import checkpoint_weights
 
         try:
-            return export.state_dict_from(Path(source), self.config.model)
+            return checkpoint_weights.state_dict_from(Path(source))
         except (OSError, ValueError) as err:
             raise DataError(f"training.initFrom: {err}") from err
 
@@ -386,10 +386,10 @@ class Trainer:
             self.metrics.record("eval", step=self.progress.step, evalLoss=eval_loss, evalPerplexity=math.exp(min(eval_loss, 80.0)))
 
     def _export(self) -> None:
-        from kubespeed_trainer.commands import export
+        from kubespeed_trainer.engine import checkpoint_weights
 
         if self.is_rank0:
-            export.export_checkpoint(self.directory, checkpoints.latest_complete(self.directory), self.directory / checkpoints.EXPORT_DIR)
+            checkpoint_weights.export_checkpoint(self.directory, checkpoints.latest_complete(self.directory), self.directory / checkpoints.EXPORT_DIR)
         dist.barrier()
 
     def _flops_per_token(self) -> float:
