@@ -20,9 +20,9 @@ RANK = textwrap.dedent("""
     from kubespeed_trainer.engine import device
     device.select_accelerator(False)
     import deepspeed, torch
-    from kubespeed_trainer.engine import checkpoint, trainer
+    from kubespeed_trainer.engine import accelerator, checkpoint
 
-    trainer.init_distributed(False)
+    accelerator.init_distributed(False)
     model = torch.nn.Linear(4, 4)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                                            config={"train_batch_size": 2})

@@ -37,6 +37,7 @@ from pathlib import Path
 from kubespeed import deepspeed_config, wiring
 from kubespeed.spec import SpecError
 from kubespeed_trainer.config import load_config
+from kubespeed_trainer.engine import device
 
 
 def _env_int(name: str) -> int | None:
@@ -66,8 +67,6 @@ def main(argv: list[str]) -> int:
     except SpecError as err:
         print(f"kubespeed train: {err}", file=sys.stderr)
         return wiring.EXIT_CONFIG_ERROR.code
-    from kubespeed_trainer.engine import device
-
     if args.gpu != "auto":
         os.environ[wiring.ENV_USE_GPU] = args.gpu
     gpu = device.gpu_requested()
@@ -77,10 +76,11 @@ def main(argv: list[str]) -> int:
         print(f"kubespeed train: {message}", file=sys.stderr)
         return code.code
     device.select_accelerator(gpu)
-    from kubespeed_trainer.engine import trainer
+    # deepspeed picks its accelerator when first imported, and these modules import it: only after the line above.
+    from kubespeed_trainer.engine import accelerator, build, trainer
 
     precision = deepspeed_config.resolve_precision(config.deepspeed.precision, gpu, device.bf16_supported(gpu))
-    refused = device.unsupported_precision(precision)
+    refused = accelerator.unsupported_precision(precision)
     if refused is not None:
         print(f"kubespeed train: {args.config}: deepspeed.precision: {refused}", file=sys.stderr)
         return wiring.EXIT_CONFIG_ERROR.code
@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
     except SpecError as err:
         print(f"kubespeed train: {err}", file=sys.stderr)
         return wiring.EXIT_CONFIG_ERROR.code
-    except trainer.DataError as err:
+    except build.DataError as err:
         print(f"kubespeed train: {err}", file=sys.stderr)
         return wiring.EXIT_DATA_ERROR.code
 

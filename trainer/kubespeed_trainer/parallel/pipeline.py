@@ -13,11 +13,17 @@ Stages are balanced by block count (`partition_method="type:Block"`). With
 first and last stage each hold a copy of the token embedding, and DeepSpeed
 all-reduces its gradient between them, so the copies stay equal. DeepSpeed saves
 one file per layer; `pipeline_checkpoint.py` maps them back to the GPT's names.
+
+Importing this module imports deepspeed: import it only after `device.select_accelerator`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
+from deepspeed.pipe import PipelineModule, TiedLayerSpec
 from torch import nn
 from torch.nn import functional as F
 
@@ -46,17 +52,12 @@ def _tied_head(module: Embedding, hidden: torch.Tensor) -> torch.Tensor:
     return module.logits(hidden)
 
 
-def _loss(logits: torch.Tensor, labels: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    from kubespeed_trainer.engine import objectives
+def gpt_pipeline(model: nn.Module, config: TrainerConfig, loss_fn: Callable[[torch.Tensor, Any], torch.Tensor],
+                 path: str = "config") -> PipelineModule:
+    """Lay out an initialised GPT as `deepspeed.pipelineStages` stages (call after init_distributed).
 
-    targets, mask = labels
-    return objectives.loss(logits, targets, mask)
-
-
-def gpt_pipeline(model: nn.Module, config: TrainerConfig, path: str = "config"):
-    """Lay out an initialised GPT as `deepspeed.pipelineStages` stages (call after init_distributed)."""
-    from deepspeed.pipe import PipelineModule, TiedLayerSpec
-
+    The last stage computes `loss_fn(logits, labels)`, with the labels each micro batch carries.
+    """
     stages = config.deepspeed.pipelineStages
     if not isinstance(model, GPT):
         raise SpecError(f"{path}.deepspeed.pipelineStages", "pipeline parallelism is built for model type gpt")
@@ -72,7 +73,7 @@ def gpt_pipeline(model: nn.Module, config: TrainerConfig, path: str = "config"):
     return PipelineModule(
         layers=layers,
         num_stages=stages,
-        loss_fn=_loss,
+        loss_fn=loss_fn,
         partition_method="type:Block",
         activation_checkpoint_interval=1 if config.deepspeed.activationCheckpointing else 0,
     )
