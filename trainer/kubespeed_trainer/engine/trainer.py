@@ -48,8 +48,11 @@ class RunOptions:
 
 
 @dataclass
-class Progress:
-    """What a checkpoint's client state carries besides DeepSpeed's own state."""
+class Position:
+    """Where training stands: optimizer steps done and tokens trained on.
+
+    A checkpoint's client state carries it beside DeepSpeed's own state (and the sampler's).
+    """
 
     step: int = 0
     tokens: int = 0
@@ -72,7 +75,7 @@ class Trainer:
         self.pipelined = config.deepspeed.pipelineStages > 1
         self.device = self.engine.device
         self.dp_rank, self.dp_size = self._data_parallel_coords()
-        self.progress = Progress()
+        self.position = Position()
         self.own_grad_norm: float | None = None
         self.stop = StopRequest().install()
         self.metrics = None
@@ -180,50 +183,50 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
 
     def save(self) -> None:
-        client = {"step": self.progress.step, "tokens": self.progress.tokens, "sampler": self.sampler.state_dict(),
+        client = {"step": self.position.step, "tokens": self.position.tokens, "sampler": self.sampler.state_dict(),
                   "trainerConfig": to_dict(self.config)}
-        checkpoint.save(self.engine, self.directory, self.progress.step, client, keep=self.config.checkpoint.keep,
+        checkpoint.save(self.engine, self.directory, self.position.step, client, keep=self.config.checkpoint.keep,
                         on_complete=self._record_checkpoint)
 
     def _record_checkpoint(self, tag: str) -> None:
         if self.metrics:
-            self.metrics.record("checkpoint", step=self.progress.step, checkpointStep=self.progress.step)
+            self.metrics.record("checkpoint", step=self.position.step, checkpointStep=self.position.step)
 
     def resume(self) -> None:
         tag = checkpoint.agreed_resume_tag(self.directory, self.config.checkpoint.resume)
         if tag is None:
             return
         client, _ = checkpoint.load(self.engine, self.directory, tag)
-        self.progress = Progress(step=int(client["step"]), tokens=int(client.get("tokens", 0)))
+        self.position = Position(step=int(client["step"]), tokens=int(client.get("tokens", 0)))
         self.sampler.load_state_dict(client["sampler"])
         if self.metrics:
-            self.metrics.record("resume", step=self.progress.step, checkpointStep=self.progress.step, tag=tag)
+            self.metrics.record("resume", step=self.position.step, checkpointStep=self.position.step, tag=tag)
 
     # ------------------------------------------------------------ the loop
 
     def run(self) -> int:
         training, options = self.config.training, self.options
         if self.metrics:
-            self.metrics.record("start", step=self.progress.step, parameters=self.parameters, worldSize=self.world,
+            self.metrics.record("start", step=self.position.step, parameters=self.parameters, worldSize=self.world,
                                 device=torch.cuda.get_device_name() if options.gpu else "cpu",
                                 gradientAccumulation=self.engine.gradient_accumulation_steps())
         self.resume()
         tokens_per_step = training.globalBatchSize * training.seqLength
         flops_per_token = self._flops_per_token()
         peak = device.peak_flops(options.gpu)
-        start_step = self.progress.step
+        start_step = self.position.step
         run_start = time.perf_counter()
         window_start, window_steps = time.perf_counter(), 0
         loss_sum = torch.zeros((), device=self.device)
         saved_at = start_step if start_step else None
-        while self.progress.step < training.steps:
-            step = self.progress.step
+        while self.position.step < training.steps:
+            step = self.position.step
             logged = (step + 1) % training.logInterval == 0 or step + 1 == training.steps
             loss_sum += self.train_step(step, measure_grad_norm=logged)
-            self.progress.step += 1
-            self.progress.tokens += tokens_per_step
+            self.position.step += 1
+            self.position.tokens += tokens_per_step
             window_steps += 1
-            done = self.progress.step
+            done = self.position.step
             if self.metrics:
                 self.metrics.update(step=done)
             if logged:
@@ -236,7 +239,7 @@ class Trainer:
                         "train", step=done, totalSteps=training.steps, loss=loss, lr=self.engine.get_lr()[0],
                         gradNorm=self.grad_norm(), lossScale=self._loss_scale(), tokensPerSecond=tps,
                         mfu=tps * flops_per_token / (peak * self.world) if peak and tps else None,
-                        etaSeconds=eta, elapsedSeconds=time.perf_counter() - run_start, tokens=self.progress.tokens)
+                        etaSeconds=eta, elapsedSeconds=time.perf_counter() - run_start, tokens=self.position.tokens)
                 loss_sum.zero_()
                 window_start, window_steps = time.perf_counter(), 0
             if training.evalInterval and done % training.evalInterval == 0 and done < training.steps:
@@ -254,18 +257,18 @@ class Trainer:
             if options.max_steps_this_run and ran >= options.max_steps_this_run and done < training.steps:
                 return wiring.EXIT_SUCCESS.code
         self._eval_and_record()
-        if saved_at != self.progress.step:
+        if saved_at != self.position.step:
             self.save()
         if self.config.checkpoint.exportWeights:
             self._export()
         if self.metrics:
-            self.metrics.record("end", step=self.progress.step, finished=1, **_peak_memory(options.gpu))
+            self.metrics.record("end", step=self.position.step, finished=1, **_peak_memory(options.gpu))
         return wiring.EXIT_SUCCESS.code
 
     def _eval_and_record(self) -> None:
         eval_loss = self.evaluate()
         if self.metrics and eval_loss is not None:
-            self.metrics.record("eval", step=self.progress.step, evalLoss=eval_loss, evalPerplexity=math.exp(min(eval_loss, 80.0)))
+            self.metrics.record("eval", step=self.position.step, evalLoss=eval_loss, evalPerplexity=math.exp(min(eval_loss, 80.0)))
 
     def _export(self) -> None:
         if self.is_rank0:
