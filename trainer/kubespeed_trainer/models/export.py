@@ -8,7 +8,7 @@
 
 `load_exported` gives back our own module for gpt and lstm (so fine-tuning runs
 the same code, pipeline stages included) and the HF wrapper otherwise.
-`load_weights` fills an already built model, for fine-tuning from `initFrom`.
+`load_weights` fills an already built model from exported weights.
 """
 
 from __future__ import annotations
