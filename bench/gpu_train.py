@@ -6,7 +6,7 @@
 It runs `kubespeed train` (one process) on random tokens (`byte` tokenizer over
 generated text, so nothing is downloaded), and reports from rank 0's metrics:
 tokens_per_s and mfu (against the GPU's dense bf16 peak, see
-kubespeed_trainer.device), averaged over the logged windows after the first,
+kubespeed_trainer.engine.device), averaged over the logged windows after the first,
 plus peak GPU memory (torch.cuda.max_memory_allocated, from the trainer's `end`
 line), the parameter count (its `start` line) and wall_s.
 """

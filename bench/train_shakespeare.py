@@ -104,7 +104,8 @@ def plain_loop(data: Path, iters: int, work: Path) -> dict:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     from kubespeed.spec import parse_trainer_config
     from kubespeed_trainer import data as kdata
-    from kubespeed_trainer import models, objectives, schedule
+    from kubespeed_trainer import models
+    from kubespeed_trainer.engine import objectives, schedule
 
     cfg = parse_trainer_config(trainer_config(data, iters, 12, 0))
     prepared = kdata.prepare_dataset(cfg.data, None, work / "plain-data", seq_length=64)

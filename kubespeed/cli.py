@@ -22,11 +22,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("kubespeed_operator.render", "print the objects the operator would create for a job, as YAML"),
     "crd": ("kubespeed.spec.crd", "print the LMTrainingJob CustomResourceDefinition"),
     "operator": ("kubespeed_operator.main", "run the operator"),
-    "launch": ("kubespeed_trainer.launch", "pod entrypoint: start this node's ranks from the pod wiring"),
-    "train": ("kubespeed_trainer.train", "train one rank group from a trainer config file"),
-    "prepare": ("kubespeed_trainer.prepare", "tokenize a data source once into token shards"),
-    "sample": ("kubespeed_trainer.sample", "generate text from a checkpoint or exported weights"),
-    "export": ("kubespeed_trainer.export", "export a checkpoint's weights as safetensors"),
+    "launch": ("kubespeed_trainer.commands.launch", "pod entrypoint: start this node's ranks from the pod wiring"),
+    "train": ("kubespeed_trainer.commands.train", "train one rank group from a trainer config file"),
+    "prepare": ("kubespeed_trainer.commands.prepare", "tokenize a data source once into token shards"),
+    "sample": ("kubespeed_trainer.commands.sample", "generate text from a checkpoint or exported weights"),
+    "export": ("kubespeed_trainer.commands.export", "export a checkpoint's weights as safetensors"),
     "dev": ("kubespeed.devcluster.cli", "developer tools: `kubespeed dev cluster` starts a local control plane"),
 }
 

@@ -31,7 +31,7 @@ DATA_FILE = "tinyshakespeare.txt"
 # 40k characters: enough text that a tiny GPT's loss falls in a few dozen steps, and
 # small enough that preparing it is instant.
 DATA_CHARS = 40_000
-TRAIN_MODULE = "kubespeed_trainer.train"
+TRAIN_MODULE = "kubespeed_trainer.commands.train"
 
 
 class NodeNetworkOperator(OperatorProcess):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -121,8 +120,8 @@ def kill(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="session")
 def cpu_fp16_refused() -> str | None:
     """Why DeepSpeed's CPU accelerator refuses fp16 on this machine (the trainer's own check), None where it trains fp16."""
-    code = ("from kubespeed_trainer import device; device.select_accelerator(False); "
-            "print(device.unsupported_precision('fp16') or '')")
+    code = ("from kubespeed_trainer.engine import device; device.select_accelerator(False); "
+            "from kubespeed_trainer.engine import accelerator; print(accelerator.unsupported_precision('fp16') or '')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else None
 

@@ -17,12 +17,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 RANK = textwrap.dedent("""
     import os, sys
     from pathlib import Path
-    from kubespeed_trainer import device
+    from kubespeed_trainer.engine import device
     device.select_accelerator(False)
     import deepspeed, torch
-    from kubespeed_trainer import checkpoint, trainer
+    from kubespeed_trainer.engine import accelerator, checkpoint
 
-    trainer.init_distributed(False)
+    accelerator.init_distributed(False)
     model = torch.nn.Linear(4, 4)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                                            config={"train_batch_size": 2})

@@ -28,11 +28,13 @@ def world_of_one() -> Iterator[None]:
     """The trainer's world of one: DeepSpeed's scaler and overflow check work through its process group."""
     import torch.distributed as dist
 
-    from kubespeed_trainer import device, trainer
+    from kubespeed_trainer.engine import device
 
     saved = dict(os.environ)
     device.select_accelerator(False)
-    trainer.init_distributed(False)
+    from kubespeed_trainer.engine import accelerator  # imports deepspeed, which picks its accelerator at import
+
+    accelerator.init_distributed(False)
     yield
     dist.destroy_process_group()
     os.environ.clear()

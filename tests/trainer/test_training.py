@@ -133,7 +133,7 @@ def test_two_launchers_as_two_nodes_form_one_four_rank_world(trainer_job, unused
 def test_export_of_zero3_shards_loads_with_from_pretrained_and_gives_the_same_logits(uninterrupted_runs):
     from transformers import AutoModelForCausalLM
 
-    from kubespeed_trainer.export import build_from_checkpoint
+    from kubespeed_trainer.engine.checkpoint_weights import build_from_checkpoint
 
     result = uninterrupted_runs(3)
     assert result.code == 0, result.output[-3000:]
@@ -145,7 +145,7 @@ def test_export_of_zero3_shards_loads_with_from_pretrained_and_gives_the_same_lo
 
 
 def test_sample_generates_text_from_the_checkpoint_and_from_the_export(uninterrupted_runs, capsys):
-    from kubespeed_trainer import sample
+    from kubespeed_trainer.commands import sample
 
     run_dir = uninterrupted_runs(3).run_dir
     for source in (run_dir, run_dir / "export"):

@@ -97,7 +97,7 @@ def test_dockerfile_has_the_two_targets_people_build():
 def test_trainer_image_runs_the_launcher_the_operator_writes_into_pods():
     assert json.loads(STAGES["trainer"].last("ENTRYPOINT")) == wiring.TRAINER_ENTRYPOINT
     module, _ = cli.COMMANDS[wiring.TRAINER_ENTRYPOINT[1]]
-    assert module == "kubespeed_trainer.launch"
+    assert module == "kubespeed_trainer.commands.launch"
 
 
 def test_trainer_image_user_is_the_pods_non_root_uid():

@@ -11,7 +11,7 @@ import pytest
 from kubespeed import deepspeed_config
 from kubespeed.spec import SpecError, parse_trainer_config
 from kubespeed.spec.job import ScheduleSpec
-from kubespeed_trainer import schedule
+from kubespeed_trainer.engine import schedule
 
 
 def config(**sections):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from kubespeed import wiring
-from kubespeed_trainer import device
+from kubespeed_trainer.engine import device
 
 
 @pytest.mark.parametrize(

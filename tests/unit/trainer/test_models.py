@@ -7,7 +7,7 @@ import torch
 
 from kubespeed.spec.job import ModelSpec
 from kubespeed_trainer.models import build_model, count_parameters, estimate_flops_per_token, gpt
-from kubespeed_trainer.objectives import loss
+from kubespeed_trainer.engine.objectives import loss
 
 VOCAB, SEQ = 50, 32
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,

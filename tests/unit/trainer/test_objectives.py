@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from kubespeed.spec.job import DenoisingSpec
-from kubespeed_trainer.objectives import loss, make_batch, span_noise_mask
-from kubespeed_trainer.tokenizer import ByteTokenizer
+from kubespeed_trainer.engine.objectives import loss, make_batch, span_noise_mask
+from kubespeed_trainer.data.tokenizer import ByteTokenizer
 
 TOKENIZER = ByteTokenizer()
 

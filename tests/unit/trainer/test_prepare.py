@@ -11,7 +11,7 @@ import pytest
 
 from kubespeed_trainer.data import TokenDataset, prepare_dataset, prepared_tokenizer, read_index
 from kubespeed_trainer.data.prepare import INDEX_FILE
-from kubespeed_trainer.tokenizer import build_tokenizer
+from kubespeed_trainer.data.tokenizer import build_tokenizer
 
 
 def stream_tokens(prepared: Path, stream: str) -> np.ndarray:

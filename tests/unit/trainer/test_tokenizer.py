@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kubespeed.spec.job import TokenizerSpec
-from kubespeed_trainer.tokenizer import build_tokenizer, load_tokenizer
+from kubespeed_trainer.data.tokenizer import build_tokenizer, load_tokenizer
 
 SAMPLE = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
 UNICODE = "naïve café — 東京 🙂"

@@ -39,7 +39,7 @@ import numpy as np
 
 from kubespeed.spec.job import DataSpec
 from kubespeed_trainer.data import sources
-from kubespeed_trainer.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
+from kubespeed_trainer.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 
 INDEX_FILE = "index.json"
 TOKENIZER_DIR = "tokenizer"

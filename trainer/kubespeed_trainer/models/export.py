@@ -8,7 +8,7 @@
 
 `load_exported` gives back our own module for gpt and lstm (so fine-tuning runs
 the same code, pipeline stages included) and the HF wrapper otherwise.
-`load_weights` fills an already built model, for fine-tuning from `initFrom`.
+`load_weights` fills an already built model from exported weights.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kubespeed.spec.job import ModelSpec
@@ -84,8 +85,6 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file, or of a directory's single or sharded (indexed) weights."""
-    from safetensors.torch import load_file
-
     if path.is_file():
         return load_file(path)
     if (path / WEIGHTS_INDEX_FILE).exists():
@@ -100,8 +99,6 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _write(out: Path, config: dict, weights: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     # transformers refuses safetensors files whose metadata does not say "pt".
     save_file(tensors, out / WEIGHTS_FILE, metadata={"format": "pt"})

@@ -35,6 +35,7 @@ class HFCausalLM(nn.Module):
 
 
 def from_config(hf_config: dict[str, Any], *, vocab_size: int) -> HFCausalLM:
+    # transformers takes about a second to import, and every rank imports this module; only hf models need it.
     from transformers import AutoConfig, AutoModelForCausalLM
 
     settings = dict(hf_config)
@@ -47,6 +48,7 @@ def from_config(hf_config: dict[str, Any], *, vocab_size: int) -> HFCausalLM:
 
 
 def from_directory(path: str, *, vocab_size: int | None = None) -> HFCausalLM:
+    # transformers takes about a second to import, and every rank imports this module; only hf models need it.
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""The built-in GPT as a DeepSpeed `PipelineModule`, and its checkpoint read back into GPT names.
+"""The built-in GPT as a DeepSpeed `PipelineModule`.
 
 The layer list is the GPT's own pieces in order, so the stages run exactly the
 network the single-stage model runs:
@@ -12,16 +12,18 @@ Stages are balanced by block count (`partition_method="type:Block"`). With
 `model.tieWeights` the embedding and the head are one `TiedLayerSpec`: the
 first and last stage each hold a copy of the token embedding, and DeepSpeed
 all-reduces its gradient between them, so the copies stay equal. DeepSpeed saves
-one file per layer (`layer_<i>-model_states.pt`); `state_dict_from_layers` maps
-them back to the GPT's parameter names for export.
+one file per layer; `pipeline_checkpoint.py` maps them back to the GPT's names.
+
+Importing this module imports deepspeed: import it only after `device.select_accelerator`.
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from deepspeed.pipe import PipelineModule, TiedLayerSpec
 from torch import nn
 from torch.nn import functional as F
 
@@ -29,7 +31,6 @@ from kubespeed.spec import SpecError, TrainerConfig
 from kubespeed_trainer.models.gpt import GPT
 
 TIED_KEY = "embedding"
-_LAYER_FILE = re.compile(r"layer_(\d+)-.*model_states\.pt")
 
 
 class Embedding(nn.Module):
@@ -51,17 +52,12 @@ def _tied_head(module: Embedding, hidden: torch.Tensor) -> torch.Tensor:
     return module.logits(hidden)
 
 
-def _loss(logits: torch.Tensor, labels: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    from kubespeed_trainer import objectives
+def gpt_pipeline(model: nn.Module, config: TrainerConfig, loss_fn: Callable[[torch.Tensor, Any], torch.Tensor],
+                 path: str = "config") -> PipelineModule:
+    """Lay out an initialised GPT as `deepspeed.pipelineStages` stages (call after init_distributed).
 
-    targets, mask = labels
-    return objectives.loss(logits, targets, mask)
-
-
-def gpt_pipeline(model: nn.Module, config: TrainerConfig, path: str = "config"):
-    """Lay out an initialised GPT as `deepspeed.pipelineStages` stages (call after init_distributed)."""
-    from deepspeed.pipe import PipelineModule, TiedLayerSpec
-
+    The last stage computes `loss_fn(logits, labels)`, with the labels each micro batch carries.
+    """
     stages = config.deepspeed.pipelineStages
     if not isinstance(model, GPT):
         raise SpecError(f"{path}.deepspeed.pipelineStages", "pipeline parallelism is built for model type gpt")
@@ -77,24 +73,8 @@ def gpt_pipeline(model: nn.Module, config: TrainerConfig, path: str = "config"):
     return PipelineModule(
         layers=layers,
         num_stages=stages,
-        loss_fn=_loss,
+        loss_fn=loss_fn,
         partition_method="type:Block",
         activation_checkpoint_interval=1 if config.deepspeed.activationCheckpointing else 0,
     )
 
-
-def state_dict_from_layers(tag_dir: Path, layers: int) -> dict[str, torch.Tensor]:
-    """The GPT's state dict from a pipeline checkpoint's per-layer files."""
-    prefixes = {0: "", layers + 1: "ln_f.", layers + 2: "head."}
-    state: dict[str, torch.Tensor] = {}
-    for path in sorted(tag_dir.iterdir()):
-        match = _LAYER_FILE.fullmatch(path.name)
-        if not match:
-            continue
-        index = int(match.group(1))
-        prefix = prefixes.get(index, f"blocks.{index - 1}.")
-        for name, tensor in torch.load(path, map_location="cpu", weights_only=True).items():
-            state[prefix + name] = tensor
-    if not state:
-        raise FileNotFoundError(f"{tag_dir} holds no pipeline layer files")
-    return state

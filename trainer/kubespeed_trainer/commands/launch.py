@@ -45,9 +45,14 @@ import sys
 from dataclasses import dataclass
 from types import FrameType
 
+import psutil
+from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
 from kubespeed import wiring
 
-TRAIN_MODULE = "kubespeed_trainer.train"
+TRAIN_MODULE = "kubespeed_trainer.commands.train"
 
 
 @dataclass(frozen=True)
@@ -120,8 +125,6 @@ class _Forwarder:
             signal.signal(sig, self._forward)
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
-        import psutil
-
         self.terminated = True
         children = psutil.Process().children()
         if not children:
@@ -140,10 +143,6 @@ def threads_per_rank(nproc_per_node: int, cpus: int) -> int:
 
 
 def launch(node: NodeWiring, train_args: list[str]) -> int:
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     config = LaunchConfig(
         min_nodes=node.nnodes,
         max_nodes=node.nnodes,

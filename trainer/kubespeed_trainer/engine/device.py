@@ -3,15 +3,17 @@
 One code path for both: with a GPU, DeepSpeed's CUDA accelerator and NCCL; without
 one, DeepSpeed's CPU accelerator and gloo. DeepSpeed picks its accelerator once, at
 import, from `DS_ACCELERATOR`, so `select_accelerator` must run before anything
-imports deepspeed. On the CPU accelerator, DeepSpeed 0.19 needs nothing beyond
-itself and torch: intel_extension_for_pytorch and oneccl are optional there, and
-collectives go through torch's gloo backend (see `skip_shm_comm_op` for the one
-op it would otherwise compile).
+imports deepspeed; this module does not import it (`accelerator.py` holds what
+needs it). On the CPU accelerator, DeepSpeed 0.19 needs nothing beyond itself and
+torch: intel_extension_for_pytorch and oneccl are optional there, and collectives
+go through torch's gloo backend.
 """
 
 from __future__ import annotations
 
 import os
+
+import torch
 
 from kubespeed import wiring
 
@@ -35,8 +37,6 @@ def gpu_requested() -> bool:
     value = os.environ.get(wiring.ENV_USE_GPU, "").strip().lower()
     if value:
         return value in ("1", "true", "yes")
-    import torch
-
     return torch.cuda.is_available()
 
 
@@ -64,8 +64,6 @@ def gpu_problem(cuda_build: str | None, visible: int, local_ranks: int) -> tuple
 
 def check_gpu() -> tuple[wiring.ExitCode, str] | None:
     """`gpu_problem` for this process: torch's build, the GPUs it sees, and the ranks in this pod."""
-    import torch
-
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
     build = torch.version.cuda or getattr(torch.version, "hip", None)
     return gpu_problem(build, torch.cuda.device_count() if build else 0, local_ranks)
@@ -76,49 +74,6 @@ def select_accelerator(gpu: bool) -> None:
     os.environ["DS_ACCELERATOR"] = "cuda" if gpu else "cpu"
 
 
-def skip_shm_comm_op() -> None:
-    """Keep DeepSpeed's CPU backend from compiling its shared-memory op when the process group starts.
-
-    `deepspeed.comm.torch.TorchBackend` builds `deepspeed_shm_comm` (C++, with the
-    system compiler) whenever `deepspeed.ops.__compatible_ops__` says it can, after
-    probing every op builder. The op serves only `inference_all_reduce`, which
-    training never calls, yet building it costs minutes on a busy machine and in
-    every fresh pod (the cache lives under $HOME). That dict has no other reader
-    in DeepSpeed 0.19 and is documented there as the editable, cached probe result,
-    so saying "not compatible" skips both the probe and the build.
-    """
-    import deepspeed.ops
-
-    deepspeed.ops.__compatible_ops__ = {"deepspeed_shm_comm": False}
-
-
-# Why an accelerator refuses a precision, per DeepSpeed accelerator name, and what to use instead.
-_PRECISION_HELP = {
-    ("cpu", "fp16"): "DeepSpeed's CPU accelerator trains fp16 only where oneDNN has native fp16 "
-                     "(AVX512-FP16 or AMX-FP16, e.g. Intel Sapphire Rapids); use bf16 or fp32 here",
-    ("cuda", "bf16"): "bf16 needs an Ampere or newer GPU; use fp16 or fp32 on this one",
-}
-
-
-def unsupported_precision(precision: str) -> str | None:
-    """Why the selected accelerator cannot train in `precision`, or None when it can.
-
-    DeepSpeed's engine would refuse such a run from every rank with a bare
-    `ValueError` from its sanity check, after the ranks have started and joined;
-    asked here, before any rank starts, the job fails once as a configuration
-    error. Call after `select_accelerator`.
-    """
-    from deepspeed.accelerator import get_accelerator
-
-    accelerator = get_accelerator()
-    supported = {"fp16": accelerator.is_fp16_supported, "bf16": accelerator.is_bf16_supported}.get(precision)
-    if supported is None or supported():
-        return None
-    name = accelerator.device_name()
-    help_text = _PRECISION_HELP.get((name, precision), "choose another precision")
-    return f"{precision} is not supported on this device ({name}): {help_text}"
-
-
 def backend(gpu: bool) -> str:
     return "nccl" if gpu else "gloo"
 
@@ -127,8 +82,6 @@ def bf16_supported(gpu: bool) -> bool:
     """bf16 on this device: GPUs from Ampere on; the CPU always (torch emulates where AVX-512 BF16 is missing)."""
     if not gpu:
         return True
-    import torch
-
     return torch.cuda.is_bf16_supported()
 
 
@@ -140,8 +93,6 @@ def peak_flops(gpu: bool) -> float | None:
     """
     if not gpu:
         return None
-    import torch
-
     name = torch.cuda.get_device_name()
     for marker, flops in GPU_PEAK_BF16_FLOPS:
         if marker in name:

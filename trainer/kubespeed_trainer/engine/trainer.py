@@ -3,7 +3,7 @@
 `run(config, options)` is what every rank executes, under a process group the
 launcher set up (env RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or,
 with none of that set, as a world of one. It returns an exit code from
-`kubespeed.wiring` (`train.py` maps exceptions to the others):
+`kubespeed.wiring` (`commands/train.py` maps exceptions to the others):
 
 - EXIT_SUCCESS: every step done, final checkpoint written (and weights exported), or
   `max_steps_this_run` steps done and checkpointed;
@@ -11,13 +11,16 @@ with none of that set, as a world of one. It returns an exit code from
   a complete checkpoint of that step exists.
 
 Rank 0 alone writes metrics and the files beside the checkpoints (`is_rank0`).
+What the loop starts from (data, weights, the DeepSpeed engine) is built in `build.py`.
+
+Importing this module imports deepspeed: import it only after `device.select_accelerator`.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import os
+import resource
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,16 +30,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from kubespeed import wiring
+from kubespeed import checkpoints, deepspeed_config, wiring
 from kubespeed.spec import TrainerConfig, to_dict
-from kubespeed import checkpoints, deepspeed_config
-from kubespeed.ports import free_port
-from kubespeed_trainer import checkpoint, device, schedule
-from kubespeed_trainer.signals import StopRequest
-
-
-class DataError(RuntimeError):
-    """A data source or tokenizer is missing or unreadable (exit code wiring.EXIT_DATA_ERROR)."""
+from kubespeed_trainer import data, models
+from kubespeed_trainer.engine import accelerator, build, checkpoint, checkpoint_weights, device, objectives
+from kubespeed_trainer.engine.metrics import Metrics
+from kubespeed_trainer.engine.signals import StopRequest
 
 
 @dataclass(kw_only=True)
@@ -49,95 +48,14 @@ class RunOptions:
 
 
 @dataclass
-class Progress:
-    """What a checkpoint's client state carries besides DeepSpeed's own state."""
+class Position:
+    """Where training stands: optimizer steps done and tokens trained on.
+
+    A checkpoint's client state carries it beside DeepSpeed's own state (and the sampler's).
+    """
 
     step: int = 0
     tokens: int = 0
-
-
-def init_distributed(gpu: bool) -> None:
-    """Join the launcher's process group, or make a world of one when no launcher set one up."""
-    import deepspeed
-
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
-    if gpu:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    else:
-        device.skip_shm_comm_op()
-    deepspeed.init_distributed(dist_backend=device.backend(gpu), verbose=False)
-
-
-def prepare_data(config: TrainerConfig, directory: Path) -> tuple[Path, Any]:
-    """Token shards and tokenizer; one rank per node tokenizes, the others then reuse its result.
-
-    A run that starts from `training.initFrom` keeps that model's tokenizer (saved
-    beside its checkpoints or in its export), so token ids mean what they meant.
-    """
-    from kubespeed_trainer import data
-    from kubespeed_trainer.tokenizer import load_tokenizer
-
-    def prepare() -> Path:
-        try:
-            inherited = None
-            if config.training.initFrom and (Path(config.training.initFrom) / checkpoints.TOKENIZER_DIR).is_dir():
-                inherited = load_tokenizer(Path(config.training.initFrom) / checkpoints.TOKENIZER_DIR)
-            return data.prepare_dataset(config.data, inherited, directory / checkpoints.DATA_DIR, seq_length=config.training.seqLength)
-        except (OSError, ValueError, UnicodeError) as err:
-            raise DataError(f"data: {err}") from err
-
-    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
-    prepared = prepare() if first else None
-    dist.barrier()
-    prepared = prepared or prepare()
-    return prepared, data.prepared_tokenizer(prepared)
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices only: biases, norms and (as in nanoGPT/GPT-2) nothing one-dimensional."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    rest = [p for p in params if p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
-def build_engine(config: TrainerConfig, ds_config: dict[str, Any], vocab_size: int,
-                 init_state: dict[str, torch.Tensor] | None) -> tuple[Any, int]:
-    """(the model wrapped by DeepSpeed, a pipeline engine when `deepspeed.pipelineStages` > 1; its parameter count)."""
-    import deepspeed
-
-    from kubespeed_trainer import models
-
-    torch.manual_seed(config.training.seed)
-    model = models.build_model(config.model, vocab_size=vocab_size, seq_length=config.training.seqLength)
-    parameters = models.count_parameters(model)
-    if init_state is not None:
-        from kubespeed_trainer.export import load_state
-
-        load_state(model, init_state)
-    if config.deepspeed.activationCheckpointing and hasattr(model, "gradient_checkpointing"):
-        model.gradient_checkpointing(True)
-    if config.deepspeed.pipelineStages > 1:
-        from kubespeed_trainer.parallel import pipeline
-
-        model = pipeline.gpt_pipeline(model, config)
-    peak = config.training.optimizer.lr
-    total = config.training.steps
-
-    def lr_scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        factor = lambda step: schedule.lr_factor(step, peak=peak, schedule=config.training.schedule, total_steps=total)  # noqa: E731
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        model_parameters=_param_groups(model, config.training.optimizer.weightDecay),
-        config=ds_config,
-        # A `scheduler` in deepspeed.overrides replaces ours; DeepSpeed prefers a client one.
-        lr_scheduler=None if "scheduler" in ds_config else lr_scheduler,
-    )
-    return engine, parameters
 
 
 class Trainer:
@@ -148,49 +66,25 @@ class Trainer:
         self.directory = options.checkpoint_dir
         self.ds_config = deepspeed_config.resolve_deepspeed_config(
             config, self.world, options.gpu, bf16_supported=device.bf16_supported(options.gpu))
-        self.prepared, self.tokenizer = prepare_data(config, self.directory)
+        self.prepared, self.tokenizer = build.prepare_data(config, self.directory)
         if self.is_rank0:
-            self._write_run_files()
-            _compare_with_operator_config(self.ds_config)
-        self.engine, self.parameters = build_engine(config, self.ds_config, self.tokenizer.vocab_size, self._init_state())
+            build.write_run_files(self.directory, config, self.ds_config, self.tokenizer)
+            build.compare_with_operator_config(self.ds_config)
+        init_state = build.initial_weights(config)
+        self.engine, self.parameters = build.build_engine(config, self.ds_config, self.tokenizer.vocab_size, init_state)
         self.pipelined = config.deepspeed.pipelineStages > 1
         self.device = self.engine.device
         self.dp_rank, self.dp_size = self._data_parallel_coords()
-        self.progress = Progress()
+        self.position = Position()
         self.own_grad_norm: float | None = None
         self.stop = StopRequest().install()
         self.metrics = None
         if self.is_rank0:
-            from kubespeed_trainer.metrics import Metrics
-
             self.metrics = Metrics(self.directory / checkpoints.METRICS_FILE, port=options.metrics_port,
                                    attempt=options.attempt, total_steps=config.training.steps)
         self._build_data()
 
     # ------------------------------------------------------------ set-up
-
-    def _write_run_files(self) -> None:
-        import json
-
-        import yaml
-
-        self.directory.mkdir(parents=True, exist_ok=True)
-        checkpoints.write_atomically(self.directory / checkpoints.TRAINER_CONFIG_FILE, yaml.safe_dump(to_dict(self.config), sort_keys=False))
-        checkpoints.write_atomically(self.directory / checkpoints.DEEPSPEED_CONFIG_FILE, json.dumps(self.ds_config, indent=2) + "\n")
-        if not (self.directory / checkpoints.TOKENIZER_DIR).is_dir():
-            self.tokenizer.save(self.directory / checkpoints.TOKENIZER_DIR)
-
-    def _init_state(self) -> dict[str, torch.Tensor] | None:
-        """Weights to start from, for objective finetune: a checkpoint directory or exported weights."""
-        source = self.config.training.initFrom
-        if not source:
-            return None
-        from kubespeed_trainer import export
-
-        try:
-            return export.state_dict_from(Path(source), self.config.model)
-        except (OSError, ValueError) as err:
-            raise DataError(f"training.initFrom: {err}") from err
 
     def _data_parallel_coords(self) -> tuple[int, int]:
         if self.pipelined:
@@ -199,14 +93,12 @@ class Trainer:
         return self.rank, self.world
 
     def _build_data(self) -> None:
-        from kubespeed_trainer import data
-
         training = self.config.training
         self.train_set = data.TokenDataset(self.prepared, "train", training.seqLength)
         self.val_set = data.TokenDataset(self.prepared, "validation", training.seqLength)
         if len(self.train_set) < training.microBatchSize * self.dp_size:
-            raise DataError(f"data.train: {len(self.train_set)} sequences of {training.seqLength} tokens cannot fill one "
-                            f"micro batch on each of {self.dp_size} data-parallel ranks")
+            raise build.DataError(f"data.train: {len(self.train_set)} sequences of {training.seqLength} tokens cannot fill one "
+                                  f"micro batch on each of {self.dp_size} data-parallel ranks")
         self.sampler = data.ResumableSampler(len(self.train_set), rank=self.dp_rank, world_size=self.dp_size,
                                              seed=training.seed, micro_batch_size=training.microBatchSize)
         self.batches = data.batches(self.train_set, self.sampler)
@@ -219,8 +111,6 @@ class Trainer:
         return torch.Generator().manual_seed(seed)
 
     def _make(self, batch: dict[str, Any], step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from kubespeed_trainer import objectives
-
         inputs, targets, mask = objectives.make_batch(
             self.config.training.objective, batch, tokenizer=self.tokenizer,
             denoising=self.config.training.denoising, generator=self._generator(step, micro))
@@ -242,8 +132,6 @@ class Trainer:
         with `measure_grad_norm` it is computed here before the step (only on logged
         steps: it is one more pass over every gradient).
         """
-        from kubespeed_trainer import objectives
-
         engine = self.engine
         if self.pipelined:
             return engine.train_batch(data_iter=self._pipeline_iter(step)).detach().float()
@@ -268,8 +156,6 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float | None:
         """Mean validation loss over `training.evalBatches` micro batches per data-parallel rank, all ranks averaged."""
-        from kubespeed_trainer import data, objectives
-
         training = self.config.training
         if len(self.val_set) < training.microBatchSize * self.dp_size:
             return None
@@ -297,50 +183,50 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
 
     def save(self) -> None:
-        client = {"step": self.progress.step, "tokens": self.progress.tokens, "sampler": self.sampler.state_dict(),
+        client = {"step": self.position.step, "tokens": self.position.tokens, "sampler": self.sampler.state_dict(),
                   "trainerConfig": to_dict(self.config)}
-        checkpoint.save(self.engine, self.directory, self.progress.step, client, keep=self.config.checkpoint.keep,
+        checkpoint.save(self.engine, self.directory, self.position.step, client, keep=self.config.checkpoint.keep,
                         on_complete=self._record_checkpoint)
 
     def _record_checkpoint(self, tag: str) -> None:
         if self.metrics:
-            self.metrics.record("checkpoint", step=self.progress.step, checkpointStep=self.progress.step)
+            self.metrics.record("checkpoint", step=self.position.step, checkpointStep=self.position.step)
 
     def resume(self) -> None:
         tag = checkpoint.agreed_resume_tag(self.directory, self.config.checkpoint.resume)
         if tag is None:
             return
         client, _ = checkpoint.load(self.engine, self.directory, tag)
-        self.progress = Progress(step=int(client["step"]), tokens=int(client.get("tokens", 0)))
+        self.position = Position(step=int(client["step"]), tokens=int(client.get("tokens", 0)))
         self.sampler.load_state_dict(client["sampler"])
         if self.metrics:
-            self.metrics.record("resume", step=self.progress.step, checkpointStep=self.progress.step, tag=tag)
+            self.metrics.record("resume", step=self.position.step, checkpointStep=self.position.step, tag=tag)
 
     # ------------------------------------------------------------ the loop
 
     def run(self) -> int:
         training, options = self.config.training, self.options
         if self.metrics:
-            self.metrics.record("start", step=self.progress.step, parameters=self.parameters, worldSize=self.world,
+            self.metrics.record("start", step=self.position.step, parameters=self.parameters, worldSize=self.world,
                                 device=torch.cuda.get_device_name() if options.gpu else "cpu",
                                 gradientAccumulation=self.engine.gradient_accumulation_steps())
         self.resume()
         tokens_per_step = training.globalBatchSize * training.seqLength
         flops_per_token = self._flops_per_token()
         peak = device.peak_flops(options.gpu)
-        start_step = self.progress.step
+        start_step = self.position.step
         run_start = time.perf_counter()
         window_start, window_steps = time.perf_counter(), 0
         loss_sum = torch.zeros((), device=self.device)
         saved_at = start_step if start_step else None
-        while self.progress.step < training.steps:
-            step = self.progress.step
+        while self.position.step < training.steps:
+            step = self.position.step
             logged = (step + 1) % training.logInterval == 0 or step + 1 == training.steps
             loss_sum += self.train_step(step, measure_grad_norm=logged)
-            self.progress.step += 1
-            self.progress.tokens += tokens_per_step
+            self.position.step += 1
+            self.position.tokens += tokens_per_step
             window_steps += 1
-            done = self.progress.step
+            done = self.position.step
             if self.metrics:
                 self.metrics.update(step=done)
             if logged:
@@ -353,7 +239,7 @@ class Trainer:
                         "train", step=done, totalSteps=training.steps, loss=loss, lr=self.engine.get_lr()[0],
                         gradNorm=self.grad_norm(), lossScale=self._loss_scale(), tokensPerSecond=tps,
                         mfu=tps * flops_per_token / (peak * self.world) if peak and tps else None,
-                        etaSeconds=eta, elapsedSeconds=time.perf_counter() - run_start, tokens=self.progress.tokens)
+                        etaSeconds=eta, elapsedSeconds=time.perf_counter() - run_start, tokens=self.position.tokens)
                 loss_sum.zero_()
                 window_start, window_steps = time.perf_counter(), 0
             if training.evalInterval and done % training.evalInterval == 0 and done < training.steps:
@@ -371,29 +257,25 @@ class Trainer:
             if options.max_steps_this_run and ran >= options.max_steps_this_run and done < training.steps:
                 return wiring.EXIT_SUCCESS.code
         self._eval_and_record()
-        if saved_at != self.progress.step:
+        if saved_at != self.position.step:
             self.save()
         if self.config.checkpoint.exportWeights:
             self._export()
         if self.metrics:
-            self.metrics.record("end", step=self.progress.step, finished=1, **_peak_memory(options.gpu))
+            self.metrics.record("end", step=self.position.step, finished=1, **_peak_memory(options.gpu))
         return wiring.EXIT_SUCCESS.code
 
     def _eval_and_record(self) -> None:
         eval_loss = self.evaluate()
         if self.metrics and eval_loss is not None:
-            self.metrics.record("eval", step=self.progress.step, evalLoss=eval_loss, evalPerplexity=math.exp(min(eval_loss, 80.0)))
+            self.metrics.record("eval", step=self.position.step, evalLoss=eval_loss, evalPerplexity=math.exp(min(eval_loss, 80.0)))
 
     def _export(self) -> None:
-        from kubespeed_trainer import export
-
         if self.is_rank0:
-            export.export_checkpoint(self.directory, checkpoints.latest_complete(self.directory), self.directory / checkpoints.EXPORT_DIR)
+            checkpoint_weights.export_checkpoint(self.directory, checkpoints.latest_complete(self.directory), self.directory / checkpoints.EXPORT_DIR)
         dist.barrier()
 
     def _flops_per_token(self) -> float:
-        from kubespeed_trainer import models
-
         return models.estimate_flops_per_token(self.engine.module, self.config.model,
                                                vocab_size=self.tokenizer.vocab_size, seq_length=self.config.training.seqLength)
 
@@ -410,28 +292,8 @@ class Trainer:
             self.metrics.close()
 
 
-def _compare_with_operator_config(resolved: dict[str, Any]) -> None:
-    """Warn when the operator's deepspeed.json (resolved without seeing the device) differs from this run's.
-
-    The trainer's resolution wins: it knows the device (e.g. whether this GPU has bf16).
-    """
-    import json
-    import sys
-
-    path = os.environ.get(wiring.ENV_DEEPSPEED_CONFIG)
-    if not path or not os.path.isfile(path):
-        return
-    with open(path, encoding="utf-8") as fh:
-        written = json.load(fh)
-    if written != resolved:
-        print(f"kubespeed train: warning: {path} differs from the config resolved on this device; using the latter "
-              f"(see {checkpoints.DEEPSPEED_CONFIG_FILE} beside the checkpoints)", file=sys.stderr)
-
-
 def _peak_memory(gpu: bool) -> dict[str, float]:
     """This process's peak host memory (and GPU memory), for the `end` metrics line."""
-    import resource
-
     peak = {"peakRssMb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if gpu:
         peak["peakGpuMemoryGb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
@@ -453,7 +315,7 @@ def _mean_over_ranks(value: torch.Tensor) -> float:
 
 
 def run(config: TrainerConfig, options: RunOptions) -> int:
-    init_distributed(options.gpu)
+    accelerator.init_distributed(options.gpu)
     try:
         trainer = Trainer(config, options)
         try:

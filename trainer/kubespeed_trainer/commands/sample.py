@@ -18,6 +18,9 @@ from pathlib import Path
 import torch
 
 from kubespeed import checkpoints, wiring
+from kubespeed_trainer import models
+from kubespeed_trainer.data.tokenizer import Tokenizer, load_tokenizer
+from kubespeed_trainer.engine.checkpoint_weights import build_from_checkpoint
 
 
 @torch.no_grad()
@@ -39,17 +42,11 @@ def generate(model: torch.nn.Module, ids: list[int], *, tokens: int, temperature
     return out[0].tolist()
 
 
-def load(directory: Path, tag: str | None) -> tuple[torch.nn.Module, object, int]:
+def load(directory: Path, tag: str | None) -> tuple[torch.nn.Module, Tokenizer, int]:
     """(model, tokenizer, context length) from a checkpoint directory or an export."""
-    from kubespeed_trainer.tokenizer import load_tokenizer
-
     if (directory / checkpoints.TRAINER_CONFIG_FILE).is_file():
-        from kubespeed_trainer.export import build_from_checkpoint
-
         model, config, tokenizer = build_from_checkpoint(directory, tag)
         return model, tokenizer, config.training.seqLength
-    from kubespeed_trainer import models
-
     model = models.load_exported(directory)
     config = getattr(model, "config", None)
     context = getattr(config, "block_size", None) or getattr(config, "max_position_embeddings", None) or 1024

@@ -27,7 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from kubespeed.spec.job import DenoisingSpec
-from kubespeed_trainer.tokenizer import Tokenizer
+from kubespeed_trainer.data.tokenizer import Tokenizer
 
 RANDOM_TOKEN_FRACTION = 0.1
 
@@ -87,3 +87,9 @@ def loss(logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -
     per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     mask = loss_mask.reshape(-1).float()
     return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def pipeline_loss(logits: torch.Tensor, labels: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """`loss` as DeepSpeed's pipeline engine calls it: the labels of a micro batch are one object, (targets, loss_mask)."""
+    targets, mask = labels
+    return loss(logits, targets, mask)

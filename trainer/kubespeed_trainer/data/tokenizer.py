@@ -30,6 +30,8 @@ from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 
+import tokenizers
+
 from kubespeed.spec.job import TokenizerSpec
 
 META_FILE = "kubespeed_tokenizer.json"
@@ -137,21 +139,18 @@ class BPETokenizer(Tokenizer):
 
     kind = "bpe"
 
-    def __init__(self, tokenizer) -> None:  # a tokenizers.Tokenizer
+    def __init__(self, tokenizer: tokenizers.Tokenizer) -> None:
         self.tokenizer = tokenizer
         self.eos_id, self.pad_id, self.mask_id = (tokenizer.token_to_id(t) for t in (EOS, PAD, MASK))
         self.vocab_size = tokenizer.get_vocab_size()
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
-        from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, pre_tokenizers, trainers
-
-        tokenizer = HFTokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD, MASK], show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+        tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = tokenizers.decoders.ByteLevel()
+        trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD, MASK], show_progress=False,
+                                                 initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
         tokenizer.train_from_iterator(texts, trainer)
         return cls(tokenizer)
 
@@ -173,9 +172,7 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def load(cls, directory: Path) -> BPETokenizer:
-        from tokenizers import Tokenizer as HFTokenizer
-
-        return cls(HFTokenizer.from_file(str(directory / "tokenizer.json")))
+        return cls(tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json")))
 
 
 class PretrainedTokenizer(Tokenizer):
@@ -196,6 +193,7 @@ class PretrainedTokenizer(Tokenizer):
 
     @classmethod
     def load(cls, directory: str | Path) -> PretrainedTokenizer:
+        # transformers takes about a second to import, and every rank imports this module; only pretrained tokenizers need it.
         from transformers import AutoTokenizer
 
         return cls(AutoTokenizer.from_pretrained(str(directory), local_files_only=True))

@@ -13,9 +13,9 @@ One process (a world of one; checkpoints go to `checkpoint.mountPath` unless tol
 
 Several ranks on this machine, through torch's launcher (or `kubespeed launch`):
 
-    torchrun --nproc-per-node 2 -m kubespeed_trainer.train config.yaml --checkpoint-dir /tmp/run
+    torchrun --nproc-per-node 2 -m kubespeed_trainer.commands.train config.yaml --checkpoint-dir /tmp/run
 
-Several nodes: `kubespeed launch` on each (see launch.py). Rerunning the same
+Several nodes: `kubespeed launch` on each (see commands/launch.py). Rerunning the same
 command resumes from the newest complete checkpoint (`checkpoint.resume: auto`).
 
 The DeepSpeed config is resolved here from the trainer config with the same
@@ -35,23 +35,9 @@ import sys
 from pathlib import Path
 
 from kubespeed import deepspeed_config, wiring
-from kubespeed.spec import SpecError, TrainerConfig, parse_trainer_config
-
-
-def load_config(path: str) -> TrainerConfig:
-    """Parse a trainer config file; errors name the file and the field."""
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh) or {}
-    except OSError as err:
-        raise SpecError(path, f"cannot read: {err.strerror}") from err
-    except yaml.YAMLError as err:
-        raise SpecError(path, f"not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise SpecError(path, "must be a mapping with sections model, data, training, deepspeed, checkpoint")
-    return parse_trainer_config(raw, path)
+from kubespeed.spec import SpecError
+from kubespeed_trainer.config import load_config
+from kubespeed_trainer.engine import device
 
 
 def _env_int(name: str) -> int | None:
@@ -81,8 +67,6 @@ def main(argv: list[str]) -> int:
     except SpecError as err:
         print(f"kubespeed train: {err}", file=sys.stderr)
         return wiring.EXIT_CONFIG_ERROR.code
-    from kubespeed_trainer import device
-
     if args.gpu != "auto":
         os.environ[wiring.ENV_USE_GPU] = args.gpu
     gpu = device.gpu_requested()
@@ -92,10 +76,11 @@ def main(argv: list[str]) -> int:
         print(f"kubespeed train: {message}", file=sys.stderr)
         return code.code
     device.select_accelerator(gpu)
-    from kubespeed_trainer import trainer
+    # deepspeed picks its accelerator when first imported, and these modules import it: only after the line above.
+    from kubespeed_trainer.engine import accelerator, build, trainer
 
     precision = deepspeed_config.resolve_precision(config.deepspeed.precision, gpu, device.bf16_supported(gpu))
-    refused = device.unsupported_precision(precision)
+    refused = accelerator.unsupported_precision(precision)
     if refused is not None:
         print(f"kubespeed train: {args.config}: deepspeed.precision: {refused}", file=sys.stderr)
         return wiring.EXIT_CONFIG_ERROR.code
@@ -109,7 +94,7 @@ def main(argv: list[str]) -> int:
     except SpecError as err:
         print(f"kubespeed train: {err}", file=sys.stderr)
         return wiring.EXIT_CONFIG_ERROR.code
-    except trainer.DataError as err:
+    except build.DataError as err:
         print(f"kubespeed train: {err}", file=sys.stderr)
         return wiring.EXIT_DATA_ERROR.code
 

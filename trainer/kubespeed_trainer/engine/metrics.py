@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
 from kubespeed.metrics import GAUGES
 
 
@@ -19,8 +21,6 @@ class Metrics:
     """Rank 0's sink: appends JSON lines and keeps the Prometheus gauges current."""
 
     def __init__(self, jsonl_path: str | Path, *, port: int | None, attempt: int, total_steps: int) -> None:
-        from prometheus_client import CollectorRegistry, Gauge
-
         self.path = Path(jsonl_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.registry = CollectorRegistry()
@@ -29,8 +29,6 @@ class Metrics:
             gauge.set(math.nan)
         self.server = None
         if port is not None:
-            from prometheus_client import start_http_server
-
             # Bound on all interfaces: the operator scrapes it through the pod's IP.
             self.server, _ = start_http_server(port, registry=self.registry)
         self.update(attempt=attempt, totalSteps=total_steps, finished=0)

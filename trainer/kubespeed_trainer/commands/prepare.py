@@ -15,6 +15,8 @@ from pathlib import Path
 
 from kubespeed import wiring
 from kubespeed.spec import SpecError
+from kubespeed_trainer import data
+from kubespeed_trainer.config import load_config
 
 
 def main(argv: list[str]) -> int:
@@ -22,15 +24,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("config", help="trainer config file (its data and training.seqLength are used)")
     parser.add_argument("--out", type=Path, required=True, help="directory for the shards, index.json and tokenizer/")
     args = parser.parse_args(argv)
-    from kubespeed_trainer.train import load_config
-
     try:
         config = load_config(args.config)
     except SpecError as err:
         print(f"kubespeed prepare: {err}", file=sys.stderr)
         return wiring.EXIT_CONFIG_ERROR.code
-    from kubespeed_trainer import data
-
     try:
         out = data.prepare_dataset(config.data, None, args.out, seq_length=config.training.seqLength)
     except (OSError, ValueError, UnicodeError) as err:
