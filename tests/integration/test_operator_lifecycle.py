@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kubespeed import wiring
-from kubespeed_operator.render import render
+from kubespeed_operator.build.render import render
 from operator_fixture import job_manifest, run_all, wait_for
 
 pytestmark = pytest.mark.integration

@@ -12,10 +12,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import pytest
 
 from kubespeed import wiring
-from kubespeed_operator import podwatch
-from kubespeed_operator.kube import Credentials, Kube
-from kubespeed_operator.observed import RUNNING
-from kubespeed_operator.podwatch import PodWatch
+from kubespeed_operator.decide.observed import RUNNING
+from kubespeed_operator.run import podwatch
+from kubespeed_operator.run.kube import Credentials, Kube
+from kubespeed_operator.run.podwatch import PodWatch
 
 JOB = "watched"
 

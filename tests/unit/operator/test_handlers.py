@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import kopf
 
-import kubespeed_operator.handlers  # noqa: F401  (registers the handlers)
-from kubespeed_operator.settings import NoDiffBase, configure
+import kubespeed_operator.run.handlers  # noqa: F401  (registers the handlers)
+from kubespeed_operator.run.settings import NoDiffBase, configure
 
 
 def test_no_handler_reads_kopfs_diff_base() -> None:

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from kubespeed import wiring
-from kubespeed_operator.lifecycle import Blocker, Timing, decide
-from kubespeed_operator.observed import PodView, view
-from kubespeed_operator.progress import TrainerReading
-from kubespeed_operator.status import timestamp
+from kubespeed_operator.decide.lifecycle import Blocker, Timing, decide
+from kubespeed_operator.decide.observed import PodView, view
+from kubespeed_operator.decide.progress import TrainerReading
+from kubespeed_operator.decide.status import timestamp
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=timezone.utc)
 EARLIER = timestamp(NOW - timedelta(minutes=10))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubespeed_operator.lifecycle import Timing
-from kubespeed_operator.metrics import OperatorMetrics
-from kubespeed_operator.reconciler import Reconciler, _newer
+from kubespeed_operator.decide.lifecycle import Timing
+from kubespeed_operator.run.metrics import OperatorMetrics
+from kubespeed_operator.run.reconciler import Reconciler, _newer
 
 
 def _job(version: str, uid: str = "u1", phase: str | None = None) -> dict[str, Any]:

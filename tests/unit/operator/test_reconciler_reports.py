@@ -16,11 +16,11 @@ from typing import Any, Callable
 import pytest
 
 from kubespeed import wiring
-from kubespeed_operator import reconciler as reconciler_mod
-from kubespeed_operator.lifecycle import Timing
-from kubespeed_operator.metrics import OperatorMetrics
-from kubespeed_operator.observed import view
-from kubespeed_operator.reconciler import Reconciler
+from kubespeed_operator.decide.lifecycle import Timing
+from kubespeed_operator.decide.observed import view
+from kubespeed_operator.run import reconciler as reconciler_mod
+from kubespeed_operator.run.metrics import OperatorMetrics
+from kubespeed_operator.run.reconciler import Reconciler
 
 NAMESPACE = "team-a"
 

@@ -36,13 +36,14 @@ import aiohttp
 
 from kubespeed import wiring
 from kubespeed.spec import LMTrainingJobSpec, SpecError, parse_job_spec
-from kubespeed_operator import progress as progress_mod
-from kubespeed_operator.children import attempt_pods, job_children
-from kubespeed_operator.kube import ApiError, Kube, job_path, path, with_conflict_retry
-from kubespeed_operator.lifecycle import Blocker, Decision, Timing, decide
-from kubespeed_operator.metrics import OperatorMetrics
-from kubespeed_operator.observed import RUNNING, PodView, view
-from kubespeed_operator.status import Event, diff, timestamp
+from kubespeed_operator.build.children import attempt_pods, job_children
+from kubespeed_operator.decide import progress as progress_mod
+from kubespeed_operator.decide.lifecycle import Blocker, Decision, Timing, decide
+from kubespeed_operator.decide.observed import RUNNING, PodView, view
+from kubespeed_operator.decide.status import Event, diff, timestamp
+from kubespeed_operator.run import scrape
+from kubespeed_operator.run.kube import ApiError, Kube, job_path, path, with_conflict_retry
+from kubespeed_operator.run.metrics import OperatorMetrics
 
 logger = logging.getLogger("kubespeed.operator")
 
@@ -318,7 +319,7 @@ class Reconciler:
         if not progress_mod.is_due(status.get("progress"), _now(), self.timing.progress_interval):
             return None
         self._next_progress_read[key] = time.monotonic() + self.timing.progress_interval
-        return await progress_mod.read(self.http, rank0.ip)
+        return await scrape.read(self.http, rank0.ip)
 
     async def _create(self, job: dict[str, Any], spec: LMTrainingJobSpec, decision: Decision) -> tuple[Blocker | None, list[PodView]]:
         """Create the job's children and the attempt's missing pods: a Blocker says why not,

@@ -24,10 +24,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kubespeed.spec import LMTrainingJobSpec, SpecError, parse_job_spec
-from kubespeed_operator import progress as progress_mod
-from kubespeed_operator.observed import RUNNING, SUCCEEDED, PodView
-from kubespeed_operator.restart import attempt_failure, verdict
-from kubespeed_operator.status import (
+from kubespeed_operator.decide import progress as progress_mod
+from kubespeed_operator.decide.observed import RUNNING, SUCCEEDED, PodView
+from kubespeed_operator.decide.restart import attempt_failure, verdict
+from kubespeed_operator.decide.status import (
     TERMINAL,
     Cond,
     Event,

@@ -23,8 +23,8 @@ from typing import Any, Callable
 import aiohttp
 
 from kubespeed import wiring
-from kubespeed_operator.kube import ApiError, Kube, path
-from kubespeed_operator.observed import PodView, view
+from kubespeed_operator.decide.observed import PodView, view
+from kubespeed_operator.run.kube import ApiError, Kube, path
 
 logger = logging.getLogger("kubespeed.operator")
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from kubespeed.spec.status import CONDITION_TYPES
-from kubespeed_operator.observed import FAILED, RUNNING, SUCCEEDED, PodView
+from kubespeed_operator.decide.observed import FAILED, RUNNING, SUCCEEDED, PodView
 
 TERMINAL = ("Succeeded", "Failed")
 # The condition that is True in each phase (Pending has none of its own).

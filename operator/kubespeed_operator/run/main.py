@@ -22,13 +22,13 @@ from typing import Any
 import aiohttp
 
 from kubespeed import wiring
-from kubespeed_operator.kube import Kube, load_credentials
-from kubespeed_operator.leader import Lease
-from kubespeed_operator.lifecycle import Timing
-from kubespeed_operator.metrics import OperatorMetrics
-from kubespeed_operator.podwatch import PodWatch
-from kubespeed_operator.reconciler import Reconciler
-from kubespeed_operator.workers import Workers
+from kubespeed_operator.decide.lifecycle import Timing
+from kubespeed_operator.run.kube import Kube, load_credentials
+from kubespeed_operator.run.leader import Lease
+from kubespeed_operator.run.metrics import OperatorMetrics
+from kubespeed_operator.run.podwatch import PodWatch
+from kubespeed_operator.run.reconciler import Reconciler
+from kubespeed_operator.run.workers import Workers
 
 logger = logging.getLogger("kubespeed.operator")
 DEFAULT_LEASE_NAMESPACE = "kubespeed-system"
@@ -84,7 +84,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> int:
     import kopf
 
-    import kubespeed_operator.handlers  # noqa: F401  (registers the handlers)
+    import kubespeed_operator.run.handlers  # noqa: F401  (registers the handlers)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

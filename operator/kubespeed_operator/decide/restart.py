@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from kubespeed import wiring
 from kubespeed.spec.job import RunPolicy
-from kubespeed_operator.observed import FAILED, PodView
+from kubespeed_operator.decide.observed import FAILED, PodView
 
 # Reasons named after the trainer's permanent exit codes; another permanent code is `PermanentExitCode`.
 EXIT_REASONS = {

@@ -12,7 +12,7 @@ from typing import Any
 import kopf
 
 from kubespeed import wiring
-from kubespeed_operator.settings import configure
+from kubespeed_operator.run.settings import configure
 
 JOBS = {"group": wiring.API_GROUP, "version": wiring.API_VERSION, "plural": wiring.PLURAL}
 
