@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
 def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFolder, *, plain: bool, job_path: str, started: float) -> int:
     from kubespeed_operator.build.children import attempt_pods, job_children
     from kubespeed_operator.build.render import FIRST_ATTEMPT
-    from kubespeed_operator.decide.observed import FAILED, PodView
+    from kubespeed_operator.decide.observed import PodPhase, PodView
     from kubespeed_operator.decide.restart import attempt_failure, verdict
 
     name = job["metadata"]["name"]
@@ -105,7 +105,7 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
                                      on_tick=lambda port=gang[0].metrics_port: show(port, clock, view))
             if result.exit_code == 0 or result.interrupted:
                 break
-            failed = PodView(result.failed_pod, result.failed_rank, attempt, phase=FAILED, exit_code=result.exit_code)
+            failed = PodView(result.failed_pod, result.failed_rank, attempt, phase=PodPhase.FAILED, exit_code=result.exit_code)
             decision = verdict(attempt_failure([failed], spec.nodes, name), spec.runPolicy, attempt - FIRST_ATTEMPT, attempt)
             print(f"{name}: {decision.message}", file=sys.stderr)
             if not decision.restart:

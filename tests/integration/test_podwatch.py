@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import pytest
 
 from kubespeed import wiring
-from kubespeed_operator.decide.observed import RUNNING
+from kubespeed_operator.decide.observed import PodPhase
 from kubespeed_operator.run import podwatch
 from kubespeed_operator.run.kube import Credentials, Kube
 from kubespeed_operator.run.podwatch import PodWatch
@@ -89,7 +89,7 @@ def test_listed_pods_then_watched_changes_reach_the_views_and_name_their_job(wat
         core.create_namespaced_pod(namespace, pod("watched-1", 1))
         await until(lambda: len(watch.pods_of(namespace, JOB)) == 2, "the created pod")
         core.patch_namespaced_pod_status("watched-1", namespace, {"status": {"phase": "Running", "podIP": "10.1.2.3"}})
-        await until(lambda: any(p.phase == RUNNING and p.ip == "10.1.2.3" for p in watch.pods_of(namespace, JOB)), "the status change")
+        await until(lambda: any(p.phase == PodPhase.RUNNING and p.ip == "10.1.2.3" for p in watch.pods_of(namespace, JOB)), "the status change")
 
         core.delete_namespaced_pod("watched-0", namespace, grace_period_seconds=0)
         await until(lambda: [p.name for p in watch.pods_of(namespace, JOB)] == ["watched-1"], "the deletion")

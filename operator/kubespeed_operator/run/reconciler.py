@@ -39,7 +39,7 @@ from kubespeed.spec import LMTrainingJobSpec, SpecError, parse_job_spec
 from kubespeed_operator.build.children import attempt_pods, job_children
 from kubespeed_operator.decide import progress as progress_mod
 from kubespeed_operator.decide.lifecycle import Blocker, Decision, Timing, decide
-from kubespeed_operator.decide.observed import RUNNING, PodView, view
+from kubespeed_operator.decide.observed import PodPhase, PodView, view
 from kubespeed_operator.decide.status import Event, diff, timestamp
 from kubespeed_operator.run import scrape
 from kubespeed_operator.run.kube import ApiError, Kube, job_path, path, with_conflict_retry
@@ -311,7 +311,7 @@ class Reconciler:
         if status.get("phase") != "Running":
             return None
         rank0 = next((p for p in pods if p.attempt == status.get("attempt") and p.rank == 0), None)
-        if rank0 is None or rank0.phase != RUNNING or not rank0.ip:
+        if rank0 is None or rank0.phase != PodPhase.RUNNING or not rank0.ip:
             return None
         key = (job["metadata"]["namespace"], job["metadata"]["name"])
         if time.monotonic() < self._next_progress_read.get(key, 0.0):
