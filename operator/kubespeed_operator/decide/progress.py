@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from kubespeed import checkpoints, metrics
+from kubespeed.spec.status import Phase
+from kubespeed_operator.decide.observed import PodPhase, PodView
 from kubespeed_operator.decide.status import parse_time
 
 
@@ -93,3 +95,13 @@ def finished_status(total_steps: int, old_progress: dict | None, old_checkpoint:
 def is_due(old_progress: dict | None, now: datetime, interval: float) -> bool:
     last = parse_time((old_progress or {}).get("updateTime"))
     return last is None or (now - last).total_seconds() >= interval
+
+
+def rank0_to_read(status: dict, pods: list[PodView], now: datetime, interval: float) -> PodView | None:
+    """Rank 0 of the running attempt, when the job's progress is due to be read from it."""
+    if status.get("phase") != Phase.RUNNING:
+        return None
+    rank0 = next((p for p in pods if p.attempt == status.get("attempt") and p.rank == 0), None)
+    if rank0 is None or rank0.phase != PodPhase.RUNNING or not rank0.ip:
+        return None
+    return rank0 if is_due(status.get("progress"), now, interval) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 
@@ -27,3 +28,22 @@ async def read(session: aiohttp.ClientSession, pod_ip: str) -> TrainerReading | 
             return parse(await response.text())
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError, UnicodeDecodeError):
         return None
+
+
+class ProgressReader:
+    """Reads each job's rank 0 at most once per `interval`, however often the job is reconciled."""
+
+    def __init__(self, session: aiohttp.ClientSession, interval: float) -> None:
+        self.session = session
+        self.interval = interval
+        # Monotonic time of the next read per job: a rate limit, not state.
+        self._next_read: dict[tuple[str, str], float] = {}
+
+    async def read(self, job: tuple[str, str], pod_ip: str) -> TrainerReading | None:
+        if time.monotonic() < self._next_read.get(job, 0.0):
+            return None
+        self._next_read[job] = time.monotonic() + self.interval
+        return await read(self.session, pod_ip)
+
+    def forget(self, job: tuple[str, str]) -> None:
+        self._next_read.pop(job, None)
