@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+import kopf
 import pytest
 
 from kubespeed import wiring
@@ -49,9 +49,10 @@ def watched(control_plane, namespace) -> Callable[[Callable[..., Awaitable[None]
     from kubernetes import client
 
     core = client.CoreV1Api(control_plane.api_client())
-    context = ssl.create_default_context(cafile=str(control_plane.pki.ca.cert))
-    context.load_cert_chain(str(control_plane.pki.admin.cert), str(control_plane.pki.admin.key))
-    admin = Credentials(host=control_plane.server, ssl=context, token=lambda: None)
+    pki = control_plane.pki
+    admin = Credentials(lambda: kopf.ConnectionInfo(
+        server=control_plane.server, ca_path=str(pki.ca.cert), certificate_path=str(pki.admin.cert), private_key_path=str(pki.admin.key),
+    ))  # fmt: skip
 
     def run(scenario: Callable[..., Awaitable[None]]) -> None:
         async def main() -> None:

@@ -1,8 +1,8 @@
-"""Every kopf handler of the operator, and nothing else: they wake the job's reconcile task.
+"""Every kopf handler of the operator, and nothing else: settings, login, and routing job events.
 
-The work lives elsewhere: `reconciler` (read, decide, apply), `lifecycle` (the
-decision), `children` (the objects), `podwatch` (the pods, which the operator
-watches itself). Handlers only route events to jobs.
+The work lives elsewhere: `main.Operator` routes an event to the job's task,
+`reconciler` reads, decides (`decide.lifecycle`) and applies, with the objects
+of `build.children`; the pods are watched by the operator's own `podwatch`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from kubespeed import wiring
+from kubespeed_operator.run import kube
 from kubespeed_operator.run.settings import configure
 
 JOBS = {"group": wiring.API_GROUP, "version": wiring.API_VERSION, "plural": wiring.PLURAL}
@@ -20,6 +21,12 @@ JOBS = {"group": wiring.API_GROUP, "version": wiring.API_VERSION, "plural": wiri
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     configure(settings)
+
+
+@kopf.on.login()
+async def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    # The same resolution as the operator's own client, whichever client libraries are installed.
+    return kube.login(settings)
 
 
 @kopf.on.event(**JOBS)

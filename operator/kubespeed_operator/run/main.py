@@ -20,11 +20,12 @@ import sys
 from typing import Any
 
 import aiohttp
+import kopf
 
 from kubespeed import wiring
 from kubespeed_operator.decide.lifecycle import Timing
 from kubespeed_operator.run.jobs import Jobs
-from kubespeed_operator.run.kube import Kube, load_credentials
+from kubespeed_operator.run.kube import Credentials, Kube, login
 from kubespeed_operator.run.leader import Lease
 from kubespeed_operator.run.metrics import OperatorMetrics
 from kubespeed_operator.run.podwatch import PodWatch
@@ -77,9 +78,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-async def run(args: argparse.Namespace) -> int:
-    import kopf
-
+async def run(args: argparse.Namespace, credentials: Credentials) -> int:
     import kubespeed_operator.run.handlers  # noqa: F401  (registers the handlers)
 
     stop = asyncio.Event()
@@ -88,7 +87,7 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     jobs = Jobs()
     metrics = OperatorMetrics(jobs)
-    async with Kube(load_credentials(), on_request=metrics.count_request) as kube, aiohttp.ClientSession() as http:
+    async with Kube(credentials, on_request=metrics.count_request) as kube, aiohttp.ClientSession() as http:
         servers = await metrics.serve(args.metrics_port, args.health_port)
         lease = Lease(kube, args.lease_namespace, args.lease_name, args.identity, args.lease_seconds)
         acquiring = asyncio.create_task(lease.acquire())
@@ -143,10 +142,9 @@ def main(argv: list[str]) -> int:
     )
     # kopf logs every event at INFO; the operator's own lines say what matters.
     logging.getLogger("kopf").setLevel(logging.WARNING)
-    from kubernetes.config import ConfigException
-
     try:
-        return asyncio.run(run(args))
-    except ConfigException as err:
+        credentials = Credentials(login)
+    except kopf.LoginError as err:
         print(f"kubespeed operator: no cluster credentials (in-cluster or kubeconfig): {err}", file=sys.stderr)
         return 2
+    return asyncio.run(run(args, credentials))
