@@ -136,7 +136,8 @@ class _Context:
         return {k: v for k, v in status.items() if v is not None}
 
     def decision(self, status: dict[str, Any], reason: str, wake_after: float, **kwargs: Any) -> Decision:
-        decision = Decision(status=status, reason=reason, grace_seconds=self.policy.terminationGracePeriodSeconds, wake_after=wake_after, **kwargs)
+        grace = self.policy.terminationGracePeriodSeconds
+        decision = Decision(status=status, reason=reason, grace_seconds=grace, wake_after=wake_after, **kwargs)
         decision.events = transition_events(self.old, status, reason)
         return decision
 
