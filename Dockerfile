@@ -16,7 +16,7 @@ COPY pyproject.toml README.md ./
 COPY kubespeed ./kubespeed
 COPY operator ./operator
 COPY trainer ./trainer
-# Only the operator extra: kopf and the Kubernetes client, never torch. The
+# Only the operator extra: kopf and what the operator's own client needs, never torch. The
 # versions are the exact pins in pyproject.toml, which hadolint does not read.
 # hadolint ignore=DL3013
 RUN /opt/kubespeed/bin/pip install ".[operator]"

@@ -19,9 +19,9 @@ import sys
 # name -> (module, one-line summary); each module has `main(argv: list[str]) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "local": ("kubespeed.local", "run an LMTrainingJob on this machine, each pod a local process group"),
-    "render": ("kubespeed_operator.render", "print the objects the operator would create for a job, as YAML"),
+    "render": ("kubespeed_operator.render_command", "print the objects the operator would create for a job, as YAML"),
     "crd": ("kubespeed.spec.crd", "print the LMTrainingJob CustomResourceDefinition"),
-    "operator": ("kubespeed_operator.main", "run the operator"),
+    "operator": ("kubespeed_operator.run.main", "run the operator"),
     "launch": ("kubespeed_trainer.commands.launch", "pod entrypoint: start this node's ranks from the pod wiring"),
     "train": ("kubespeed_trainer.commands.train", "train one rank group from a trainer config file"),
     "prepare": ("kubespeed_trainer.commands.prepare", "tokenize a data source once into token shards"),

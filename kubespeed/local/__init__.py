@@ -4,7 +4,7 @@
     kubespeed local manifests/examples/quickstart.yaml --set training.steps=50 --no-progress
     kubespeed local manifests/examples/quickstart.yaml --fresh      # forget the last run, start over
 
-The pods are the operator's own (`kubespeed_operator.children`); `rewire` says what
+The pods are the operator's own (`kubespeed_operator.build.children`); `rewire` says what
 differs off-cluster, `runner` runs the gang, `progress`, `summary` and `plot` report.
 """
 

@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def load_local_job(path: str, overrides: list[str]) -> tuple[dict[str, Any], LMTrainingJobSpec]:
     """The manifest with overrides applied, as `kubespeed render` submits it, and its parsed spec."""
-    from kubespeed_operator.render import as_submitted
+    from kubespeed_operator.build.render import as_submitted
 
     job = apply_overrides(load_job(path), overrides)
     spec = parse_job_spec(job.get("spec") or {}, path=f"{path}: spec")
@@ -79,10 +79,10 @@ def main(argv: list[str]) -> int:
 
 
 def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFolder, *, plain: bool, job_path: str, started: float) -> int:
-    from kubespeed_operator.children import attempt_pods, job_children
-    from kubespeed_operator.observed import FAILED, PodView
-    from kubespeed_operator.render import FIRST_ATTEMPT
-    from kubespeed_operator.restart import attempt_failure, verdict
+    from kubespeed_operator.build.children import attempt_pods, job_children
+    from kubespeed_operator.build.render import FIRST_ATTEMPT
+    from kubespeed_operator.decide.observed import PodPhase, PodView
+    from kubespeed_operator.decide.restart import attempt_failure, verdict
 
     name = job["metadata"]["name"]
     clock = progress.StepClock(start_step=resume_step(folder, spec), started=started)
@@ -105,7 +105,7 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
                                      on_tick=lambda port=gang[0].metrics_port: show(port, clock, view))
             if result.exit_code == 0 or result.interrupted:
                 break
-            failed = PodView(result.failed_pod, result.failed_rank, attempt, phase=FAILED, exit_code=result.exit_code)
+            failed = PodView(result.failed_pod, result.failed_rank, attempt, phase=PodPhase.FAILED, exit_code=result.exit_code)
             decision = verdict(attempt_failure([failed], spec.nodes, name), spec.runPolicy, attempt - FIRST_ATTEMPT, attempt)
             print(f"{name}: {decision.message}", file=sys.stderr)
             if not decision.restart:

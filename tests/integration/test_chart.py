@@ -289,7 +289,7 @@ def test_installed_service_account_may_not_do_what_the_operator_never_does(insta
 
 def test_installed_service_account_creates_a_training_pod_and_patches_job_status(installed, cluster_ready, namespace):
     """Real requests as the ServiceAccount: what the operator does first for every job."""
-    from kubespeed_operator.children import attempt_pods
+    from kubespeed_operator.build.children import attempt_pods
 
     release_namespace, account = installed
     as_operator = cluster_ready.impersonate(release_namespace, account)

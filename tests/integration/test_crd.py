@@ -16,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from kubespeed import wiring
 from kubespeed.devcluster.cluster import ControlPlane
 from kubespeed.spec import crd, parse_job_spec, to_dict
-from kubespeed_operator.render import render
+from kubespeed_operator.build.render import render
 
 pytestmark = pytest.mark.integration
 

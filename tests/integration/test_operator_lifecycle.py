@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kubespeed import wiring
-from kubespeed_operator.render import render
+from kubespeed_operator.build.render import render
 from operator_fixture import job_manifest, run_all, wait_for
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,7 @@ def test_the_job_follows_its_pods_to_running_and_succeeded(lmtj, kubelet):
 
 
 def test_jobs_applied_together_each_get_their_pods_status_and_events(lmtj, kubelet):
-    """Startup reports may wait while other jobs' pods are created (reconciler.py); none is lost."""
+    """Startup reports may wait while other jobs' pods are created (run/pods_first.py); none is lost."""
     from concurrent.futures import ThreadPoolExecutor
 
     names = [f"burst-{i}" for i in range(6)]

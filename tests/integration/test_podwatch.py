@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+import kopf
 import pytest
 
 from kubespeed import wiring
-from kubespeed_operator import podwatch
-from kubespeed_operator.kube import Credentials, Kube
-from kubespeed_operator.observed import RUNNING
-from kubespeed_operator.podwatch import PodWatch
+from kubespeed_operator.decide.observed import PodPhase
+from kubespeed_operator.run import podwatch
+from kubespeed_operator.run.kube import Credentials, Kube
+from kubespeed_operator.run.podwatch import PodWatch
 
 JOB = "watched"
 
@@ -49,9 +49,10 @@ def watched(control_plane, namespace) -> Callable[[Callable[..., Awaitable[None]
     from kubernetes import client
 
     core = client.CoreV1Api(control_plane.api_client())
-    context = ssl.create_default_context(cafile=str(control_plane.pki.ca.cert))
-    context.load_cert_chain(str(control_plane.pki.admin.cert), str(control_plane.pki.admin.key))
-    admin = Credentials(host=control_plane.server, ssl=context, token=lambda: None)
+    pki = control_plane.pki
+    admin = Credentials(lambda: kopf.ConnectionInfo(
+        server=control_plane.server, ca_path=str(pki.ca.cert), certificate_path=str(pki.admin.cert), private_key_path=str(pki.admin.key),
+    ))  # fmt: skip
 
     def run(scenario: Callable[..., Awaitable[None]]) -> None:
         async def main() -> None:
@@ -89,7 +90,7 @@ def test_listed_pods_then_watched_changes_reach_the_views_and_name_their_job(wat
         core.create_namespaced_pod(namespace, pod("watched-1", 1))
         await until(lambda: len(watch.pods_of(namespace, JOB)) == 2, "the created pod")
         core.patch_namespaced_pod_status("watched-1", namespace, {"status": {"phase": "Running", "podIP": "10.1.2.3"}})
-        await until(lambda: any(p.phase == RUNNING and p.ip == "10.1.2.3" for p in watch.pods_of(namespace, JOB)), "the status change")
+        await until(lambda: any(p.phase == PodPhase.RUNNING and p.ip == "10.1.2.3" for p in watch.pods_of(namespace, JOB)), "the status change")
 
         core.delete_namespaced_pod("watched-0", namespace, grace_period_seconds=0)
         await until(lambda: [p.name for p in watch.pods_of(namespace, JOB)] == ["watched-1"], "the deletion")

@@ -24,8 +24,8 @@ from kubernetes.client.exceptions import ApiException
 
 from kubespeed import wiring
 from kubespeed.devcluster.cluster import ControlPlane
-from kubespeed_operator.children import attempt_pods, job_children
-from kubespeed_operator.render import as_submitted
+from kubespeed_operator.build.children import attempt_pods, job_children
+from kubespeed_operator.build.render import as_submitted
 
 from chart_fixture import MODE_IDS, MODES, REPO, render
 

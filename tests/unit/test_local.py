@@ -87,7 +87,7 @@ def test_bad_job_exits_with_the_config_error_code(tmp_path, capsys):
 
 
 def local_pods(tmp_path: Path, gpu: bool = False) -> tuple[list[rewire.LocalPod], rewire.RunFolder]:
-    from kubespeed_operator.children import attempt_pods
+    from kubespeed_operator.build.children import attempt_pods
 
     job, spec = command.load_local_job(str(write_job(tmp_path)), [])
     folder = rewire.RunFolder(tmp_path / "runs" / "demo")
@@ -145,7 +145,7 @@ def test_a_claim_is_a_folder_beside_the_runs(tmp_path, claim, where):
 
 
 def test_config_files_are_written_as_the_kubelet_projects_them(tmp_path):
-    from kubespeed_operator.children import job_children
+    from kubespeed_operator.build.children import job_children
 
     job, _ = command.load_local_job(str(write_job(tmp_path)), [])
     config_map = next(c for c in job_children(job) if c["kind"] == "ConfigMap")
@@ -170,7 +170,7 @@ FINETUNE = {**JOB, "spec": {**JOB["spec"], "data": {"train": "builtin:tiny", "cl
     ],
 )
 def test_trainer_config_paths_are_the_ones_this_machine_sees(tmp_path, name, field, value, want):
-    from kubespeed_operator.children import attempt_pods
+    from kubespeed_operator.build.children import attempt_pods
 
     job, spec = command.load_local_job(str(write_job(tmp_path, FINETUNE)), [])
     folder = rewire.RunFolder(tmp_path / "runs" / "demo")

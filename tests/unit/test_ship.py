@@ -172,7 +172,7 @@ def test_operator_image_is_non_root_and_runs_the_operator_command():
     uid, gid = (int(part) for part in stage.last("USER").split(":"))
     assert uid != 0 and gid != 0
     assert json.loads(stage.last("ENTRYPOINT")) == ["kubespeed", "operator"]
-    assert cli.COMMANDS["operator"][0] == "kubespeed_operator.main"
+    assert cli.COMMANDS["operator"][0] == "kubespeed_operator.run.main"
     assert stage.last("EXPOSE").split() == [str(wiring.OPERATOR_METRICS_PORT), str(wiring.OPERATOR_HEALTH_PORT)]
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import pytest
+import yaml
 
 from kubespeed import wiring
 
@@ -39,3 +41,25 @@ def _job(**spec_overrides: Any) -> dict[str, Any]:
 def make_job() -> Callable[..., dict[str, Any]]:
     """A job as the API server returns it (name `demo`, namespace `team-a`, a uid)."""
     return _job
+
+
+
+class Kubeconfig(NamedTuple):
+    path: Path
+    server: str
+    token: str
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path) -> Kubeconfig:
+    """A kubeconfig file whose one user is a bearer token."""
+    server, token = "https://api.example:6443", "t0k3n"
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": server + "/", "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+    }  # fmt: skip
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return Kubeconfig(path, server, token)

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from kubespeed import wiring
-from kubespeed.spec import SpecError, parse_trainer_config
-from kubespeed_operator.children import attempt_pods, job_children, labels, owner_reference
 from kubespeed.deepspeed_config import resolve_deepspeed_config
+from kubespeed.spec import SpecError, parse_trainer_config
+from kubespeed_operator.build.children import attempt_pods, job_children, labels, owner_reference
 
 
 def by_kind(objects):

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from kubespeed import wiring
-from kubespeed_operator.lifecycle import Blocker, Timing, decide
-from kubespeed_operator.observed import PodView, view
-from kubespeed_operator.progress import TrainerReading
-from kubespeed_operator.status import timestamp
+from kubespeed.spec.job import RunPolicy
+from kubespeed_operator.decide.lifecycle import Blocker, Timing, decide
+from kubespeed_operator.decide.observed import PodView, view
+from kubespeed_operator.decide.progress import TrainerReading
+from kubespeed_operator.decide.status import timestamp
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=timezone.utc)
 EARLIER = timestamp(NOW - timedelta(minutes=10))
@@ -321,6 +322,27 @@ def test_clean_pod_policy_decides_which_pods_go_when_the_job_ends(make_job, poli
     job = with_status(make_job(nodes=2, runPolicy={"cleanPodPolicy": policy, "restartPolicy": "Never"}), running_status())
     d = decide(job, [pod(0, **FAILED_1), pod(1)], NOW)
     assert d.status["phase"] == "Failed" and sorted(d.delete_pods) == want
+
+
+def test_the_grace_period_defaults_to_the_specs_declaration(make_job):
+    job = with_status(make_job(nodes=2, runPolicy={"restartPolicy": "Never"}), running_status())
+    d = decide(job, [pod(0, **FAILED_1), pod(1)], NOW)
+    assert d.grace_seconds == RunPolicy().terminationGracePeriodSeconds
+
+
+@pytest.mark.parametrize(
+    "run_policy, want_grace, want_deleted",
+    [
+        ({"terminationGracePeriodSeconds": 7, "cleanPodPolicy": "All"}, 7, ["demo-0", "demo-1"]),
+        ({"cleanPodPolicy": "Sometimes"}, RunPolicy().terminationGracePeriodSeconds, ["demo-1"]),
+    ],
+    ids=["its-own-runPolicy", "runPolicy-refused-too"],
+)
+def test_a_refused_spec_ends_the_job_under_its_run_policy_else_the_declarations_defaults(make_job, run_policy, want_grace, want_deleted):
+    job = with_status(make_job(nodes=2, model={"type": "hf"}, runPolicy=run_policy), running_status())
+    d = decide(job, [pod(0, phase="Succeeded"), pod(1)], NOW)
+    assert (d.status["phase"], d.reason) == ("Failed", "InvalidSpec")
+    assert (d.grace_seconds, sorted(d.delete_pods)) == (want_grace, want_deleted)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kubespeed import wiring
-from kubespeed_operator.children import attempt_pods
+from kubespeed_operator.build.children import attempt_pods
 
 
 def env_of(pod):

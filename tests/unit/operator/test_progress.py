@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kubespeed_operator.progress import TrainerReading, format_eta, metrics_url, parse
+from kubespeed_operator.decide.progress import TrainerReading, format_eta, parse
+from kubespeed_operator.run.scrape import metrics_url
 
 TEXT = """# HELP kubespeed_step Optimizer steps done.
 # TYPE kubespeed_step gauge

@@ -16,11 +16,12 @@ from typing import Any, Callable
 import pytest
 
 from kubespeed import wiring
-from kubespeed_operator import reconciler as reconciler_mod
-from kubespeed_operator.lifecycle import Timing
-from kubespeed_operator.metrics import OperatorMetrics
-from kubespeed_operator.observed import view
-from kubespeed_operator.reconciler import Reconciler
+from kubespeed_operator.decide.lifecycle import Timing
+from kubespeed_operator.decide.observed import view
+from kubespeed_operator.run import pods_first
+from kubespeed_operator.run.jobs import Jobs
+from kubespeed_operator.run.metrics import OperatorMetrics
+from kubespeed_operator.run.reconciler import Reconciler
 
 NAMESPACE = "team-a"
 
@@ -75,7 +76,8 @@ def _named(make_job: Callable[..., dict[str, Any]], name: str, **spec: Any) -> d
 
 
 def _reconciler(kube: RecordingKube, *jobs: dict[str, Any]) -> Reconciler:
-    reconciler = Reconciler(kube=kube, metrics=OperatorMetrics(), timing=Timing(), identity="test", http=None)  # type: ignore[arg-type]
+    registry = Jobs()
+    reconciler = Reconciler(kube=kube, jobs=registry, metrics=OperatorMetrics(registry), timing=Timing(), identity="test", http=None)  # type: ignore[arg-type]
     for job in jobs:
         reconciler.job_seen(job)
     return reconciler
@@ -141,7 +143,7 @@ def test_a_problem_is_reported_at_once_while_other_jobs_create(make_job: Callabl
 
 
 def test_a_report_waits_no_longer_than_its_limit(make_job: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reconciler_mod, "REPORT_WAIT_SECONDS", 0.1)
+    monkeypatch.setattr(pods_first, "REPORT_WAIT_SECONDS", 0.1)
 
     async def scenario() -> None:
         kube, reconciler, first = await _b_started_while_a_creates(make_job)

@@ -13,9 +13,9 @@ from typing import Any
 
 from kubespeed import wiring
 from kubespeed.spec import LMTrainingJobSpec, to_dict
-from kubespeed_operator.meta import child_metadata, labels
-from kubespeed_operator.podgroup import gang_annotations, gang_labels
-from kubespeed_operator.volumes import pod_volumes, volume_mounts, volume_specs
+from kubespeed_operator.build.meta import child_metadata, labels
+from kubespeed_operator.build.podgroup import gang_annotations, gang_labels
+from kubespeed_operator.build.volumes import pod_volumes, volume_mounts, volume_specs
 
 GPU_TOLERATION = {"key": wiring.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 

@@ -10,13 +10,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from kubespeed.spec.status import CONDITION_TYPES
-from kubespeed_operator.observed import FAILED, RUNNING, SUCCEEDED, PodView
+from kubespeed.spec.status import CONDITION_TYPES, ConditionType, Phase
+from kubespeed_operator.decide.observed import PodPhase, PodView
 
-TERMINAL = ("Succeeded", "Failed")
 # The condition that is True in each phase (Pending has none of its own).
-PHASE_CONDITION = {"Running": "Running", "Restarting": "Restarting", "Suspended": "Suspended", "Succeeded": "Succeeded", "Failed": "Failed"}
-WARNING_PHASES = ("Restarting", "Failed")
+PHASE_CONDITION = {
+    Phase.RUNNING: ConditionType.RUNNING,
+    Phase.RESTARTING: ConditionType.RESTARTING,
+    Phase.SUSPENDED: ConditionType.SUSPENDED,
+    Phase.SUCCEEDED: ConditionType.SUCCEEDED,
+    Phase.FAILED: ConditionType.FAILED,
+}
+WARNING_PHASES = (Phase.RESTARTING, Phase.FAILED)
 
 
 def timestamp(now: datetime) -> str:
@@ -81,9 +86,9 @@ def phase_conditions(old: list[dict[str, Any]], phase: str, reason: str, message
 def replicas(pods: list[PodView]) -> dict[str, int]:
     return {
         "active": sum(1 for p in pods if not p.finished),
-        "ready": sum(1 for p in pods if p.phase == RUNNING and p.ready),
-        "succeeded": sum(1 for p in pods if p.phase == SUCCEEDED),
-        "failed": sum(1 for p in pods if p.phase == FAILED),
+        "ready": sum(1 for p in pods if p.phase == PodPhase.RUNNING and p.ready),
+        "succeeded": sum(1 for p in pods if p.phase == PodPhase.SUCCEEDED),
+        "failed": sum(1 for p in pods if p.phase == PodPhase.FAILED),
     }
 
 
@@ -94,18 +99,22 @@ def condition(status: dict[str, Any], ctype: str) -> dict[str, Any] | None:
     return None
 
 
+# Kubernetes' Event types.
+NORMAL, WARNING = "Normal", "Warning"
+
+
 @dataclass(frozen=True)
 class Event:
-    type: str  # Normal or Warning
+    type: str  # NORMAL or WARNING
     reason: str
     message: str
 
 
 def _problem(status: dict[str, Any]) -> tuple[str, str] | None:
     """A reason the job is stuck while not failed: a False Created or Running condition."""
-    for ctype in ("Created", "Running"):
+    for ctype in (ConditionType.CREATED, ConditionType.RUNNING):
         cond = condition(status, ctype)
-        if cond and cond.get("status") == "False" and status.get("phase") == "Pending":
+        if cond and cond.get("status") == "False" and status.get("phase") == Phase.PENDING:
             return cond.get("reason") or "", cond.get("message") or ""
     return None
 
@@ -118,9 +127,9 @@ def transition_events(old: dict[str, Any], new: dict[str, Any], reason: str) -> 
     fresh_problem = problem is not None and problem != _problem(old)
     if phase != old.get("phase"):
         warning = phase in WARNING_PHASES or (fresh_problem and problem[0] == reason)
-        events.append(Event("Warning" if warning else "Normal", reason or phase or "Unknown", new.get("message") or ""))
+        events.append(Event(WARNING if warning else NORMAL, reason or phase or "Unknown", new.get("message") or ""))
     if fresh_problem and not (events and events[0].reason == problem[0]):
-        events.append(Event("Warning", problem[0], problem[1]))
+        events.append(Event(WARNING, problem[0], problem[1]))
     return events
 
 

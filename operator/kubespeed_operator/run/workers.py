@@ -12,7 +12,7 @@ from typing import Awaitable, Callable
 
 import aiohttp
 
-from kubespeed_operator.kube import ApiError
+from kubespeed_operator.run.kube import ApiError
 
 logger = logging.getLogger("kubespeed.operator")
 

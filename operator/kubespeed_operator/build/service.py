@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubespeed import wiring
-from kubespeed_operator.meta import child_metadata, job_selector, labels
+from kubespeed_operator.build.meta import child_metadata, job_selector, labels
 
 
 def headless_service(job: dict[str, Any]) -> dict[str, Any]:

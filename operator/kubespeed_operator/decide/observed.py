@@ -12,10 +12,45 @@ from typing import Any
 
 from kubespeed import wiring
 
-PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
-# Pod reasons of an end the pod did not cause: the kubelet evicted it (node pressure) or
-# the node shut down. Preemption and API evictions show as the DisruptionTarget condition.
-DISRUPTION_REASONS = frozenset({"Evicted", "Terminated", "Shutdown", "NodeShutdown"})
+
+class PodPhase:
+    """Kubernetes' pod phases."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class PodCondition:
+    """Kubernetes' pod condition types that the decisions read."""
+
+    POD_SCHEDULED = "PodScheduled"
+    READY = "Ready"
+    # Preemption and API evictions: the cluster is about to take the pod away.
+    DISRUPTION_TARGET = "DisruptionTarget"
+
+
+class PodReason:
+    """Kubernetes' reasons for a pod that cannot start or has ended, as `PodView.reason` carries them."""
+
+    UNSCHEDULABLE = "Unschedulable"
+    # Container waiting reasons of a normal start.
+    CONTAINER_CREATING = "ContainerCreating"
+    POD_INITIALIZING = "PodInitializing"
+    # Container waiting reasons of an image that cannot be pulled.
+    ERR_IMAGE_PULL = "ErrImagePull"
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    INVALID_IMAGE_NAME = "InvalidImageName"
+    ERR_IMAGE_NEVER_PULL = "ErrImageNeverPull"
+    # Pod reasons of an end the pod did not cause: the kubelet evicted it (node pressure) or the node shut down.
+    EVICTED = "Evicted"
+    TERMINATED = "Terminated"
+    SHUTDOWN = "Shutdown"
+    NODE_SHUTDOWN = "NodeShutdown"
+
+
+DISRUPTION_REASONS = frozenset({PodReason.EVICTED, PodReason.TERMINATED, PodReason.SHUTDOWN, PodReason.NODE_SHUTDOWN})
 
 
 @dataclass(frozen=True)
@@ -23,7 +58,7 @@ class PodView:
     name: str
     rank: int
     attempt: int
-    phase: str = PENDING
+    phase: str = PodPhase.PENDING
     deleting: bool = False
     ip: str | None = None
     ready: bool = False
@@ -39,12 +74,12 @@ class PodView:
 
     @property
     def finished(self) -> bool:
-        return self.phase in (SUCCEEDED, FAILED)
+        return self.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED)
 
     @property
     def started(self) -> bool:
         """The pod's containers ran (or ran and ended): its gang has begun to train."""
-        return self.phase in (RUNNING, SUCCEEDED, FAILED)
+        return self.phase in (PodPhase.RUNNING, PodPhase.SUCCEEDED, PodPhase.FAILED)
 
 
 def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +92,7 @@ def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
 
 def _unschedulable(status: dict[str, Any]) -> str | None:
     for cond in status.get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+        if cond.get("type") == PodCondition.POD_SCHEDULED and cond.get("status") == "False" and cond.get("reason") == PodReason.UNSCHEDULABLE:
             return cond.get("message") or "no node fits the pod"
     return None
 
@@ -81,17 +116,17 @@ def view(pod: dict[str, Any]) -> PodView | None:
     message = status.get("message") or terminated.get("message") or waiting.get("message")
     unschedulable = _unschedulable(status)
     if reason is None and unschedulable:
-        reason, message = "Unschedulable", unschedulable
+        reason, message = PodReason.UNSCHEDULABLE, unschedulable
     conditions = status.get("conditions") or []
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    ready = any(c.get("type") == PodCondition.READY and c.get("status") == "True" for c in conditions)
     disrupted = status.get("reason") in DISRUPTION_REASONS or any(
-        c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in conditions
+        c.get("type") == PodCondition.DISRUPTION_TARGET and c.get("status") == "True" for c in conditions
     )
     return PodView(
         name=meta.get("name", ""),
         rank=rank,
         attempt=attempt,
-        phase=status.get("phase") or PENDING,
+        phase=status.get("phase") or PodPhase.PENDING,
         deleting=meta.get("deletionTimestamp") is not None,
         ip=status.get("podIP"),
         ready=ready,

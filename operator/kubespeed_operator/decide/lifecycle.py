@@ -14,7 +14,7 @@ The rules that keep the gang whole:
 - Succeeded and Failed are final: nothing that happens to pods afterwards (the
   TTL deleting them, cleanPodPolicy) starts anything again.
 
-The handlers run `decide` on every pod event and on a timer, and apply the result.
+`run.reconciler` runs `decide` on every change of the job or its pods and on a timer, and applies the result.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from kubespeed.spec import LMTrainingJobSpec, SpecError, parse_job_spec
-from kubespeed_operator import progress as progress_mod
-from kubespeed_operator.observed import RUNNING, SUCCEEDED, PodView
-from kubespeed_operator.restart import attempt_failure, verdict
-from kubespeed_operator.status import (
-    TERMINAL,
+from kubespeed.spec import LMTrainingJobSpec, SpecError, from_dict, parse_job_spec
+from kubespeed.spec.job import RunPolicy
+from kubespeed.spec.status import TERMINAL_PHASES, ConditionType, Phase, Reason
+from kubespeed_operator.decide import progress as progress_mod
+from kubespeed_operator.decide.observed import PodPhase, PodReason, PodView
+from kubespeed_operator.decide.restart import attempt_failure, verdict
+from kubespeed_operator.decide.status import (
     Cond,
     Event,
     merge_conditions,
@@ -40,13 +41,19 @@ from kubespeed_operator.status import (
 )
 
 # Waiting reasons that are part of a normal start, not a problem to report.
-STARTING_REASONS = ("ContainerCreating", "PodInitializing")
-DEFAULT_GRACE_SECONDS = 30
+STARTING_REASONS = (PodReason.CONTAINER_CREATING, PodReason.POD_INITIALIZING)
+IMAGE_HINT = "check spec.image and the pull secret of the pods' ServiceAccount"
+# What to check for a pod that cannot start, by its reason.
+PENDING_HINTS = {
+    PodReason.ERR_IMAGE_PULL: IMAGE_HINT,
+    PodReason.IMAGE_PULL_BACK_OFF: IMAGE_HINT,
+    PodReason.UNSCHEDULABLE: "check spec.nodes, spec.procsPerNode, spec.resources and spec.scheduling against the cluster's nodes",
+}
 
 
 @dataclass(frozen=True)
 class Timing:
-    """How often time-driven work happens (the operator's `settings` may override these)."""
+    """How often time-driven work happens (`kubespeed operator`'s flags may override these)."""
 
     progress_interval: float = 15.0  # reading rank 0's metrics, per running job
     blocked_retry: float = 30.0  # a job waiting for a claim, quota or permission tries again
@@ -66,19 +73,36 @@ class Blocker:
 class Decision:
     status: dict[str, Any]
     reason: str
+    # SIGTERM to SIGKILL for the pods it deletes: runPolicy.terminationGracePeriodSeconds.
+    grace_seconds: int
+    # Seconds until the job is looked at again with nothing new observed.
+    wake_after: float
     delete_pods: list[str] = field(default_factory=list)
-    grace_seconds: int = DEFAULT_GRACE_SECONDS
     create_attempt: int | None = None
     create_ranks: list[int] = field(default_factory=list)
     delete_job: bool = False
-    wake_after: float = 300.0
     events: list[Event] = field(default_factory=list)
+
+
+def run_policy(job: dict[str, Any], spec: LMTrainingJobSpec | None) -> RunPolicy:
+    """The job's runPolicy, defaulted by the spec's declaration.
+
+    When another part of the spec is refused, runPolicy is parsed on its own, so
+    the failed job's cleanup and TTL still follow it; when it too is refused, the
+    declaration's defaults apply.
+    """
+    if spec is not None:
+        return spec.runPolicy
+    try:
+        return from_dict(RunPolicy, (job.get("spec") or {}).get("runPolicy"), "spec.runPolicy")
+    except SpecError:
+        return RunPolicy()
 
 
 class _Context:
     """The inputs of one decision, with the helpers every branch needs."""
 
-    def __init__(self, job: dict[str, Any], pods: list[PodView], now: datetime, timing: Timing):
+    def __init__(self, job: dict[str, Any], pods: list[PodView], now: datetime, timing: Timing, policy: RunPolicy):
         self.job = job
         self.name = job["metadata"]["name"]
         self.generation = job["metadata"].get("generation")
@@ -89,10 +113,7 @@ class _Context:
         self.attempt = max([self.old.get("attempt") or 0, *(p.attempt for p in pods)])
         self.restarts = self.old.get("restarts") or 0
         self.disruptions = self.old.get("disruptions") or 0
-        raw_policy = (job.get("spec") or {}).get("runPolicy") or {}
-        self.grace = int(raw_policy.get("terminationGracePeriodSeconds") or DEFAULT_GRACE_SECONDS)
-        self.ttl = raw_policy.get("ttlSecondsAfterFinished")
-        self.clean_policy = raw_policy.get("cleanPodPolicy") or "Running"
+        self.policy = policy
 
     def of_attempt(self, attempt: int) -> list[PodView]:
         return [p for p in self.pods if p.attempt == attempt]
@@ -114,23 +135,24 @@ class _Context:
         status.update(fields)
         return {k: v for k, v in status.items() if v is not None}
 
-    def decision(self, status: dict[str, Any], reason: str, **kwargs: Any) -> Decision:
-        decision = Decision(status=status, reason=reason, grace_seconds=self.grace, **kwargs)
+    def decision(self, status: dict[str, Any], reason: str, wake_after: float, **kwargs: Any) -> Decision:
+        grace = self.policy.terminationGracePeriodSeconds
+        decision = Decision(status=status, reason=reason, grace_seconds=grace, wake_after=wake_after, **kwargs)
         decision.events = transition_events(self.old, status, reason)
         return decision
 
     def cleanup(self, everything_active: bool = False) -> list[str]:
         """Pods to delete when the job ends, per runPolicy.cleanPodPolicy."""
         live = [p for p in self.pods if not p.deleting]
-        if self.clean_policy == "All":
+        if self.policy.cleanPodPolicy == "All":
             return [p.name for p in live]
-        if self.clean_policy == "Running" or everything_active:
+        if self.policy.cleanPodPolicy == "Running" or everything_active:
             return [p.name for p in live if not p.finished]
         return []
 
-    def deadline_left(self, spec: LMTrainingJobSpec) -> float | None:
+    def deadline_left(self) -> float | None:
         start = parse_time(self.old.get("startTime"))
-        limit = spec.runPolicy.activeDeadlineSeconds
+        limit = self.policy.activeDeadlineSeconds
         if start is None or limit is None:
             return None
         return (start + timedelta(seconds=limit) - self.now).total_seconds()
@@ -149,19 +171,19 @@ def decide(
 
     `spec` is the job's spec already parsed, if the caller has it; else it is parsed here.
     """
-    ctx = _Context(job, pods, now, timing)
-    if ctx.old.get("phase") in TERMINAL:
+    ctx = _Context(job, pods, now, timing, run_policy(job, spec))
+    if ctx.old.get("phase") in TERMINAL_PHASES:
         return _finished(ctx)
     try:
         spec = spec or parse_job_spec(job.get("spec") or {})
     except SpecError as err:
-        return _end(ctx, "Failed", "InvalidSpec", f"{err}; fix the spec and create the job again")
+        return _end(ctx, Phase.FAILED, Reason.INVALID_SPEC, f"{err}; fix the spec and create the job again")
     if blocker is not None and blocker.permanent:
-        return _end(ctx, "Failed", blocker.reason, blocker.message)
-    left = ctx.deadline_left(spec)
+        return _end(ctx, Phase.FAILED, blocker.reason, blocker.message)
+    left = ctx.deadline_left()
     if left is not None and left <= 0 and not spec.runPolicy.suspend:
         message = f"the job ran longer than runPolicy.activeDeadlineSeconds ({spec.runPolicy.activeDeadlineSeconds}s)"
-        return _end(ctx, "Failed", "DeadlineExceeded", message, everything_active=True)
+        return _end(ctx, Phase.FAILED, Reason.DEADLINE_EXCEEDED, message, everything_active=True)
     if spec.runPolicy.suspend:
         return _suspended(ctx)
     return _active(ctx, spec, blocker, progress, left)
@@ -169,8 +191,9 @@ def decide(
 
 def _end(ctx: _Context, phase: str, reason: str, message: str, everything_active: bool = False, **fields: Any) -> Decision:
     status = ctx.status(phase, reason, message, completionTime=timestamp(ctx.now), **fields)
-    wake = ctx.ttl if ctx.ttl is not None else ctx.timing.resync
-    return ctx.decision(status, reason, delete_pods=ctx.cleanup(everything_active), wake_after=max(float(wake), 0.0))
+    ttl = ctx.policy.ttlSecondsAfterFinished
+    wake = ttl if ttl is not None else ctx.timing.resync
+    return ctx.decision(status, reason, wake_after=max(float(wake), 0.0), delete_pods=ctx.cleanup(everything_active))
 
 
 def _finished(ctx: _Context) -> Decision:
@@ -178,12 +201,14 @@ def _finished(ctx: _Context) -> Decision:
     old = ctx.old
     status = {**old, "observedGeneration": ctx.generation, "replicas": replicas(ctx.of_attempt(ctx.attempt))}
     own = next((c for c in old.get("conditions") or [] if c.get("type") == old.get("phase")), {})
-    decision = Decision(status=status, reason=own.get("reason") or old["phase"], grace_seconds=ctx.grace)
-    decision.delete_pods = ctx.cleanup()
-    decision.wake_after = ctx.timing.resync
+    decision = Decision(
+        status=status, reason=own.get("reason") or old["phase"], grace_seconds=ctx.policy.terminationGracePeriodSeconds,
+        wake_after=ctx.timing.resync, delete_pods=ctx.cleanup(),
+    )
     completed = parse_time(old.get("completionTime"))
-    if ctx.ttl is not None and completed is not None:
-        left = (completed + timedelta(seconds=int(ctx.ttl)) - ctx.now).total_seconds()
+    ttl = ctx.policy.ttlSecondsAfterFinished
+    if ttl is not None and completed is not None:
+        left = (completed + timedelta(seconds=ttl) - ctx.now).total_seconds()
         decision.delete_job = left <= 0
         decision.wake_after = max(left, 0.0)
     return decision
@@ -191,24 +216,20 @@ def _finished(ctx: _Context) -> Decision:
 
 def _suspended(ctx: _Context) -> Decision:
     """Suspending ends the attempt: its pods go, the ConfigMap and checkpoints stay."""
-    if ctx.old.get("phase") != "Suspended" and ctx.attempt >= 1:
+    if ctx.old.get("phase") != Phase.SUSPENDED and ctx.attempt >= 1:
         # The attempt that resumes is a new one, so its pods never meet the suspended ones.
         ctx.attempt += 1
     message = "suspended: pods deleted, config and checkpoints kept; set spec.runPolicy.suspend to false to resume"
     # Like a batch Job, the deadline clock starts again when the job resumes.
-    status = ctx.status("Suspended", "Suspended", message, startTime=None)
+    status = ctx.status(Phase.SUSPENDED, Reason.SUSPENDED, message, startTime=None)
     doomed = [p.name for p in ctx.pods if not p.deleting]
-    return ctx.decision(status, "Suspended", delete_pods=doomed, wake_after=ctx.timing.resync)
+    return ctx.decision(status, Reason.SUSPENDED, wake_after=ctx.timing.resync, delete_pods=doomed)
 
 
 def _pending_problem(pods: list[PodView]) -> tuple[str, str] | None:
     for pod in pods:
         if not pod.started and pod.reason and pod.reason not in STARTING_REASONS:
-            hint = {
-                "ErrImagePull": "check spec.image and the pull secret of the pods' ServiceAccount",
-                "ImagePullBackOff": "check spec.image and the pull secret of the pods' ServiceAccount",
-                "Unschedulable": "check spec.nodes, spec.procsPerNode, spec.resources and spec.scheduling against the cluster's nodes",
-            }.get(pod.reason, "see `kubectl describe pod`")
+            hint = PENDING_HINTS.get(pod.reason, "see `kubectl describe pod`")
             return pod.reason, f"pod {pod.name}: {pod.message or pod.reason}; {hint}"
     return None
 
@@ -225,67 +246,67 @@ def _active(
     current = ctx.of_attempt(attempt)
     stale = [p for p in ctx.pods if p.attempt != attempt]
     timers = [ctx.timing.resync] + ([deadline_left] if deadline_left is not None else [])
-    resumed = ctx.old.get("phase") == "Suspended"
+    resumed = ctx.old.get("phase") == Phase.SUSPENDED
 
     if stale:
         # Same names in every attempt: the next attempt waits until the old pods are gone.
-        phase = "Restarting" if ctx.old.get("phase") == "Restarting" else "Pending"
-        reason = "Resumed" if resumed else (_own_reason(ctx.old) if phase == "Restarting" else "WaitingForOldPods")
+        phase = Phase.RESTARTING if ctx.old.get("phase") == Phase.RESTARTING else Phase.PENDING
+        reason = Reason.RESUMED if resumed else (_own_reason(ctx.old) if phase == Phase.RESTARTING else Reason.WAITING_FOR_OLD_PODS)
         message = f"waiting for {len(stale)} pods of earlier attempts to terminate before attempt {attempt} starts"
-        if phase == "Restarting":
+        if phase == Phase.RESTARTING:
             message = ctx.old.get("message") or message
         doomed = [p.name for p in stale if not p.deleting]
-        return ctx.decision(ctx.status(phase, reason, message), reason, delete_pods=doomed, wake_after=min(timers))
+        return ctx.decision(ctx.status(phase, reason, message), reason, wake_after=min(timers), delete_pods=doomed)
 
     failure = attempt_failure(current, nodes, ctx.name)
     if failure is not None:
         judged = verdict(failure, spec.runPolicy, ctx.restarts - ctx.disruptions, attempt)
         if not judged.restart:
-            return _end(ctx, "Failed", judged.reason, judged.message)
+            return _end(ctx, Phase.FAILED, judged.reason, judged.message)
         ctx.attempt, ctx.restarts = attempt + 1, ctx.restarts + 1
         ctx.disruptions += 1 if failure.disruption else 0
-        status = ctx.status("Restarting", judged.reason, judged.message, replicas=replicas(current))
+        status = ctx.status(Phase.RESTARTING, judged.reason, judged.message, replicas=replicas(current))
         doomed = [p.name for p in current if not p.deleting]
-        return ctx.decision(status, judged.reason, delete_pods=doomed, wake_after=min(timers))
+        return ctx.decision(status, judged.reason, wake_after=min(timers), delete_pods=doomed)
 
-    if len(current) == nodes and all(p.phase == SUCCEEDED for p in current):
+    if len(current) == nodes and all(p.phase == PodPhase.SUCCEEDED for p in current):
         message = f"training finished: all {nodes} pods of attempt {attempt} exited 0"
         final = progress_mod.finished_status(spec.training.steps, ctx.old.get("progress"), ctx.old.get("checkpoint"), timestamp(ctx.now))
-        return _end(ctx, "Succeeded", "Succeeded", message, **final)
+        return _end(ctx, Phase.SUCCEEDED, Reason.SUCCEEDED, message, **final)
 
     start = ctx.old.get("startTime") or min((p.created for p in current if p.created), default=None)
     fields: dict[str, Any] = {"startTime": start}
     extra: dict[str, Cond] = {}
     missing = sorted(set(range(nodes)) - {p.rank for p in current})
     if missing and blocker is not None:
-        extra["Created"] = Cond("False", blocker.reason, blocker.message)
-        status = ctx.status("Pending", blocker.reason, blocker.message, extra, **fields)
+        extra[ConditionType.CREATED] = Cond("False", blocker.reason, blocker.message)
+        status = ctx.status(Phase.PENDING, blocker.reason, blocker.message, extra, **fields)
         return ctx.decision(status, blocker.reason, wake_after=min(timers + [ctx.timing.blocked_retry]))
     if not missing:
-        extra["Created"] = Cond("True", "PodsCreated", f"attempt {attempt}: all {nodes} pods created")
+        extra[ConditionType.CREATED] = Cond("True", Reason.PODS_CREATED, f"attempt {attempt}: all {nodes} pods created")
 
-    if not missing and all(p.phase in (RUNNING, SUCCEEDED) for p in current):
+    if not missing and all(p.phase in (PodPhase.RUNNING, PodPhase.SUCCEEDED) for p in current):
         message = f"attempt {attempt}: all {nodes} pods running"
         if progress is not None:
             read_at = timestamp(ctx.now)
             fields["progress"] = progress_mod.progress_status(progress, read_at)
             fields["checkpoint"] = progress_mod.checkpoint_status(progress, ctx.old.get("checkpoint"), read_at)
-        status = ctx.status("Running", "PodsRunning", message, extra, **fields)
-        return ctx.decision(status, "PodsRunning", wake_after=min(timers + [ctx.timing.progress_interval]))
+        status = ctx.status(Phase.RUNNING, Reason.PODS_RUNNING, message, extra, **fields)
+        return ctx.decision(status, Reason.PODS_RUNNING, wake_after=min(timers + [ctx.timing.progress_interval]))
 
     problem = _pending_problem(current)
     if problem is not None:
         reason, message = problem
-        extra["Running"] = Cond("False", reason, message)
+        extra[ConditionType.RUNNING] = Cond("False", reason, message)
     else:
-        running = sum(1 for p in current if p.phase == RUNNING)
-        reason = "Resumed" if resumed else ("CreatingPods" if missing else "PodsStarting")
+        running = sum(1 for p in current if p.phase == PodPhase.RUNNING)
+        reason = Reason.RESUMED if resumed else (Reason.CREATING_PODS if missing else Reason.PODS_STARTING)
         message = f"attempt {attempt}: {running} of {nodes} pods running"
         if missing:
             message = f"attempt {attempt}: creating {len(missing)} of {nodes} pods"
         if resumed:
             message = f"resumed: attempt {attempt} starts and resumes from the latest checkpoint"
-    status = ctx.status("Pending", reason, message, extra, **fields)
+    status = ctx.status(Phase.PENDING, reason, message, extra, **fields)
     create = {"create_attempt": attempt, "create_ranks": missing} if missing else {}
     return ctx.decision(status, reason, wake_after=min(timers), **create)
 

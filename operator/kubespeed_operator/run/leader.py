@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from kubespeed_operator.kube import ApiError, Kube, path
+from kubespeed_operator.run.kube import ApiError, Kube, path
 
 logger = logging.getLogger("kubespeed.operator")
 

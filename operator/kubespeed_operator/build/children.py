@@ -14,13 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 from kubespeed.spec import LMTrainingJobSpec, parse_job_spec
-from kubespeed_operator.configmap import config_map
-from kubespeed_operator.meta import labels, owner_reference
-from kubespeed_operator.networkpolicy import network_policy
-from kubespeed_operator.podgroup import pod_group
-from kubespeed_operator.pods import training_pod
-from kubespeed_operator.service import headless_service
-from kubespeed_operator.volumes import checkpoint_claim
+from kubespeed_operator.build.configmap import config_map
+from kubespeed_operator.build.meta import labels, owner_reference
+from kubespeed_operator.build.networkpolicy import network_policy
+from kubespeed_operator.build.podgroup import pod_group
+from kubespeed_operator.build.pods import training_pod
+from kubespeed_operator.build.service import headless_service
+from kubespeed_operator.build.volumes import checkpoint_claim
 
 __all__ = ["attempt_pods", "job_children", "job_spec", "labels", "owner_reference"]
 

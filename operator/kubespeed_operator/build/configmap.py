@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 
 from kubespeed import wiring
-from kubespeed.spec import LMTrainingJobSpec, to_dict
-from kubespeed_operator.meta import child_metadata, labels
 from kubespeed.deepspeed_config import resolve_deepspeed_config
+from kubespeed.spec import LMTrainingJobSpec, to_dict
+from kubespeed_operator.build.meta import child_metadata, labels
 
 SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 from kubespeed import wiring
 from kubespeed.spec import LMTrainingJobSpec
-from kubespeed_operator.meta import child_metadata, labels
+from kubespeed_operator.build.meta import child_metadata, labels
 
 
 class Volume(NamedTuple):

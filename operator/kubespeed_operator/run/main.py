@@ -20,42 +20,39 @@ import sys
 from typing import Any
 
 import aiohttp
+import kopf
 
 from kubespeed import wiring
-from kubespeed_operator.kube import Kube, load_credentials
-from kubespeed_operator.leader import Lease
-from kubespeed_operator.lifecycle import Timing
-from kubespeed_operator.metrics import OperatorMetrics
-from kubespeed_operator.podwatch import PodWatch
-from kubespeed_operator.reconciler import Reconciler
-from kubespeed_operator.workers import Workers
+from kubespeed_operator.decide.lifecycle import Timing
+from kubespeed_operator.run.jobs import Jobs
+from kubespeed_operator.run.kube import Credentials, Kube, login
+from kubespeed_operator.run.leader import Lease
+from kubespeed_operator.run.metrics import OperatorMetrics
+from kubespeed_operator.run.podwatch import PodWatch
+from kubespeed_operator.run.reconciler import Reconciler
+from kubespeed_operator.run.workers import Workers
 
 logger = logging.getLogger("kubespeed.operator")
 DEFAULT_LEASE_NAMESPACE = "kubespeed-system"
 
 
 class Operator:
-    """What the kopf handlers reach through `memo.operator`: route events to the jobs' tasks."""
+    """What the kopf handlers reach through `memo.operator`, and the pod watch calls: route events to the jobs' tasks."""
 
-    def __init__(self, reconciler: Reconciler, workers: Workers, metrics: OperatorMetrics):
+    def __init__(self, reconciler: Reconciler, workers: Workers):
         self.reconciler = reconciler
         self.workers = workers
-        self.metrics = metrics
 
     def job_seen(self, job: dict[str, Any]) -> None:
-        namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
-        self.metrics.observe_job(namespace, name, (job.get("status") or {}).get("phase"))
         if self.reconciler.job_seen(job):
-            self.workers.wake(namespace, name)
+            self.workers.wake(job["metadata"]["namespace"], job["metadata"]["name"])
 
     def pod_seen(self, namespace: str, job: str) -> None:
-        # Pods of a deleted job (going with it) wake nothing; the job's own event starts its task.
-        self.reconciler.pod_seen(namespace, job)
-        if (namespace, job) in self.metrics.jobs.phases:
+        # Pods of a job that is not live (deleted, going with it) wake nothing; the job's own event starts its task.
+        if self.reconciler.pod_seen(namespace, job):
             self.workers.wake(namespace, job)
 
     def forget(self, namespace: str, name: str) -> None:
-        self.metrics.forget_job(namespace, name)
         self.reconciler.forget(namespace, name)
         self.workers.forget(namespace, name)
 
@@ -81,17 +78,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-async def run(args: argparse.Namespace) -> int:
-    import kopf
-
-    import kubespeed_operator.handlers  # noqa: F401  (registers the handlers)
+async def run(args: argparse.Namespace, credentials: Credentials) -> int:
+    import kubespeed_operator.run.handlers  # noqa: F401  (registers the handlers)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    metrics = OperatorMetrics()
-    async with Kube(load_credentials(), on_request=metrics.count_request) as kube, aiohttp.ClientSession() as http:
+    jobs = Jobs()
+    metrics = OperatorMetrics(jobs)
+    async with Kube(credentials, on_request=metrics.count_request) as kube, aiohttp.ClientSession() as http:
         servers = await metrics.serve(args.metrics_port, args.health_port)
         lease = Lease(kube, args.lease_namespace, args.lease_name, args.identity, args.lease_seconds)
         acquiring = asyncio.create_task(lease.acquire())
@@ -100,9 +96,9 @@ async def run(args: argparse.Namespace) -> int:
             acquiring.cancel()
             return 0
         timing = Timing(progress_interval=args.progress_interval, resync=args.resync)
-        reconciler = Reconciler(kube, metrics, timing, args.identity, http, may_act=lease.held)
+        reconciler = Reconciler(kube, jobs, metrics, timing, args.identity, http, may_act=lease.held)
         workers = Workers(reconciler.reconcile, on_error=metrics.reconcile_errors.inc)
-        handler = Operator(reconciler, workers, metrics)
+        handler = Operator(reconciler, workers)
         pods = PodWatch(kube, args.namespace, on_change=handler.pod_seen)
         reconciler.pods_of = pods.pods_of
         watching = asyncio.create_task(pods.run())
@@ -146,10 +142,9 @@ def main(argv: list[str]) -> int:
     )
     # kopf logs every event at INFO; the operator's own lines say what matters.
     logging.getLogger("kopf").setLevel(logging.WARNING)
-    from kubernetes.config import ConfigException
-
     try:
-        return asyncio.run(run(args))
-    except ConfigException as err:
+        credentials = Credentials(login)
+    except kopf.LoginError as err:
         print(f"kubespeed operator: no cluster credentials (in-cluster or kubeconfig): {err}", file=sys.stderr)
         return 2
+    return asyncio.run(run(args, credentials))

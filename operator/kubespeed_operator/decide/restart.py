@@ -18,20 +18,21 @@ from dataclasses import dataclass
 
 from kubespeed import wiring
 from kubespeed.spec.job import RunPolicy
-from kubespeed_operator.observed import FAILED, PodView
+from kubespeed.spec.status import Reason
+from kubespeed_operator.decide.observed import PodPhase, PodReason, PodView
 
 # Reasons named after the trainer's permanent exit codes; another permanent code is `PermanentExitCode`.
 EXIT_REASONS = {
-    wiring.EXIT_CONFIG_ERROR.code: "ConfigError",
-    wiring.EXIT_DATA_ERROR.code: "DataError",
+    wiring.EXIT_CONFIG_ERROR.code: Reason.CONFIG_ERROR,
+    wiring.EXIT_DATA_ERROR.code: Reason.DATA_ERROR,
 }
 EXIT_MEANINGS = {e.code: e.meaning for e in wiring.EXIT_CODES}
 
 # Waiting reasons of a container that no retry can fix: the image reference is malformed,
 # or pulling is forbidden (imagePullPolicy Never) and the image is not on the node.
 HOPELESS_WAITING = {
-    "InvalidImageName": "the image reference is not valid; fix spec.image",
-    "ErrImageNeverPull": "imagePullPolicy is Never and the image is not on the node; fix spec.image or spec.imagePullPolicy",
+    PodReason.INVALID_IMAGE_NAME: "the image reference is not valid; fix spec.image",
+    PodReason.ERR_IMAGE_NEVER_PULL: "imagePullPolicy is Never and the image is not on the node; fix spec.image or spec.imagePullPolicy",
 }
 
 
@@ -63,12 +64,12 @@ def _pod_failure(pod: PodView) -> Failure:
         detail = f"exited with code {pod.exit_code} ({meaning})"
         permanent = pod.exit_code in wiring.PERMANENT_EXIT_CODES
         disruption = pod.disrupted or pod.exit_code == wiring.EXIT_PREEMPTED.code
-        reason = EXIT_REASONS.get(pod.exit_code, "PermanentExitCode") if permanent else ("PodDisrupted" if disruption else "PodFailed")
+        reason = EXIT_REASONS.get(pod.exit_code, Reason.PERMANENT_EXIT_CODE) if permanent else (Reason.POD_DISRUPTED if disruption else Reason.POD_FAILED)
         return Failure(pod.name, reason, detail, pod.exit_code, retryable=not permanent, disruption=disruption and not permanent)
     # Failed with no container exit: evicted, node lost, or the pod's own deadline.
-    why = pod.reason or "Failed"
+    why = pod.reason or PodPhase.FAILED
     detail = f"failed ({why}{': ' + pod.message if pod.message else ''})"
-    return Failure(pod.name, "PodDisrupted" if pod.disrupted else "PodFailed", detail, disruption=pod.disrupted)
+    return Failure(pod.name, Reason.POD_DISRUPTED if pod.disrupted else Reason.POD_FAILED, detail, disruption=pod.disrupted)
 
 
 def attempt_failure(pods: list[PodView], nodes: int, job: str) -> Failure | None:
@@ -80,21 +81,21 @@ def attempt_failure(pods: list[PodView], nodes: int, job: str) -> Failure | None
     """
     by_rank = sorted(pods, key=lambda p: p.rank)
     for pod in by_rank:
-        if pod.phase == FAILED:
+        if pod.phase == PodPhase.FAILED:
             return _pod_failure(pod)
     for pod in by_rank:
         if pod.reason in HOPELESS_WAITING and not pod.started:
             message = f"cannot start: {pod.reason}: {HOPELESS_WAITING[pod.reason]}"
-            return Failure(pod.name, "ImagePullFailed", message, retryable=False)
+            return Failure(pod.name, Reason.IMAGE_PULL_FAILED, message, retryable=False)
     if not any(p.started for p in pods):
         return None
     for pod in by_rank:
         if pod.deleting and not pod.finished:
-            return Failure(pod.name, "PodDeleted", "was deleted while the gang was training", disruption=True)
+            return Failure(pod.name, Reason.POD_DELETED, "was deleted while the gang was training", disruption=True)
     present = {p.rank for p in pods}
     for rank in range(nodes):
         if rank not in present:
-            return Failure(wiring.pod_name(job, rank), "PodDeleted", "disappeared while the gang was training", disruption=True)
+            return Failure(wiring.pod_name(job, rank), Reason.POD_DELETED, "disappeared while the gang was training", disruption=True)
     return None
 
 
@@ -105,7 +106,7 @@ def verdict(failure: Failure, policy: RunPolicy, counted: int, attempt: int) -> 
     """
     what = failure.describe()
     if policy.restartPolicy == "Never":
-        return Verdict(False, failure.reason if not failure.retryable else "PodFailed", f"{what}; runPolicy.restartPolicy is Never")
+        return Verdict(False, failure.reason if not failure.retryable else Reason.POD_FAILED, f"{what}; runPolicy.restartPolicy is Never")
     if not failure.retryable and (policy.restartPolicy == "ExitCode" or failure.exit_code is None):
         return Verdict(False, failure.reason, f"{what}; a retry cannot help, so the job fails without restarting")
     if failure.disruption:
@@ -113,7 +114,7 @@ def verdict(failure: Failure, policy: RunPolicy, counted: int, attempt: int) -> 
     if counted >= policy.backoffLimit:
         return Verdict(
             False,
-            "BackoffLimitExceeded",
+            Reason.BACKOFF_LIMIT_EXCEEDED,
             f"{what}; the gang was restarted {counted} times after failures, runPolicy.backoffLimit is {policy.backoffLimit}",
         )
     return Verdict(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubespeed.spec import LMTrainingJobSpec
-from kubespeed_operator.meta import child_metadata, labels
+from kubespeed_operator.build.meta import child_metadata, labels
 
 SCHEDULER_PLUGINS_API = "scheduling.x-k8s.io/v1alpha1"
 SCHEDULER_PLUGINS_POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"

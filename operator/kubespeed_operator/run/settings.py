@@ -6,15 +6,12 @@ import kopf
 
 from kubespeed import wiring
 
-TRAINING_POD_SELECTOR = f"{wiring.MANAGED_BY_LABEL}={wiring.MANAGED_BY},{wiring.NODE_RANK_LABEL}"
-
 
 class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
-    """kopf's diff base, never built: only on.create/update/resume handlers read it, and the operator has none.
+    """kopf's diff base, never built, since only change and daemon handlers read it and the operator has none.
 
-    kopf deep-copies every watched object to build it, on every event: with
-    hundreds of pods starting at once that copying was the operator's largest
-    cost. (tests/unit/operator/test_handlers.py fails if a change handler appears.)
+    kopf would deep-copy every watched job on every event to build it.
+    tests/unit/operator/test_handlers.py fails if such a handler appears.
     """
 
     def build(self, *, body: kopf.Body, extra_fields: object = None) -> kopf.BodyEssence:
@@ -39,9 +36,6 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # `status.kopf`, and kopf would loop re-writing it.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=wiring.API_GROUP)
     settings.persistence.diffbase_storage = NoDiffBase(prefix=wiring.API_GROUP)
-    # Watch only training pods, filtered by the API server: the operator's memory and
-    # the API server's work do not grow with the other pods in the cluster.
-    settings.watching.label_selectors["v1", "pods"] = TRAINING_POD_SELECTOR
     # Restart every watch now and then and give up on a silent connection: after an
     # API server restart the watches come back within a minute instead of hanging.
     settings.watching.server_timeout = 270

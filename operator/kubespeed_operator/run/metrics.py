@@ -14,29 +14,35 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kubespeed.spec.status import PHASES
+from kubespeed_operator.run.jobs import Jobs
+
+# The phase label of a job that has no status yet.
+NEW = "New"
 
 
 class _JobsByPhase(Collector):
-    """`kubespeed_operator_jobs{phase}` from the phases the job watch last showed."""
+    """`kubespeed_operator_jobs{phase}`, counted from the registry of live jobs when scraped."""
 
-    def __init__(self) -> None:
-        self.phases: dict[tuple[str, str], str] = {}
+    def __init__(self, jobs: Jobs) -> None:
+        self.jobs = jobs
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("kubespeed_operator_jobs", "LMTrainingJobs by phase.", labels=["phase"])
-        counts = {phase: 0 for phase in ("New", *PHASES)}
-        for phase in self.phases.values():
-            counts[phase] = counts.get(phase, 0) + 1
+        counts = {phase: 0 for phase in (NEW, *PHASES)}
+        for phase in self.jobs.phases():
+            label = phase or NEW
+            counts[label] = counts.get(label, 0) + 1
         for phase, count in counts.items():
             family.add_metric([phase], count)
         yield family
 
 
 class OperatorMetrics:
-    def __init__(self) -> None:
+    """What the operator measures of itself; it observes the running part and steers nothing."""
+
+    def __init__(self, jobs: Jobs) -> None:
         self.registry = CollectorRegistry()
-        self.jobs = _JobsByPhase()
-        self.registry.register(self.jobs)
+        self.registry.register(_JobsByPhase(jobs))
         self.reconcile_seconds = Histogram(
             "kubespeed_operator_reconcile_duration_seconds", "Time to reconcile one job.", registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
@@ -46,12 +52,6 @@ class OperatorMetrics:
             "kubespeed_operator_api_requests", "Requests to the API server by verb and HTTP code.", ["verb", "code"], registry=self.registry
         )
         self.reconcile_errors = Counter("kubespeed_operator_reconcile_errors", "Reconciles that failed and were retried.", registry=self.registry)
-
-    def observe_job(self, namespace: str, name: str, phase: str | None) -> None:
-        self.jobs.phases[(namespace, name)] = phase or "New"
-
-    def forget_job(self, namespace: str, name: str) -> None:
-        self.jobs.phases.pop((namespace, name), None)
 
     def count_request(self, verb: str, code: int) -> None:
         self.api_requests.labels(verb, str(code)).inc()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubespeed import wiring
-from kubespeed_operator.meta import child_metadata, job_selector, labels
+from kubespeed_operator.build.meta import child_metadata, job_selector, labels
 
 OPERATOR_POD_SELECTOR = {wiring.NAME_LABEL: wiring.APP_NAME, wiring.COMPONENT_LABEL: wiring.OPERATOR_COMPONENT}
 

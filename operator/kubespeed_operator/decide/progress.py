@@ -1,22 +1,19 @@
-"""Training progress from rank 0's Prometheus endpoint, for `status.progress` and `status.checkpoint`.
+"""Training progress, from what rank 0's Prometheus endpoint said, for `status.progress` and `status.checkpoint`.
 
 Pods get no API credentials, so the operator reads the trainer's metrics
-(http://<rank 0 pod IP>:METRICS_PORT/metrics) instead of the trainer writing
-status. The metric names, and reading them back, are `kubespeed.metrics`'s.
+(`run.scrape`) instead of the trainer writing status. The metric names, and
+reading them back, are `kubespeed.metrics`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
-import aiohttp
-
-from kubespeed import checkpoints, metrics, wiring
-from kubespeed_operator.status import parse_time
-
-READ_TIMEOUT_SECONDS = 2.0
+from kubespeed import checkpoints, metrics
+from kubespeed.spec.status import Phase
+from kubespeed_operator.decide.observed import PodPhase, PodView
+from kubespeed_operator.decide.status import parse_time
 
 
 @dataclass(frozen=True)
@@ -95,23 +92,16 @@ def finished_status(total_steps: int, old_progress: dict | None, old_checkpoint:
     return {"progress": progress, "checkpoint": checkpoint_status(TrainerReading(checkpoint_step=total_steps), old_checkpoint, finished_at)}
 
 
-def metrics_url(pod_ip: str) -> str:
-    host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
-    return f"http://{host}:{wiring.METRICS_PORT}{wiring.METRICS_PATH}"
-
-
-async def read(session: aiohttp.ClientSession, pod_ip: str) -> TrainerReading | None:
-    """Rank 0's progress, or None when its endpoint cannot be read (not up yet, restarting, unreachable)."""
-    try:
-        timeout = aiohttp.ClientTimeout(total=READ_TIMEOUT_SECONDS)
-        async with session.get(metrics_url(pod_ip), timeout=timeout) as response:
-            if response.status != 200:
-                return None
-            return parse(await response.text())
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, UnicodeDecodeError):
-        return None
-
-
 def is_due(old_progress: dict | None, now: datetime, interval: float) -> bool:
     last = parse_time((old_progress or {}).get("updateTime"))
     return last is None or (now - last).total_seconds() >= interval
+
+
+def rank0_to_read(status: dict, pods: list[PodView], now: datetime, interval: float) -> PodView | None:
+    """Rank 0 of the running attempt, when the job's progress is due to be read from it."""
+    if status.get("phase") != Phase.RUNNING:
+        return None
+    rank0 = next((p for p in pods if p.attempt == status.get("attempt") and p.rank == 0), None)
+    if rank0 is None or rank0.phase != PodPhase.RUNNING or not rank0.ip:
+        return None
+    return rank0 if is_due(status.get("progress"), now, interval) else None

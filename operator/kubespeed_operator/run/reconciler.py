@@ -1,0 +1,212 @@
+"""One reconcile of one job: read it, decide (`decide.lifecycle.decide`), apply the decision.
+
+The order of writes is what keeps a crash at any point harmless: pods of the
+current attempt are created (idempotently) first, then the status is written
+(guarded by the job's resourceVersion), then the Events, then the pods of an
+ended attempt are deleted. A restart re-reads everything and lands on the same
+decision, so no step is remembered in memory.
+
+What is kept in memory is what the API server said, as an informer keeps it:
+the job (`jobs.Jobs`) and the pods created but not yet watched
+(`expectations.Expectations`). Neither is needed for a correct decision, only
+for a cheap one. `pods_first.PodsFirst` orders a burst of new jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+import aiohttp
+
+from kubespeed import wiring
+from kubespeed.spec import LMTrainingJobSpec
+from kubespeed_operator.decide.lifecycle import Decision, Timing, decide
+from kubespeed_operator.decide.observed import PodView, view
+from kubespeed_operator.decide.progress import TrainerReading, rank0_to_read
+from kubespeed_operator.decide.status import Event, diff, timestamp
+from kubespeed_operator.run.create import Creator
+from kubespeed_operator.run.expectations import Expectations
+from kubespeed_operator.run.jobs import Jobs, Key
+from kubespeed_operator.run.kube import ApiError, Kube, job_path, path, with_conflict_retry
+from kubespeed_operator.run.metrics import OperatorMetrics
+from kubespeed_operator.run.pods_first import PodsFirst
+from kubespeed_operator.run.scrape import ProgressReader
+
+logger = logging.getLogger("kubespeed.operator")
+
+LEASE_WAIT_SECONDS = 1.0
+PodsOf = Callable[[str, str], Iterable[PodView]]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Reconciler:
+    def __init__(
+        self, kube: Kube, jobs: Jobs, metrics: OperatorMetrics, timing: Timing, identity: str, http: aiohttp.ClientSession,
+        may_act: Callable[[], bool] = lambda: True,
+    ):
+        self.kube = kube
+        self.jobs = jobs
+        self.metrics = metrics
+        self.timing = timing
+        self.identity = identity
+        self.may_act = may_act
+        self.pods_of: PodsOf = lambda namespace, name: ()
+        self.expectations = Expectations()
+        self.pods_first = PodsFirst(self.expectations)
+        self.creator = Creator(kube)
+        self.progress = ProgressReader(http, timing.progress_interval)
+
+    async def reconcile(self, namespace: str, name: str) -> float | None:
+        """Bring one job a step closer to its decision; seconds until the next timed look, None if it is gone."""
+        if not self.may_act():
+            # The Lease is not fresh (the API server is away): act only once it is renewed.
+            return LEASE_WAIT_SECONDS
+        key = (namespace, name)
+        await self.pods_first.wait_to_report(key)
+        started = time.monotonic()
+        passes = 0
+
+        async def once() -> float | None:
+            # The first pass decides from the registry's copy; a pass after a conflict reads the job fresh.
+            nonlocal passes
+            cached = self.jobs.get(key) if passes == 0 else None
+            passes += 1
+            return await self._reconcile_once(key, cached or await self.kube.get(job_path(namespace, name)))
+
+        try:
+            return await with_conflict_retry(once)
+        finally:
+            self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+
+    def job_seen(self, job: dict[str, Any]) -> bool:
+        """The job as its watch showed it; False when that is no news (the echo of this operator's own write)."""
+        return self.jobs.seen(job)
+
+    def pod_seen(self, namespace: str, name: str) -> bool:
+        """The pod watch showed a change of the job's pods; True when the job is live, to be woken."""
+        key = (namespace, name)
+        if self.expectations.outstanding(key):
+            self.expectations.observe(key, self.pods_of(namespace, name))
+        return key in self.jobs
+
+    def forget(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        for part in (self.jobs, self.expectations, self.pods_first, self.progress):
+            part.forget(key)
+
+    async def _reconcile_once(self, key: Key, job: dict[str, Any] | None) -> float | None:
+        namespace, name = key
+        if job is None or job["metadata"].get("deletionTimestamp"):
+            self.forget(namespace, name)
+            return None
+        watched = list(self.pods_of(namespace, name))
+        self.expectations.observe(key, watched)
+        spec = self.jobs.spec(job)
+        pods = await self._confirm_missing(job, spec, watched + self.expectations.unseen(key))
+        now = _now()
+        progress = await self._read_progress(key, job, pods, now)
+        decision = decide(job, pods, now, self.timing, progress=progress, spec=spec)
+        if decision.create_attempt is not None and spec is not None:
+            async with self.pods_first.creating():
+                blocker, created = await self.creator.create(job, spec, decision.create_attempt, decision.create_ranks)
+            if blocker is not None:
+                log = logger.error if blocker.permanent else logger.warning
+                log("%s/%s: %s: %s", namespace, name, blocker.reason, blocker.message)
+                decision = decide(job, pods, now, self.timing, blocker=blocker, progress=progress, spec=spec)
+            elif created:
+                # The status written next already counts the pods just created.
+                self.expectations.expect(key, created)
+                pods = pods + created
+                decision = decide(job, pods, now, self.timing, progress=progress, spec=spec)
+        if self.pods_first.report_can_wait(key, job, decision):
+            # Woken at once, the next pass waits in `reconcile` for the API server to catch up.
+            return 0.0
+        await self._write_status(job, decision)
+        for pod_name in decision.delete_pods:
+            await self.kube.delete(path("v1", "Pod", namespace, pod_name), grace_seconds=decision.grace_seconds)
+        if decision.delete_job:
+            logger.info("%s/%s: ttlSecondsAfterFinished passed, deleting the job", namespace, name)
+            await self.kube.delete(job_path(namespace, name), propagation="Background")
+            return None
+        return decision.wake_after
+
+    async def _confirm_missing(self, job: dict[str, Any], spec: LMTrainingJobSpec | None, pods: list[PodView]) -> list[PodView]:
+        """The pods, with any rank that looks missing from a started gang confirmed by a read.
+
+        The watch can lag a create by a moment; a missing pod ends the attempt, so
+        it must really be gone. A refused spec fails the job whatever its pods show.
+        """
+        attempt = max([(job.get("status") or {}).get("attempt") or 0, *(p.attempt for p in pods)])
+        current = [p for p in pods if p.attempt == attempt]
+        if spec is None or not any(p.started for p in current):
+            return pods
+        present = {p.rank for p in current}
+        meta = job["metadata"]
+        for rank in range(spec.nodes):
+            if rank in present:
+                continue
+            body = await self.kube.get(path("v1", "Pod", meta["namespace"], wiring.pod_name(meta["name"], rank)))
+            seen = view(body) if body else None
+            if seen is not None:
+                pods.append(seen)
+        return pods
+
+    async def _read_progress(self, key: Key, job: dict[str, Any], pods: list[PodView], now: datetime) -> TrainerReading | None:
+        rank0 = rank0_to_read(job.get("status") or {}, pods, now, self.timing.progress_interval)
+        if rank0 is None or rank0.ip is None:
+            return None
+        return await self.progress.read(key, rank0.ip)
+
+    async def _write_status(self, job: dict[str, Any], decision: Decision) -> None:
+        meta = job["metadata"]
+        old = job.get("status") or {}
+        patch = diff(old, decision.status)
+        if not patch:
+            return
+        self.jobs.written(await self.kube.patch_status(job, patch))
+        if old.get("phase") != decision.status.get("phase"):
+            logger.info(
+                "%s/%s: %s -> %s (%s): %s",
+                meta["namespace"], meta["name"], old.get("phase") or "new", decision.status.get("phase"),
+                decision.reason, decision.status.get("message"),
+            )
+        if (decision.status.get("restarts") or 0) > (old.get("restarts") or 0):
+            self.metrics.restarts.inc()
+        for event in decision.events:
+            await self._post_event(job, event)
+
+    async def _post_event(self, job: dict[str, Any], event: Event) -> None:
+        meta = job["metadata"]
+        now = timestamp(_now())
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": job["apiVersion"],
+                "kind": job["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": "kubespeed-operator"},
+            "reportingComponent": "kubespeed.io/operator",
+            "reportingInstance": self.identity,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.kube.create(body)
+        except ApiError as err:
+            # An Event is a courtesy to people; the status already says the same.
+            logger.warning("%s/%s: could not post Event %s: %s", meta["namespace"], meta["name"], event.reason, err)
