@@ -16,6 +16,7 @@ COPY pyproject.toml README.md ./
 COPY kubespeed ./kubespeed
 COPY operator ./operator
 COPY trainer ./trainer
+COPY cli ./cli
 # Only the operator extra: kopf and what the operator's own client needs, never torch. The
 # versions are the exact pins in pyproject.toml, which hadolint does not read.
 # hadolint ignore=DL3013
@@ -66,6 +67,7 @@ COPY pyproject.toml README.md ./
 COPY kubespeed ./kubespeed
 COPY operator ./operator
 COPY trainer ./trainer
+COPY cli ./cli
 # The exact pins are in pyproject.toml (torch and DeepSpeed match the ARGs above; a test checks).
 # hadolint ignore=DL3013
 RUN pip install ".[trainer]"

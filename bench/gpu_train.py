@@ -65,7 +65,7 @@ def main() -> None:
         make_text(data, 200_000 if args.tiny else 40_000_000)
         config_path = work / "config.yaml"
         config_path.write_text(yaml.safe_dump(config(data, args.tiny, steps)))
-        cmd = [sys.executable, "-m", "kubespeed.cli", "train", str(config_path), "--checkpoint-dir", str(work / "run"),
+        cmd = [sys.executable, "-m", "kubespeed_cli", "train", str(config_path), "--checkpoint-dir", str(work / "run"),
                "--gpu", "false" if args.tiny else "true"]
         start = time.perf_counter()
         code = subprocess.run(cmd, cwd=REPO).returncode

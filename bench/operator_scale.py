@@ -3,7 +3,7 @@
     python bench/operator_scale.py                  # 200 jobs x 4 nodes
     python bench/operator_scale.py --jobs 50 --nodes 2
 
-Starts its own control plane (kubespeed/devcluster) with fake GPU nodes, installs
+Starts its own control plane (cli/kubespeed_cli/dev) with fake GPU nodes, installs
 the CRD and the shipped RBAC, runs `kubespeed operator` as a subprocess under its
 ServiceAccount, and plays the kubelet: every pod bound to a node is reported
 Running. Prints one JSON line: time until every pod exists (and per job p50/p99),
@@ -31,10 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from kubespeed import wiring  # noqa: E402
-from kubespeed.devcluster.cluster import ControlPlane  # noqa: E402
-from kubespeed.spec import crd  # noqa: E402
+from kubespeed_cli.dev.cluster import ControlPlane  # noqa: E402
 from kubelet import FakeKubelet, follow  # noqa: E402
-from operator_fixture import OperatorProcess, install_operator_rbac, job_manifest, operator_kubeconfig, shared_checkpoint_claim  # noqa: E402
+from operator_fixture import OperatorProcess, install_crd, install_operator_rbac, job_manifest, operator_kubeconfig, shared_checkpoint_claim  # noqa: E402
 
 PODS_PER_FAKE_NODE = 100
 NAMESPACE = "bench"
@@ -152,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     with ControlPlane() as cp, tempfile.TemporaryDirectory(prefix="kubespeed-bench-") as folder:
         total_pods = args.jobs * args.nodes
         cp.add_gpu_nodes(math.ceil(total_pods / PODS_PER_FAKE_NODE), gpus=PODS_PER_FAKE_NODE)
-        crd.install(cp.api_client())
+        install_crd(cp.api_client())
         install_operator_rbac(cp)
         core = client.CoreV1Api(cp.api_client())
         core.create_namespace({"metadata": {"name": NAMESPACE}})

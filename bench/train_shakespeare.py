@@ -82,7 +82,7 @@ def deepspeed_run(data: Path, iters: int, ranks: int, zero: int, work: Path, por
     run_dir = work / f"ds{ranks}"
     config_path = work / f"ds{ranks}.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    kubespeed = [sys.executable, "-m", "kubespeed.cli"]
+    kubespeed = [sys.executable, "-m", "kubespeed_cli"]
     if ranks == 1:
         cmd = [*kubespeed, "train", str(config_path), "--checkpoint-dir", str(run_dir), "--gpu", "false"]
     else:

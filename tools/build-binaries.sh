@@ -7,4 +7,4 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-python3}"
 [[ -x "$repo/.venv/bin/python" ]] && python="${PYTHON:-$repo/.venv/bin/python}"
-cd "$repo" && exec "$python" -m kubespeed.devcluster.build "$@"
+cd "$repo" && exec "$python" -m kubespeed_cli.dev.build "$@"

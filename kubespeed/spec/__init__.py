@@ -1,7 +1,12 @@
 """The LMTrainingJob vocabulary: one declaration for the CRD, the trainer config and `kubespeed local`."""
 
+import re
+
+import yaml
+
+from kubespeed import wiring
 from kubespeed.spec.fields import SpecError, from_dict, openapi_schema, to_dict
-from kubespeed.spec.job import LMTrainingJobSpec, TrainerConfig
+from kubespeed.spec.job import JOB_NAME_MAX_LENGTH, JOB_NAME_PATTERN, LMTrainingJobSpec, TrainerConfig
 
 __all__ = [
     "LMTrainingJobSpec",
@@ -29,10 +34,6 @@ def parse_trainer_config(config: dict, path: str = "config") -> TrainerConfig:
 
 def load_job(path: str) -> dict:
     """Read an LMTrainingJob manifest from YAML; errors name the file."""
-    import yaml
-
-    from kubespeed import wiring
-
     try:
         with open(path, encoding="utf-8") as fh:
             docs = [d for d in yaml.safe_load_all(fh) if d]
@@ -56,10 +57,6 @@ def load_job(path: str) -> dict:
 
 def check_job_name(name: str, path: str = "metadata.name") -> None:
     """Refuse a name the children cannot carry, as the CRD does (see JOB_NAME_PATTERN)."""
-    import re
-
-    from kubespeed.spec.job import JOB_NAME_MAX_LENGTH, JOB_NAME_PATTERN
-
     if not isinstance(name, str) or not re.fullmatch(JOB_NAME_PATTERN, name):
         raise SpecError(path, f"must be lowercase letters, digits and '-', starting with a letter; got {name!r}")
     if len(name) > JOB_NAME_MAX_LENGTH:

@@ -5,8 +5,9 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
+
+import yaml
 
 from kubespeed import wiring
 from kubespeed.spec.fields import openapi_schema
@@ -75,46 +76,5 @@ def crd() -> dict[str, Any]:
     }
 
 
-def install(api_client: Any, timeout: float = 60.0) -> dict[str, Any]:
-    """Create the CRD, or replace an older one, and wait until the API server serves it (Established)."""
-    import time
-
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    extensions = client.ApiextensionsV1Api(api_client)
-    body = crd()
-    try:
-        extensions.create_custom_resource_definition(body)
-    except ApiException as error:
-        if error.status != 409:
-            raise
-        current = extensions.read_custom_resource_definition(CRD_NAME)
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        extensions.replace_custom_resource_definition(CRD_NAME, body)
-    deadline = time.monotonic() + timeout
-    while True:
-        served = extensions.read_custom_resource_definition(CRD_NAME)
-        conditions = {c.type: c for c in served.status.conditions or []}
-        established = conditions.get("Established")
-        if established is not None and established.status == "True":
-            return api_client.sanitize_for_serialization(served)
-        if time.monotonic() > deadline:
-            rejected = conditions.get("NamesAccepted")
-            detail = f": {rejected.message}" if rejected is not None and rejected.status != "True" else ""
-            raise TimeoutError(f"CRD {CRD_NAME} was not Established within {timeout:.0f}s{detail}")
-        time.sleep(0.2)
-
-
 def crd_yaml() -> str:
-    import yaml
-
     return yaml.safe_dump(crd(), sort_keys=False, width=120)
-
-
-def main(argv: list[str]) -> int:
-    if argv:
-        print("usage: kubespeed crd   (prints the CRD as YAML)", file=sys.stderr)
-        return 2
-    sys.stdout.write(crd_yaml())
-    return 0

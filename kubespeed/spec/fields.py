@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 from typing import Any
@@ -207,8 +208,6 @@ def _parse(tp: Any, value: Any, path: str, meta: dict[str, Any]) -> Any:
         if not isinstance(value, (int, str)) or isinstance(value, bool):
             raise SpecError(path, f"must be an integer or a string, got {value!r}")
         if inner is Quantity and isinstance(value, str):
-            import re
-
             if not re.fullmatch(QUANTITY_PATTERN, value):
                 raise SpecError(path, f"must be a quantity such as 8, 500m or 64Gi; got {value!r}")
         return value
@@ -257,8 +256,6 @@ def _check_bounds(value: Any, meta: dict[str, Any], path: str) -> None:
     if meta.get("min_length") is not None and len(value) < meta["min_length"]:
         raise SpecError(path, "must not be empty")
     if meta.get("pattern") is not None:
-        import re
-
         if not re.fullmatch(meta["pattern"], value):
             raise SpecError(path, f"must match {meta['pattern']}; got {value!r}")
     keys = meta.get("list_map_keys")

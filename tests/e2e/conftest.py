@@ -18,7 +18,7 @@ import pytest
 
 from agent import NodeAgent
 from agent.images import chart_trainer_image
-from kubespeed.devcluster.cluster import ControlPlane
+from kubespeed_cli.dev.cluster import ControlPlane
 
 @pytest.fixture(scope="module")
 def node_agent(control_plane: ControlPlane, gpu_nodes: list[str]) -> Iterator[NodeAgent]:

@@ -26,8 +26,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kubespeed import wiring
-from kubespeed.devcluster.cluster import ControlPlane
-from kubespeed.devcluster.nodes import GPU_TAINT
+from kubespeed_cli.dev.cluster import ControlPlane
+from kubespeed_cli.dev.nodes import GPU_TAINT
 
 pytestmark = [pytest.mark.e2e]
 

@@ -27,7 +27,7 @@ SHORT = ["--set", "training.logInterval=2", "--set", "training.evalInterval=10",
 
 
 def local(run_dir: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "kubespeed.cli", "local", str(QUICKSTART), "--run-dir", str(run_dir), "--no-progress", *SHORT, *args]
+    return [sys.executable, "-m", "kubespeed_cli", "local", str(QUICKSTART), "--run-dir", str(run_dir), "--no-progress", *SHORT, *args]
 
 
 def processes_of(run_dir: Path) -> list[psutil.Process]:

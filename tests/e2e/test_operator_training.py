@@ -13,6 +13,7 @@ since each rank spends tens of seconds of a 2-core machine importing torch and D
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -38,11 +39,10 @@ from training_helpers import (
 )
 
 from kubespeed import wiring
-from kubespeed.devcluster.cluster import ControlPlane
-from kubespeed.spec import crd
+from kubespeed_cli.dev.cluster import ControlPlane
 from kubespeed.checkpoints import LATEST_FILE, METRICS_FILE, complete_tags, tag_for
 from kubespeed.metrics import read_jsonl
-from operator_fixture import JobClient, install_operator_rbac, operator_kubeconfig
+from operator_fixture import JobClient, install_crd, install_operator_rbac, operator_kubeconfig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -58,7 +58,7 @@ def training_operator(control_plane: ControlPlane, node_agent: NodeAgent) -> Ite
     """One operator for this module, in the pods' network so it can read rank 0's metrics.
     It holds the leader Lease while it runs and releases it when stopped."""
     api = control_plane.api_client()
-    crd.install(api)
+    install_crd(api)
     install_operator_rbac(control_plane)
     with tempfile.TemporaryDirectory(prefix="kubespeed-e2e-operator-") as folder:
         kubeconfig = operator_kubeconfig(control_plane, Path(folder))
@@ -150,21 +150,40 @@ def start(training: Training, *, steps: int, checkpoint_interval: int, procs_per
     training.jobs.create(manifest)
 
 
+@contextlib.contextmanager
+def held(training: Training, procs_per_node: int) -> Iterator[None]:
+    """Every rank but global rank 0 stopped (SIGSTOP): the gang cannot take a step, while rank 0,
+    waiting in a collective, still serves its metrics. So the operator reads one steady step."""
+    peers = [rank_process(training.agent, training.name, node, local)
+             for node in range(2) for local in range(procs_per_node) if (node, local) != (0, 0)]  # fmt: skip
+    for peer in peers:
+        peer.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for peer in peers:
+            peer.send_signal(signal.SIGCONT)
+
+
 def test_job_trains_to_success_reports_progress_and_names_its_last_checkpoint(training: Training) -> None:
     steps = 40
     start(training, steps=steps, checkpoint_interval=10, procs_per_node=2)
-    progress_seen: set[int] = set()
 
-    def finished() -> dict[str, Any] | None:
+    def reported_step(after: int) -> int | None:
         status = training.jobs.status(training.name)
         step = (status.get("progress") or {}).get("step")
-        if status.get("phase") == "Running" and step:
-            progress_seen.add(step)
-        return status if status.get("phase") in ("Succeeded", "Failed") else None
+        return step if status.get("phase") == "Running" and step and step > after else None
 
-    status = wait_for(finished, f"{training.name} to finish", FINISH_SECONDS, interval=0.3, explain=training.explain)
-    assert status["phase"] == "Succeeded", training.explain()
-    assert len(progress_seen) >= 2, f"status.progress.step should move while training; saw {sorted(progress_seen)}"
+    # The gang is held still at two points of the run, however fast it trains, so that the
+    # status must show two different steps while it runs.
+    seen = []
+    for _ in range(2):
+        training.wait_step((seen[-1] if seen else 0) + 3)
+        with held(training, procs_per_node=2):
+            seen.append(wait_for(lambda: reported_step(seen[-1] if seen else 0), "status.progress.step to move",
+                                 STEP_SECONDS, explain=training.explain))  # fmt: skip
+    status = training.wait_phase("Succeeded")
+    assert seen[0] < seen[1] < steps, seen
     assert status["progress"]["step"] == steps and status["progress"]["totalSteps"] == steps
 
     assert status["checkpoint"]["step"] == steps

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from kubespeed.devcluster.cluster import ControlPlane
+from kubespeed_cli.dev.cluster import ControlPlane
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubespeed"

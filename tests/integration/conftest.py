@@ -1,4 +1,4 @@
-"""Integration fixtures on top of the control plane (kubespeed/devcluster/pytest_plugin.py)."""
+"""Integration fixtures on top of the control plane (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kubespeed.devcluster.cluster import ControlPlane
+from kubespeed_cli.dev.cluster import ControlPlane
 
 WIDGET_GROUP, WIDGET_VERSION, WIDGET_PLURAL = "test.kubespeed.io", "v1", "widgets"
 

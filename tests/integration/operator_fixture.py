@@ -24,8 +24,11 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
-from kubespeed.devcluster.cluster import ControlPlane
+from kubespeed import wiring
+from kubespeed_cli.dev.cluster import ControlPlane
 from kubespeed.ports import free_port
 from kubespeed.spec import crd
 
@@ -39,9 +42,6 @@ RBAC_DENIAL = f'User "system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOU
 
 def install_operator_rbac(control_plane: ControlPlane) -> None:
     """The namespace, then `kubectl apply -k manifests/rbac`."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
     core = client.CoreV1Api(control_plane.api_client())
     try:
         core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
@@ -53,8 +53,6 @@ def install_operator_rbac(control_plane: ControlPlane) -> None:
 
 def operator_kubeconfig(control_plane: ControlPlane, folder: Path) -> Path:
     """A kubeconfig whose only credential is a bound token of the operator's ServiceAccount."""
-    from kubernetes import client
-
     core = client.CoreV1Api(control_plane.api_client())
     request = core.create_namespaced_service_account_token(
         OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, {"spec": {"expirationSeconds": TOKEN_SECONDS}}
@@ -83,7 +81,7 @@ def _own_group_dying_with_parent() -> None:
 
 
 class OperatorProcess:
-    """`python -m kubespeed.cli operator ...` with its log in a file; started, killed and restarted by tests."""
+    """`python -m kubespeed_cli operator ...` with its log in a file; started, killed and restarted by tests."""
 
     def __init__(self, kubeconfig: Path, folder: Path, extra_args: list[str] | None = None, identity: str = "test-operator"):
         self.kubeconfig = kubeconfig
@@ -98,7 +96,7 @@ class OperatorProcess:
 
     def args(self) -> list[str]:
         return [
-            sys.executable, "-m", "kubespeed.cli", "operator", "--all-namespaces",
+            sys.executable, "-m", "kubespeed_cli", "operator", "--all-namespaces",
             "--lease-namespace", OPERATOR_NAMESPACE, "--identity", self.identity,
             "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
             # Tests drive pods by the second: quick progress reads and timer reconciles.
@@ -177,10 +175,36 @@ class OperatorProcess:
         assert not denials, "the shipped RBAC refused the operator something:\n" + "\n".join(denials[:5])
 
 
+def install_crd(api_client: Any, timeout: float = 60.0) -> dict[str, Any]:
+    """Create the CRD, or replace an older one, and wait until the API server serves it (Established)."""
+    extensions = client.ApiextensionsV1Api(api_client)
+    body = crd.crd()
+    try:
+        extensions.create_custom_resource_definition(body)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        current = extensions.read_custom_resource_definition(crd.CRD_NAME)
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        extensions.replace_custom_resource_definition(crd.CRD_NAME, body)
+    deadline = time.monotonic() + timeout
+    while True:
+        served = extensions.read_custom_resource_definition(crd.CRD_NAME)
+        conditions = {c.type: c for c in served.status.conditions or []}
+        established = conditions.get("Established")
+        if established is not None and established.status == "True":
+            return api_client.sanitize_for_serialization(served)
+        if time.monotonic() > deadline:
+            rejected = conditions.get("NamesAccepted")
+            detail = f": {rejected.message}" if rejected is not None and rejected.status != "True" else ""
+            raise TimeoutError(f"CRD {crd.CRD_NAME} was not Established within {timeout:.0f}s{detail}")
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def operator_setup(control_plane: ControlPlane) -> Iterator[tuple[Path, Path]]:
     """CRD and RBAC installed, a token kubeconfig written: (kubeconfig, folder for logs)."""
-    crd.install(control_plane.api_client())
+    install_crd(control_plane.api_client())
     install_operator_rbac(control_plane)
     with tempfile.TemporaryDirectory(prefix="kubespeed-operator-") as folder:
         yield operator_kubeconfig(control_plane, Path(folder)), Path(folder)
@@ -201,8 +225,6 @@ def operator(operator_setup: tuple[Path, Path], gpu_nodes: list[str]) -> Iterato
 def job_manifest(name: str, **spec: Any) -> dict[str, Any]:
     """A small LMTrainingJob: `spec` overrides a CPU-free default (gpu true, 2 nodes sharing
     the namespace's `CHECKPOINT_CLAIM`, which `shared_checkpoint_claim` makes)."""
-    from kubespeed import wiring
-
     body: dict[str, Any] = {
         "image": "ghcr.io/kubespeed/kubespeed-trainer:0.1.0",
         "nodes": 2,
@@ -266,10 +288,6 @@ class JobClient:
     """LMTrainingJobs, their pods and Events in one namespace, as a user (cluster admin) sees them."""
 
     def __init__(self, control_plane: ControlPlane, namespace: str):
-        from kubernetes import client
-
-        from kubespeed import wiring
-
         self.api = control_plane.api_client()
         self.core = client.CoreV1Api(self.api)
         self.networking = client.NetworkingV1Api(self.api)
@@ -282,8 +300,6 @@ class JobClient:
         return self.custom.create_namespaced_custom_object(*self.group, self.namespace, self.plural, manifest)
 
     def get(self, name: str) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
         try:
             return self.custom.get_namespaced_custom_object(*self.group, self.namespace, self.plural, name)
         except ApiException as error:
@@ -301,8 +317,6 @@ class JobClient:
         return next((c for c in self.status(name).get("conditions") or [] if c["type"] == ctype), None)
 
     def pods(self, name: str) -> list[Any]:
-        from kubespeed import wiring
-
         pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"{wiring.JOB_LABEL}={name}").items
         return sorted(pods, key=lambda p: p.metadata.name)
 
@@ -315,8 +329,6 @@ class JobClient:
 
     def wait_pods(self, name: str, count: int, attempt: int, bound: bool = True, timeout: float = 60.0) -> list[Any]:
         """Exactly `count` live pods of the job, all of `attempt` (and bound to a node)."""
-        from kubespeed import wiring
-
         def ready() -> list[Any] | None:
             pods = [p for p in self.pods(name) if p.metadata.deletion_timestamp is None]
             ok = len(pods) == count and all(p.metadata.labels[wiring.ATTEMPT_LABEL] == str(attempt) for p in pods)

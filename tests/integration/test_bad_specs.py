@@ -8,7 +8,6 @@ kubectl does by default, so an unknown field is refused rather than dropped.
 
 from __future__ import annotations
 
-import copy
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -18,28 +17,18 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kubespeed import wiring
-from kubespeed.devcluster.cluster import ControlPlane
+from kubespeed_cli.dev.cluster import ControlPlane
 from kubespeed.spec import SpecError, crd, parse_job_spec
+from operator_fixture import install_crd
+from spec_overrides import DROP, overridden
 
 GOOD = {"image": "trainer:1", "data": {"train": "builtin:tiny"}}
 
 
 def bad(**changes: Any) -> dict[str, Any]:
-    """GOOD with `a__b=v` setting spec.a.b = v, and `a__b=DROP` removing it."""
-    spec = copy.deepcopy(GOOD)
-    for dotted, value in changes.items():
-        node = spec
-        *parents, leaf = dotted.split("__")
-        for part in parents:
-            node = node.setdefault(part, {})
-        if value is DROP:
-            node.pop(leaf)
-        else:
-            node[leaf] = value
-    return spec
+    return overridden(GOOD, **changes)
 
 
-DROP = object()
 # Strict field validation answers an unknown field with 400 BadRequest, every other refusal is 422 Invalid.
 UNKNOWN_FIELD = "field the schema does not know"
 
@@ -151,7 +140,7 @@ def test_parser_refuses_it_naming_the_field(what, spec, field):
 def lmtj_namespace(control_plane: ControlPlane) -> Iterator[str]:
     """A namespace for this module's jobs, with the CRD installed."""
     api = control_plane.api_client()
-    crd.install(api)
+    install_crd(api)
     core = client.CoreV1Api(api)
     name = f"bad-specs-{secrets.token_hex(3)}"
     core.create_namespace({"metadata": {"name": name}})

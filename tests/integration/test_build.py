@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kubespeed.devcluster import build
+from kubespeed_cli.dev import build
 
 
 @pytest.fixture

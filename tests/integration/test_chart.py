@@ -22,10 +22,9 @@ import yaml
 from kubernetes import client
 
 from kubespeed import wiring
-from kubespeed.devcluster.cluster import ControlPlane
-from kubespeed.spec import crd
+from kubespeed_cli.dev.cluster import ControlPlane
 from chart_fixture import CHART, MODE_IDS, MODES, REPO, SYNC, documents, ok, render, run, template
-from operator_fixture import JobClient, OperatorProcess, run_all
+from operator_fixture import JobClient, OperatorProcess, install_crd, run_all
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +92,7 @@ def cluster_ready(control_plane: ControlPlane) -> ControlPlane:
     for name in (SYNC.NAMESPACE, *TEAM_NAMESPACES):
         if name not in existing:
             core.create_namespace({"metadata": {"name": name}})
-    crd.install(api)
+    install_crd(api)
     extensions = client.ApiextensionsV1Api(api)
     if not any(c.metadata.name == SERVICE_MONITOR_CRD["metadata"]["name"] for c in extensions.list_custom_resource_definition().items):
         extensions.create_custom_resource_definition(SERVICE_MONITOR_CRD)

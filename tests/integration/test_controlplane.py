@@ -17,9 +17,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kubespeed.devcluster.build import read_pins
-from kubespeed.devcluster.cluster import ControlPlane, ControlPlaneError, remove_stale_dirs
-from kubespeed.devcluster.nodes import GPU_RESOURCE, GPU_TAINT
+from kubespeed_cli.dev.build import read_pins
+from kubespeed_cli.dev.cluster import ControlPlane, ControlPlaneError, remove_stale_dirs
+from kubespeed_cli.dev.nodes import GPU_RESOURCE, GPU_TAINT
 
 T = TypeVar("T")
 
@@ -245,7 +245,7 @@ def children_of(pid: int) -> list[int]:
 def test_dev_cluster_prints_the_exports_and_ctrl_c_stops_every_process_and_removes_its_folder(
     control_plane: ControlPlane, tmp_path: Path
 ) -> None:
-    command = [sys.executable, "-m", "kubespeed.cli", "dev", "cluster", "--gpu-nodes", "1"]
+    command = [sys.executable, "-m", "kubespeed_cli", "dev", "cluster", "--gpu-nodes", "1"]
     stderr = tmp_path / "stderr"
     with open(stderr, "w") as err:
         # Started as a shell starts a command in the background (`&`): with SIGINT ignored.
@@ -293,7 +293,7 @@ def test_failed_start_raises_with_the_log_and_leaves_nothing(control_plane: Cont
 def test_components_die_with_the_process_that_started_them(tmp_path: Path) -> None:
     # A parent that spawns a child the way the control plane does, then is SIGKILLed.
     parent_code = (
-        "import sys, time; from pathlib import Path; from kubespeed.devcluster.processes import spawn; "
+        "import sys, time; from pathlib import Path; from kubespeed_cli.dev.processes import spawn; "
         "p = spawn('sleeper', [sys.executable, '-c', 'import time; time.sleep(600)'], Path(sys.argv[1])); "
         "print(p.pid, flush=True); time.sleep(600)"
     )

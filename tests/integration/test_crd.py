@@ -14,9 +14,10 @@ from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
 from kubespeed import wiring
-from kubespeed.devcluster.cluster import ControlPlane
-from kubespeed.spec import crd, parse_job_spec, to_dict
+from kubespeed_cli.dev.cluster import ControlPlane
+from kubespeed.spec import parse_job_spec, to_dict
 from kubespeed_operator.build.render import render
+from operator_fixture import install_crd
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,7 @@ def lmtj(name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def installed_crd(control_plane: ControlPlane) -> dict[str, Any]:
-    return crd.install(control_plane.api_client())
+    return install_crd(control_plane.api_client())
 
 
 @pytest.fixture

@@ -84,7 +84,7 @@ def test_operator_metrics_show_jobs_by_phase_reconciles_and_restarts(lmtj, kubel
 
 def _restart_api_server(control_plane) -> None:
     """Stop kube-apiserver and start it again with the same flags (the control plane offers no public call)."""
-    from kubespeed.devcluster.processes import http_ok, stop, wait_until
+    from kubespeed_cli.dev.processes import http_ok, stop, wait_until
 
     old = next(p for p in control_plane.processes if p.name == "kube-apiserver")
     stop(old)

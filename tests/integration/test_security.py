@@ -23,7 +23,7 @@ from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
 from kubespeed import wiring
-from kubespeed.devcluster.cluster import ControlPlane
+from kubespeed_cli.dev.cluster import ControlPlane
 from kubespeed_operator.build.children import attempt_pods, job_children
 from kubespeed_operator.build.render import as_submitted
 

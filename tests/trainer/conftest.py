@@ -71,7 +71,7 @@ class Job:
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     def command(self, ranks: int, *, nnodes: int = 1, node_rank: int = 0, port: int | None = None, extra: tuple[str, ...] = ()) -> list[str]:
-        return [sys.executable, "-m", "kubespeed.cli", "launch", "--nnodes", str(nnodes), "--node-rank", str(node_rank),
+        return [sys.executable, "-m", "kubespeed_cli", "launch", "--nnodes", str(nnodes), "--node-rank", str(node_rank),
                 "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1", "--master-port", str(port or free_port()),
                 "--", str(self.config_path), "--checkpoint-dir", str(self.run_dir), "--gpu", "false", *extra]
 

@@ -1,6 +1,6 @@
 import pytest
 
-from kubespeed import cli
+from kubespeed_cli import main as cli
 
 
 def test_help_lists_every_command(capsys):

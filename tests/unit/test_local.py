@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from kubespeed import wiring
-from kubespeed.local import command, progress, rewire, runner, summary
-from kubespeed.local.overrides import apply_overrides
-from kubespeed.local.plot import plot_loss
+from kubespeed_cli.local import command, progress, rewire, runner, summary
+from kubespeed_cli.local.overrides import apply_overrides
+from kubespeed_cli.local.plot import plot_loss
 from kubespeed.metrics import read_jsonl
 from kubespeed.ports import free_port
 from kubespeed.spec import SpecError, load_job, parse_job_spec
@@ -130,7 +130,7 @@ def test_gpu_job_uses_the_gpu_only_when_there_is_one(tmp_path, gpu, want):
 
 def test_pod_command_runs_with_this_python(tmp_path):
     pods, _ = local_pods(tmp_path)
-    assert pods[0].argv == [sys.executable, "-m", "kubespeed.cli", *wiring.TRAINER_ENTRYPOINT[1:]]
+    assert pods[0].argv == [sys.executable, "-m", "kubespeed_cli", *wiring.TRAINER_ENTRYPOINT[1:]]
 
 
 @pytest.mark.parametrize(

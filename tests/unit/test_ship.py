@@ -23,7 +23,8 @@ from types import ModuleType
 import pytest
 import yaml
 
-from kubespeed import cli, wiring
+from kubespeed import wiring
+from kubespeed_cli import main as cli
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubespeed"

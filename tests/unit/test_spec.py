@@ -3,20 +3,13 @@
 import pytest
 
 from kubespeed.spec import SpecError, crd, parse_job_spec, parse_trainer_config
+from spec_overrides import overridden
 
 MINIMAL = {"image": "trainer:1", "data": {"train": "builtin:tiny"}}
 
 
 def with_(**overrides):
-    spec = {**MINIMAL}
-    for dotted, value in overrides.items():
-        node = spec
-        *parents, leaf = dotted.split("__")
-        for p in parents:
-            node[p] = dict(node.get(p, {}))
-            node = node[p]
-        node[leaf] = value
-    return spec
+    return overridden(MINIMAL, **overrides)
 
 
 def test_minimal_spec_gets_every_default():

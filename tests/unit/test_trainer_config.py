@@ -12,17 +12,11 @@ from kubespeed import deepspeed_config
 from kubespeed.spec import SpecError, parse_trainer_config
 from kubespeed.spec.job import ScheduleSpec
 from kubespeed_trainer.engine import schedule
+from spec_overrides import overridden
 
 
 def config(**sections):
-    raw = {"data": {"train": "builtin:python-docs"}}
-    for dotted, value in sections.items():
-        node = raw
-        *parents, leaf = dotted.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return parse_trainer_config(raw)
+    return parse_trainer_config(overridden({"data": {"train": "builtin:python-docs"}}, **sections))
 
 
 def batch(global_, micro, **more):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -10,6 +9,7 @@ import pytest
 import yaml
 
 from kubespeed import wiring
+from spec_overrides import overridden
 
 JOB_NAME = "demo"
 NAMESPACE = "team-a"
@@ -18,13 +18,7 @@ UID = "0b7e3f1c-5a4e-4d0f-9c61-2f4f0f6c1a11"
 
 
 def _job(**spec_overrides: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {"image": "trainer:1", "data": {"train": "builtin:tiny"}}
-    for dotted, value in spec_overrides.items():
-        node = spec
-        *parents, leaf = dotted.split("__")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = copy.deepcopy(value)
+    spec = overridden({"image": "trainer:1", "data": {"train": "builtin:tiny"}}, **spec_overrides)
     checkpoint = spec.get("checkpoint") or {}
     if (spec.get("nodes") or 1) > 1 and "claimName" not in checkpoint and "volumeClaim" not in checkpoint:
         # A gang of several nodes must share its checkpoints (the schema says so).

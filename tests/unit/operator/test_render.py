@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import yaml
 
-from kubespeed import cli
+from kubespeed_cli import main as cli
 from kubespeed_operator.build.children import attempt_pods, job_children
 from kubespeed_operator.build.render import RENDER_UID, as_submitted, render
 
@@ -94,7 +94,7 @@ def test_render_needs_neither_kopf_nor_the_kubernetes_client():
     import sys
 
     code = (
-        "import sys, kubespeed_operator.render_command;"
+        "import sys, kubespeed_cli.render;"
         "loaded = sorted(m for m in ('kopf', 'kubernetes', 'torch', 'deepspeed') if m in sys.modules);"
         "print(','.join(loaded))"
     )

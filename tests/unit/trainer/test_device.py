@@ -39,7 +39,7 @@ def test_train_with_gpu_true_on_this_gpu_less_machine_exits_with_the_reason(tmp_
     config = tmp_path / "trainer.yaml"
     config.write_text(yaml.safe_dump({"data": {"train": str(text_file), "tokenizer": {"type": "char"}}, "training": {"steps": 1}}))
     result = subprocess.run(
-        [sys.executable, "-m", "kubespeed.cli", "train", str(config), "--gpu", "true", "--checkpoint-dir", str(tmp_path / "ckpt")],
+        [sys.executable, "-m", "kubespeed_cli", "train", str(config), "--gpu", "true", "--checkpoint-dir", str(tmp_path / "ckpt")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == expected[0].code, result.stderr[-2000:]

@@ -177,7 +177,7 @@ def localize_pod(
         env[wiring.ENV_USE_GPU] = "0"
     argv = [*container.get("command", []), *container.get("args", [])]
     if argv[:1] == ["kubespeed"]:
-        argv = [sys.executable, "-m", "kubespeed.cli", *argv[1:]]
+        argv = [sys.executable, "-m", "kubespeed_cli", *argv[1:]]
     name = pod["metadata"]["name"]
     workdir = container.get("workingDir")
     cwd = Path(_local_path(workdir, mounts)) if workdir else folder.pod_dir(name)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kubespeed.local.rewire import LocalPod
+from kubespeed_cli.local.rewire import LocalPod
 
 POLL_SECONDS = 0.25
 

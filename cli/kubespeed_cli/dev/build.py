@@ -1,6 +1,6 @@
 """Build the control-plane binaries from the pinned Go modules in tools/, once per machine.
 
-    python -m kubespeed.devcluster.build          # prints the bin folder
+    python -m kubespeed_cli.dev.build          # prints the bin folder
     tools/build-binaries.sh                       # the same, for people and CI
 
 tools/controlplane/go.mod pins k8s.io/kubernetes (kube-apiserver, kube-controller-manager,
@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-TOOLS_DIR = Path(__file__).resolve().parents[2] / "tools"
+TOOLS_DIR = Path(__file__).resolve().parents[3] / "tools"
 MODULE_DIRS = ("controlplane", "helm")
 
 KUBERNETES_MODULE = "k8s.io/kubernetes"
@@ -194,7 +194,7 @@ def _build_into(out_dir: Path, pins: Pins, tools_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kubespeed.devcluster.build", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kubespeed_cli.dev.build", description=__doc__.split("\n")[0])
     parser.add_argument("--print-key", action="store_true", help="print the cache key and exit")
     args = parser.parse_args(argv)
     if args.print_key:

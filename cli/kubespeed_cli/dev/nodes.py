@@ -15,6 +15,8 @@ import threading
 from datetime import datetime, timezone
 from typing import Any
 
+from kubernetes import client
+
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
 # The taint GPU node pools carry (GKE, AKS and the NVIDIA GPU operator's docs use this key),
@@ -105,8 +107,6 @@ def lease(name: str, node_uid: str) -> dict[str, Any]:
 
 
 def register(api_client: Any, name: str, gpus: int, kubelet_version: str) -> None:
-    from kubernetes import client
-
     core = client.CoreV1Api(api_client)
     created = core.create_node(node(name, gpus))
     core.patch_node_status(name, node_status(gpus, kubelet_version))
@@ -114,8 +114,6 @@ def register(api_client: Any, name: str, gpus: int, kubelet_version: str) -> Non
 
 
 def heartbeat(api_client: Any, name: str) -> None:
-    from kubernetes import client
-
     client.CoordinationV1Api(api_client).patch_namespaced_lease(
         name, NODE_LEASE_NAMESPACE, {"spec": {"renewTime": _now()}}
     )
@@ -127,8 +125,6 @@ def heartbeat(api_client: Any, name: str) -> None:
 
 def schedulable(api_client: Any, name: str) -> bool:
     """Ready, and no taint left but the GPU one (the apiserver's not-ready taint is gone)."""
-    from kubernetes import client
-
     current = client.CoreV1Api(api_client).read_node(name)
     taints = {taint.key for taint in current.spec.taints or []} - {GPU_TAINT["key"]}
     ready = any(c.type == "Ready" and c.status == "True" for c in current.status.conditions or [])

@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from kubespeed import checkpoints, metrics, wiring
-from kubespeed.local import progress, rewire, runner, summary
-from kubespeed.local.overrides import apply_overrides
-from kubespeed.local.plot import plot_loss
 from kubespeed.ports import free_port
 from kubespeed.spec import LMTrainingJobSpec, SpecError, load_job, parse_job_spec
+from kubespeed_cli.local import progress, rewire, runner, summary
+from kubespeed_cli.local.overrides import apply_overrides
+from kubespeed_cli.local.plot import plot_loss
+from kubespeed_operator.build.children import attempt_pods, job_children
+from kubespeed_operator.build.render import FIRST_ATTEMPT, as_submitted
+from kubespeed_operator.decide.observed import PodPhase, PodView
+from kubespeed_operator.decide.restart import attempt_failure, verdict
 
 INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C
 
@@ -36,8 +40,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def load_local_job(path: str, overrides: list[str]) -> tuple[dict[str, Any], LMTrainingJobSpec]:
     """The manifest with overrides applied, as `kubespeed render` submits it, and its parsed spec."""
-    from kubespeed_operator.build.render import as_submitted
-
     job = apply_overrides(load_job(path), overrides)
     spec = parse_job_spec(job.get("spec") or {}, path=f"{path}: spec")
     return as_submitted(job, "default"), spec
@@ -79,11 +81,6 @@ def main(argv: list[str]) -> int:
 
 
 def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFolder, *, plain: bool, job_path: str, started: float) -> int:
-    from kubespeed_operator.build.children import attempt_pods, job_children
-    from kubespeed_operator.build.render import FIRST_ATTEMPT
-    from kubespeed_operator.decide.observed import PodPhase, PodView
-    from kubespeed_operator.decide.restart import attempt_failure, verdict
-
     name = job["metadata"]["name"]
     clock = progress.StepClock(start_step=resume_step(folder, spec), started=started)
     use_gpu = spec.gpu and visible_gpus() >= spec.procsPerNode

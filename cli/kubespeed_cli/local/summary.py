@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kubespeed.local.progress import format_seconds
+from kubespeed_cli.local.progress import format_seconds
 
 
 def history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -16,18 +16,20 @@ from __future__ import annotations
 import importlib
 import sys
 
+from kubespeed import __version__
+
 # name -> (module, one-line summary); each module has `main(argv: list[str]) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "local": ("kubespeed.local", "run an LMTrainingJob on this machine, each pod a local process group"),
-    "render": ("kubespeed_operator.render_command", "print the objects the operator would create for a job, as YAML"),
-    "crd": ("kubespeed.spec.crd", "print the LMTrainingJob CustomResourceDefinition"),
+    "local": ("kubespeed_cli.local", "run an LMTrainingJob on this machine, each pod a local process group"),
+    "render": ("kubespeed_cli.render", "print the objects the operator would create for a job, as YAML"),
+    "crd": ("kubespeed_cli.crd", "print the LMTrainingJob CustomResourceDefinition"),
     "operator": ("kubespeed_operator.run.main", "run the operator"),
     "launch": ("kubespeed_trainer.commands.launch", "pod entrypoint: start this node's ranks from the pod wiring"),
     "train": ("kubespeed_trainer.commands.train", "train one rank group from a trainer config file"),
     "prepare": ("kubespeed_trainer.commands.prepare", "tokenize a data source once into token shards"),
     "sample": ("kubespeed_trainer.commands.sample", "generate text from a checkpoint or exported weights"),
     "export": ("kubespeed_trainer.commands.export", "export a checkpoint's weights as safetensors"),
-    "dev": ("kubespeed.devcluster.cli", "developer tools: `kubespeed dev cluster` starts a local control plane"),
+    "dev": ("kubespeed_cli.dev.command", "developer tools: `kubespeed dev cluster` starts a local control plane"),
 }
 
 
@@ -44,8 +46,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] == "--version":
-        from kubespeed import __version__
-
         print(__version__)
         return 0
     name, rest = argv[0], argv[1:]

@@ -20,7 +20,8 @@ import sys
 import time
 from types import FrameType
 
-from kubespeed.devcluster import build
+from kubespeed_cli.dev import build
+from kubespeed_cli.dev.cluster import ControlPlane, ControlPlaneError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,8 +39,6 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def run_cluster(gpu_nodes: int, gpus_per_node: int) -> int:
-    from kubespeed.devcluster.cluster import ControlPlane, ControlPlaneError
-
     # SIGINT too, explicitly: a shell that starts a command in the background (`&`, CI runners,
     # agents) starts it with SIGINT ignored, and Python then never raises KeyboardInterrupt.
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -8,6 +8,6 @@ The pods are the operator's own (`kubespeed_operator.build.children`); `rewire` 
 differs off-cluster, `runner` runs the gang, `progress`, `summary` and `plot` report.
 """
 
-from kubespeed.local.command import main
+from kubespeed_cli.local.command import main
 
 __all__ = ["main"]

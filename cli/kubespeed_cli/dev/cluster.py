@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubespeed.devcluster import nodes, pki
+from kubernetes import client
+
+from kubespeed_cli.dev import nodes, pki
 from kubespeed.ports import free_port
-from kubespeed.devcluster.build import ensure_binaries, read_pins
-from kubespeed.devcluster.processes import (
+from kubespeed_cli.dev.build import ensure_binaries, read_pins
+from kubespeed_cli.dev.processes import (
     ControlPlaneError,
     Process,
     http_ok,
@@ -282,8 +284,6 @@ class ControlPlane:
         return env
 
     def _configuration(self) -> Any:
-        from kubernetes import client
-
         configuration = client.Configuration()
         configuration.host = self.server
         configuration.ssl_ca_cert = str(self.pki.ca.cert)
@@ -293,8 +293,6 @@ class ControlPlane:
 
     def api_client(self) -> Any:
         """A new `kubernetes.client.ApiClient` as cluster admin (system:masters)."""
-        from kubernetes import client
-
         return client.ApiClient(self._configuration())
 
     def impersonate(self, namespace: str, service_account: str) -> Any:

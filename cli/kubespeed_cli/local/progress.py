@@ -15,6 +15,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
 from kubespeed import metrics, wiring
 
 # The trainer's gauges we show (kubespeed.metrics names them), as Snapshot fields.
@@ -154,8 +156,6 @@ class BarProgress:
     """A rich progress bar: step/total, loss, tokens/s and the trainer's own ETA."""
 
     def __init__(self, job: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
