@@ -198,11 +198,13 @@ def openapi_schema(cls: type) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- parsing
 
-def _parse(tp: Any, value: Any, path: str, meta: dict[str, Any]) -> Any:
+def _parse(tp: Any, value: Any, path: str, meta: dict[str, Any]) -> tuple[Any, Any]:
+    """(the value parsed, the same as plain data): the plain form is built once, on the way up,
+    for the CEL rules of every section above it."""
     inner, optional = _unwrap_optional(tp)
     if value is None:
         if optional:
-            return None
+            return None, None
         raise SpecError(path, "must be set (got null)")
     if meta.get("int_or_string") or inner is Quantity:
         if not isinstance(value, (int, str)) or isinstance(value, bool):
@@ -210,31 +212,33 @@ def _parse(tp: Any, value: Any, path: str, meta: dict[str, Any]) -> Any:
         if inner is Quantity and isinstance(value, str):
             if not re.fullmatch(QUANTITY_PATTERN, value):
                 raise SpecError(path, f"must be a quantity such as 8, 500m or 64Gi; got {value!r}")
-        return value
+        return value, value
     if dataclasses.is_dataclass(inner):
         if not isinstance(value, dict):
             raise SpecError(path, f"must be an object, got {type(value).__name__}")
-        return from_dict(inner, value, path)
+        return _from_dict(inner, value, path)
     origin = typing.get_origin(inner)
     if origin is list:
         if not isinstance(value, list):
             raise SpecError(path, f"must be a list, got {type(value).__name__}")
         (item,) = typing.get_args(inner)
-        return [_parse(item, v, f"{path}[{i}]", {}) for i, v in enumerate(value)]
+        pairs = [_parse(item, v, f"{path}[{i}]", {}) for i, v in enumerate(value)]
+        return [parsed for parsed, _ in pairs], [plain for _, plain in pairs]
     if origin is dict:
         if not isinstance(value, dict):
             raise SpecError(path, f"must be an object, got {type(value).__name__}")
         _, vt = typing.get_args(inner)
-        return {k: _parse(vt, v, f"{path}.{k}", {}) for k, v in value.items()}
+        pairs = {k: _parse(vt, v, f"{path}.{k}", {}) for k, v in value.items()}
+        return {k: parsed for k, (parsed, _) in pairs.items()}, {k: plain for k, (_, plain) in pairs.items()}
     if inner is Any:
-        return value
+        return value, value
     if inner is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        return float(value), float(value)
     if inner is int and isinstance(value, float) and value.is_integer():
-        return int(value)
+        return int(value), int(value)
     if not isinstance(value, inner) or (inner is not bool and isinstance(value, bool)):
         raise SpecError(path, f"must be {_type_word(inner)}, got {value!r}")
-    return value
+    return value, value
 
 
 def _type_word(tp: Any) -> str:
@@ -270,6 +274,10 @@ def _check_bounds(value: Any, meta: dict[str, Any], path: str) -> None:
 
 def from_dict(cls: type, data: dict[str, Any] | None, path: str = "spec") -> Any:
     """Parse a plain dict into the dataclass `cls`, filling defaults; errors name the field."""
+    return _from_dict(cls, data, path)[0]
+
+
+def _from_dict(cls: type, data: dict[str, Any] | None, path: str) -> tuple[Any, dict[str, Any]]:
     data = dict(data or {})
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -277,19 +285,23 @@ def from_dict(cls: type, data: dict[str, Any] | None, path: str = "spec") -> Any
     if unknown:
         raise SpecError(f"{path}.{unknown[0]}", f"unknown field (known: {', '.join(sorted(names))})")
     values: dict[str, Any] = {}
+    plain: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         sub = f"{path}.{f.name}"
         if f.name in data:
-            value = _parse(hints[f.name], data[f.name], sub, f.metadata)
+            value, plain_value = _parse(hints[f.name], data[f.name], sub, f.metadata)
         else:
             value = _default_of(f)
             if value is MISSING:
                 raise SpecError(sub, "is required")
+            plain_value = to_dict(value)
         _check_bounds(value, f.metadata, sub)
         values[f.name] = value
+        if plain_value is not None:
+            plain[f.name] = plain_value
     obj = cls(**values)
-    rules.check(cls, to_dict(obj), path)
-    return obj
+    rules.check(cls, plain, path)
+    return obj, plain
 
 
 def to_dict(obj: Any) -> Any:

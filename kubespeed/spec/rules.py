@@ -29,6 +29,13 @@ def _programs(cls: type) -> tuple[tuple[dict[str, str], Any], ...]:
 
 def check(cls: type, value: dict[str, Any], path: str) -> None:
     """Refuse `value` (a section of class `cls`, as plain data) at the first rule it breaks."""
-    for rule, program in _programs(cls):
-        if program.execute({"self": value}) is not True:
+    programs = _programs(cls)
+    if not programs:
+        return
+    # One context per section: turning the Python value into CEL values costs some
+    # 30 times more than evaluating a rule on it.
+    context = cel.Context()
+    context.add_variable("self", value)
+    for rule, program in programs:
+        if program.execute(context) is not True:
             raise SpecError(f"{path}{rule.get('fieldPath', '')}", rule["message"])
