@@ -32,6 +32,10 @@ NAME_LABEL = "app.kubernetes.io/name"
 APP_NAME = "kubespeed"
 OPERATOR_COMPONENT = "operator"
 TRAINER_COMPONENT = "trainer"
+# Where the operator runs unless told otherwise (the chart's and the manifests' namespace).
+OPERATOR_NAMESPACE = "kubespeed-system"
+# The API server labels every namespace with its own name; a NetworkPolicy selects a namespace by it.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 # The extended resource a GPU pod requests, and the taint GPU nodes carry under the same key.
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -52,6 +56,9 @@ SHM_DIR = "/dev/shm"
 WORK_DIR = "/workspace"
 TMP_DIR = "/tmp"
 CACHE_DIR = "/tmp/kubespeed-cache"
+# The kubelet's file for why a container ended (the pod's terminationMessagePath): the
+# launcher writes the failing rank's reason there, and it reaches the pod's status.
+TERMINATION_LOG_PATH = "/dev/termination-log"
 
 # The trainer image: where the launcher lives and who runs it.
 TRAINER_ENTRYPOINT = ["kubespeed", "launch"]
@@ -81,6 +88,7 @@ ENV_DEEPSPEED_CONFIG = "KUBESPEED_DEEPSPEED_CONFIG"
 ENV_CHECKPOINT_DIR = "KUBESPEED_CHECKPOINT_DIR"
 ENV_METRICS_PORT = "KUBESPEED_METRICS_PORT"
 ENV_USE_GPU = "KUBESPEED_GPU"
+ENV_TERMINATION_LOG = "KUBESPEED_TERMINATION_LOG"
 
 
 @dataclass(frozen=True)
@@ -98,7 +106,10 @@ EXIT_CONFIG_ERROR = ExitCode(64, False, "the job's configuration is invalid; a r
 EXIT_DATA_ERROR = ExitCode(65, False, "a data source or tokenizer is missing or unreadable; a retry cannot help")
 EXIT_PREEMPTED = ExitCode(143, True, "stopped by SIGTERM after writing a checkpoint; resume from it")
 EXIT_RETRYABLE = ExitCode(75, True, "a transient failure (rendezvous, I/O); a retry may help")
-EXIT_CODES = (EXIT_SUCCESS, EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_PREEMPTED, EXIT_RETRYABLE)
+# A node without NVIDIA's container runtime (or driver, or device plugin) gives a pod no GPUs;
+# another node may, so a restart can help, except when the job has never seen one.
+EXIT_NO_GPU = ExitCode(69, True, "the pod sees fewer GPUs than ranks (no NVIDIA runtime, driver or device plugin on the node)")
+EXIT_CODES = (EXIT_SUCCESS, EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_PREEMPTED, EXIT_RETRYABLE, EXIT_NO_GPU)
 PERMANENT_EXIT_CODES = frozenset(e.code for e in EXIT_CODES if e.code != 0 and not e.retryable)
 
 

@@ -16,17 +16,17 @@ from typing import Any
 
 from kubespeed.spec import rules
 from kubespeed.spec.errors import SpecError
+from kubespeed.spec.quantity import PATTERN as QUANTITY_PATTERN
 
 MISSING = dataclasses.MISSING
 
 
-# A Kubernetes resource quantity (`8`, `500m`, `64Gi`), as the API server's own schema for
-# resource.Quantity accepts it: an integer, or a string of this form.
-QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+QUANTITY_MAX_LENGTH = 64
 
 
 class Quantity(str):
-    """Type of a field holding a resource quantity; parsed values stay the int or str the user wrote."""
+    """Type of a field holding a resource quantity (`8`, `500m`, `64Gi`: an integer, or a string the
+    API server's schema for resource.Quantity accepts); parsed values stay the int or str the user wrote."""
 
 
 def field(
@@ -39,6 +39,7 @@ def field(
     exclusive_minimum: bool = False,
     pattern: str | None = None,
     min_length: int | None = None,
+    max_properties: int | None = None,
     immutable: bool = False,
     preserve_unknown: bool = False,
     embedded_resource: bool = False,
@@ -54,6 +55,7 @@ def field(
         "exclusive_minimum": exclusive_minimum,
         "pattern": pattern,
         "min_length": min_length,
+        "max_properties": max_properties,
         "immutable": immutable,
         "preserve_unknown": preserve_unknown,
         "embedded_resource": embedded_resource,
@@ -108,7 +110,8 @@ def _type_schema(tp: Any, meta: dict[str, Any]) -> dict[str, Any]:
     if dataclasses.is_dataclass(tp):
         return openapi_schema(tp)
     if tp is Quantity:
-        return {"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}
+        # A length bound keeps the API server's cost estimate for CEL rules on quantities within budget.
+        return {"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN, "maxLength": QUANTITY_MAX_LENGTH}
     origin = typing.get_origin(tp)
     if origin is list:
         (item,) = typing.get_args(tp)
@@ -165,6 +168,9 @@ def field_schema(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
         schema["pattern"] = f"^(?:{meta['pattern']})$"
     if meta.get("min_length") is not None:
         schema["minLength"] = meta["min_length"]
+    if meta.get("max_properties") is not None:
+        # A bound on a map keeps the cost the API server estimates for its CEL rules within budget.
+        schema["maxProperties"] = meta["max_properties"]
     if meta.get("list_map_keys"):
         # The API server refuses two entries with the same keys (e.g. two env vars of one name).
         schema["x-kubernetes-list-type"] = "map"
@@ -210,7 +216,7 @@ def _parse(tp: Any, value: Any, path: str, meta: dict[str, Any]) -> tuple[Any, A
         if not isinstance(value, (int, str)) or isinstance(value, bool):
             raise SpecError(path, f"must be an integer or a string, got {value!r}")
         if inner is Quantity and isinstance(value, str):
-            if not re.fullmatch(QUANTITY_PATTERN, value):
+            if not re.fullmatch(QUANTITY_PATTERN, value) or len(value) > QUANTITY_MAX_LENGTH:
                 raise SpecError(path, f"must be a quantity such as 8, 500m or 64Gi; got {value!r}")
         return value, value
     if dataclasses.is_dataclass(inner):
@@ -259,6 +265,8 @@ def _check_bounds(value: Any, meta: dict[str, Any], path: str) -> None:
         raise SpecError(path, f"must be at most {hi}; got {value!r}")
     if meta.get("min_length") is not None and len(value) < meta["min_length"]:
         raise SpecError(path, "must not be empty")
+    if meta.get("max_properties") is not None and len(value) > meta["max_properties"]:
+        raise SpecError(path, f"must have at most {meta['max_properties']} entries")
     if meta.get("pattern") is not None:
         if not re.fullmatch(meta["pattern"], value):
             raise SpecError(path, f"must match {meta['pattern']}; got {value!r}")

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubespeed import wiring
-from kubespeed.spec.fields import Quantity, field
+from kubespeed.spec.fields import field
+from kubespeed.spec.resources import Resources
+from kubespeed.spec.rules import rule
 
 GPT_SIZES = ("tiny", "mini", "small", "gpt-125m", "gpt-350m", "gpt-760m", "gpt-1b")
 MODEL_TYPES = ("gpt", "hf", "lstm")
@@ -33,6 +35,7 @@ SHARED_CHECKPOINT_MESSAGE = (
     "(the operator creates a ReadWriteMany claim) or checkpoint.claimName (an existing ReadWriteMany claim)"
 )
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+DNS_SUBDOMAIN = rf"{DNS_LABEL}(\.{DNS_LABEL})*"
 # `data.train: builtin:<name>` names text the installation carries instead of a path.
 BUILTIN_DATA_PREFIX = "builtin:"
 
@@ -44,12 +47,6 @@ JOB_NAME_MAX_LENGTH = 58
 
 # Env the pod wiring sets; a user's `env` may not replace it.
 RESERVED_ENV = tuple(sorted(value for name, value in vars(wiring).items() if name.startswith("ENV_")))
-GPU_RESOURCE = wiring.GPU_RESOURCE
-
-
-def rule(expression: str, message: str, field_path: str) -> dict[str, str]:
-    """A CEL validation rule of the CRD; `field_path` (relative to the object) names the field in the error."""
-    return {"rule": expression, "message": message, "fieldPath": field_path, "reason": "FieldValueInvalid"}
 
 
 def _cel_list(values: tuple[str, ...]) -> str:
@@ -293,18 +290,6 @@ class EnvVar:
     __cel__ = (rule(f"!(self.name in {_cel_list(RESERVED_ENV)})", "name is set by kubespeed's pod wiring and cannot be overridden", ".name"),)
 
 
-@dataclass(kw_only=True)
-class Resources:
-    """CPU, memory and extra resources per pod; GPUs come from `procsPerNode` when `gpu` is true."""
-
-    requests: dict[str, Quantity] = field("Minimum resources per pod, e.g. {cpu: 8, memory: 64Gi}.", {})
-    limits: dict[str, Quantity] = field("Maximum resources per pod, e.g. {memory: 80Gi}.", {})
-
-    __cel__ = (
-        rule(f"!('{GPU_RESOURCE}' in self.requests) && !('{GPU_RESOURCE}' in self.limits)", f"{GPU_RESOURCE} comes from procsPerNode when gpu is true; leave it out of resources", ".limits"),
-    )
-
-
 # ---------------------------------------------------------------- the job
 
 # Rules across the training sections; they hold for a job's spec and for a trainer config alike.
@@ -371,6 +356,11 @@ class LMTrainingJobSpec:
     resources: Resources = field("Per-pod resources besides GPUs.", Resources())
     env: list[EnvVar] = field("Extra environment for the trainer.", [], list_map_keys=("name",))
     serviceAccountName: str | None = field("ServiceAccount of the training pods; its token is never mounted.", None, pattern=DNS_LABEL)
+    runtimeClassName: str | None = field(
+        "RuntimeClass of the training pods, e.g. `nvidia` on nodes whose default container runtime does not give containers "
+        "the GPUs; unset: the operator's default (the chart's trainer.runtimeClassName), else the node's default runtime.",
+        None, pattern=DNS_SUBDOMAIN,
+    )  # fmt: skip
     model: ModelSpec = field("The model.", ModelSpec(), immutable=True)
     data: DataSpec = field("The data.", immutable=True)
     training: TrainingSpec = field("The training run.", TrainingSpec(), immutable=True)

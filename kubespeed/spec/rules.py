@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from kubespeed.spec import quantity
 from kubespeed.spec.errors import SpecError
 
 
@@ -49,6 +50,30 @@ def _programs(cls: type) -> tuple[tuple[dict[str, str], Any], ...]:
     return tuple((rule, cel.compile(rule["rule"])) for rule in rules if "oldSelf" not in rule["rule"])
 
 
+def rule(expression: str, message: str, field_path: str) -> dict[str, str]:
+    """A CEL validation rule of the CRD; `field_path` (relative to the object) names the field in the error."""
+    return {"rule": expression, "message": message, "fieldPath": field_path, "reason": "FieldValueInvalid"}
+
+
+def _substring(value: str, start: int, end: int | None = None) -> str:
+    """cel-go's strings extension, which the API server's CEL has: indices within the string or an error."""
+    end = len(value) if end is None else end
+    if not 0 <= start <= end <= len(value):
+        raise ValueError(f"substring({start}, {end}) out of range for a string of {len(value)}")
+    return value[start:end]
+
+
+# Functions of the API server's CEL libraries that the rules call and this evaluator lacks.
+LIBRARY_FUNCTIONS = {**quantity.CEL_FUNCTIONS, "substring": _substring}
+
+
+@functools.cache
+def _functions(cls: type) -> dict[str, Any]:
+    """The library functions the class's rules call."""
+    called = {name for _, program in _programs(cls) for name in program.functions()}
+    return {name: function for name, function in LIBRARY_FUNCTIONS.items() if name in called}
+
+
 def check(cls: type, value: dict[str, Any], path: str) -> None:
     """Refuse `value` (a section of class `cls`, as plain data) at the first rule it breaks."""
     programs = _programs(cls)
@@ -56,8 +81,13 @@ def check(cls: type, value: dict[str, Any], path: str) -> None:
         return
     # One context per section: turning the Python value into CEL values costs some
     # 30 times more than evaluating a rule on it.
-    context = cel.Context()
+    context = cel.Context(functions=_functions(cls))
     context.add_variable("self", value)
     for rule, program in programs:
-        if program.execute(context) is not True:
+        try:
+            passed = program.execute(context) is True
+        except (RuntimeError, TypeError, ValueError):
+            # The API server refuses an object whose rule fails to evaluate, too.
+            passed = False
+        if not passed:
             raise SpecError(f"{path}{rule.get('fieldPath', '')}", rule["message"])

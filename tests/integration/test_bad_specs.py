@@ -29,6 +29,21 @@ def bad(**changes: Any) -> dict[str, Any]:
     return overridden(GOOD, **changes)
 
 
+# Resources a Pod's container may not have (Kubernetes' ValidateContainerResourceRequirements):
+# (what is wrong, spec.resources, the field both judges must name). test_build_resources.py
+# shows the API server refusing each in a Pod too.
+BAD_RESOURCES = [
+    ("a request above its limit", {"requests": {"cpu": 4}, "limits": {"cpu": "2"}}, "spec.resources.requests"),
+    ("a memory request above its limit in other units", {"requests": {"memory": "2Gi"}, "limits": {"memory": "2000Mi"}}, "spec.resources.requests"),
+    ("a negative memory limit", {"limits": {"memory": "-1Gi"}}, "spec.resources.limits"),
+    ("a resource name that is neither standard nor qualified", {"requests": {"gpus": 1}}, "spec.resources.requests"),
+    ("a quota-style name", {"requests": {"requests.example.com/nic": 1}, "limits": {"requests.example.com/nic": 1}}, "spec.resources.requests"),
+    ("an extended resource without a limit", {"requests": {"example.com/nic": 1}}, "spec.resources.limits"),
+    ("an extended resource request below its limit", {"requests": {"example.com/nic": 1}, "limits": {"example.com/nic": 2}}, "spec.resources.limits"),
+    ("a fraction of an extended resource", {"limits": {"example.com/nic": "500m"}}, "spec.resources.limits"),
+    ("hugepages that are not whole pages", {"limits": {"hugepages-2Mi": "3Mi", "memory": "1Gi"}}, "spec.resources.limits"),
+]
+
 # Strict field validation answers an unknown field with 400 BadRequest, every other refusal is 422 Invalid.
 UNKNOWN_FIELD = "field the schema does not know"
 
@@ -89,6 +104,9 @@ BAD_SPECS = [
     ("memory that is not a quantity", bad(resources={"limits": {"memory": "lots"}}), "spec.resources.limits.memory"),
     ("GPUs in resources", bad(resources={"limits": {wiring.GPU_RESOURCE: 8}}), "spec.resources.limits"),
     ("cpu as a fraction (write \"500m\")", bad(resources={"requests": {"cpu": 0.5}}), "spec.resources.requests.cpu"),
+    ("too many resources to check", bad(resources={"limits": {f"example.com/r{i}": 1 for i in range(17)}}), "spec.resources.limits"),
+    *((what, bad(resources=resources), field) for what, resources, field in BAD_RESOURCES),
+    ("runtime class that is no name", bad(runtimeClassName="NVIDIA runtime"), "spec.runtimeClassName"),
     ("toleration Exists with a value", bad(scheduling__tolerations=[{"key": "spot", "operator": "Exists", "value": "yes"}]), "spec.scheduling.tolerations[0].value"),
     ("unknown taint effect", bad(scheduling__tolerations=[{"key": "spot", "effect": "NoRun"}]), "spec.scheduling.tolerations[0].effect"),
     ("unknown toleration operator", bad(scheduling__tolerations=[{"key": "spot", "operator": "Maybe"}]), "spec.scheduling.tolerations[0].operator"),

@@ -13,8 +13,10 @@ from typing import Any
 
 from kubespeed import wiring
 from kubespeed.spec import LMTrainingJobSpec, to_dict
+from kubespeed_operator.build.cluster import Cluster
 from kubespeed_operator.build.meta import child_metadata, labels
 from kubespeed_operator.build.podgroup import gang_annotations, gang_labels
+from kubespeed_operator.build.resources import container_resources
 from kubespeed_operator.build.volumes import pod_volumes, volume_mounts, volume_specs
 
 GPU_TOLERATION = {"key": wiring.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -45,6 +47,7 @@ def wiring_env(job_name: str, spec: LMTrainingJobSpec, node_rank: int, attempt: 
         wiring.ENV_CHECKPOINT_DIR: spec.checkpoint.mountPath,
         wiring.ENV_METRICS_PORT: str(wiring.METRICS_PORT),
         wiring.ENV_USE_GPU: "1" if spec.gpu else "0",
+        wiring.ENV_TERMINATION_LOG: wiring.TERMINATION_LOG_PATH,
     }
 
 
@@ -56,28 +59,15 @@ def container_env(job_name: str, spec: LMTrainingJobSpec, node_rank: int, attemp
     return [{"name": k, "value": v} for k, v in env.items()]
 
 
-def container_resources(spec: LMTrainingJobSpec) -> dict[str, Any]:
-    """Quantities as strings, the form the API server returns and typed clients expect."""
-    requests = {name: str(q) for name, q in spec.resources.requests.items()}
-    limits = {name: str(q) for name, q in spec.resources.limits.items()}
-    if spec.gpu:
-        # An extended resource's request defaults to its limit.
-        limits[wiring.GPU_RESOURCE] = str(spec.procsPerNode)
-    resources: dict[str, Any] = {}
-    if requests:
-        resources["requests"] = requests
-    if limits:
-        resources["limits"] = limits
-    return resources
-
-
 # Meets Pod Security `restricted`: non-root, no escalation, no capabilities, RuntimeDefault seccomp.
 POD_SECURITY_CONTEXT = {
     "runAsNonRoot": True,
     "runAsUser": wiring.TRAINER_UID,
     "runAsGroup": wiring.TRAINER_GID,
-    # Volumes that support ownership management (checkpoint claims) become writable by the trainer.
+    # Volumes that support ownership management (checkpoint claims) become writable by the trainer;
+    # a claim already owned so is not walked file by file at every pod start.
     "fsGroup": wiring.TRAINER_GID,
+    "fsGroupChangePolicy": "OnRootMismatch",
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 CONTAINER_SECURITY_CONTEXT = {
@@ -88,7 +78,12 @@ CONTAINER_SECURITY_CONTEXT = {
 }
 
 
-def training_pod(job: dict[str, Any], spec: LMTrainingJobSpec, node_rank: int, attempt: int) -> dict[str, Any]:
+def runtime_class(spec: LMTrainingJobSpec, cluster: Cluster) -> str | None:
+    """The job's RuntimeClass; the cluster's GPU default only for GPU jobs, whose nodes have that runtime."""
+    return spec.runtimeClassName or (cluster.gpu_runtime_class if spec.gpu else None)
+
+
+def training_pod(job: dict[str, Any], spec: LMTrainingJobSpec, node_rank: int, attempt: int, cluster: Cluster = Cluster()) -> dict[str, Any]:
     job_name = job["metadata"]["name"]
     name = wiring.pod_name(job_name, node_rank)
     metadata = child_metadata(
@@ -110,6 +105,10 @@ def training_pod(job: dict[str, Any], spec: LMTrainingJobSpec, node_rank: int, a
         "resources": container_resources(spec),
         "volumeMounts": volume_mounts(volumes),
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
+        # The launcher writes the failing rank's reason here; a container that dies before it
+        # can leaves the end of its log instead. Either way it reaches the job's status.
+        "terminationMessagePath": wiring.TERMINATION_LOG_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     scheduling = spec.scheduling
     pod_spec: dict[str, Any] = {
@@ -127,6 +126,8 @@ def training_pod(job: dict[str, Any], spec: LMTrainingJobSpec, node_rank: int, a
     }
     if spec.serviceAccountName:
         pod_spec["serviceAccountName"] = spec.serviceAccountName
+    if runtime_class(spec, cluster):
+        pod_spec["runtimeClassName"] = runtime_class(spec, cluster)
     if scheduling.nodeSelector:
         pod_spec["nodeSelector"] = dict(scheduling.nodeSelector)
     tolerations = ([dict(GPU_TOLERATION)] if spec.gpu else []) + [to_dict(t) for t in scheduling.tolerations]

@@ -13,15 +13,15 @@ from typing import Any
 
 import yaml
 
-from kubespeed_operator.build.children import attempt_pods, job_children
+from kubespeed_operator.build.children import Cluster, attempt_pods, job_children
 
 RENDER_UID = "00000000-0000-0000-0000-000000000000"
 FIRST_ATTEMPT = 1
 
 
-def render(job: dict[str, Any]) -> list[dict[str, Any]]:
+def render(job: dict[str, Any], cluster: Cluster = Cluster()) -> list[dict[str, Any]]:
     """Every object the operator creates for a new job: its children, then the first attempt's pods."""
-    return job_children(job) + attempt_pods(job, FIRST_ATTEMPT)
+    return job_children(job, cluster=cluster) + attempt_pods(job, FIRST_ATTEMPT, cluster=cluster)
 
 
 def as_submitted(job: dict[str, Any], namespace: str) -> dict[str, Any]:

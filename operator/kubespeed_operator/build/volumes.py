@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 from kubespeed import wiring
 from kubespeed.spec import LMTrainingJobSpec
 from kubespeed_operator.build.meta import child_metadata, labels
+from kubespeed_operator.build.resources import shm_size_limit
 
 
 class Volume(NamedTuple):
@@ -62,11 +63,14 @@ def pod_volumes(job_name: str, spec: LMTrainingJobSpec) -> list[Volume]:
         volumes.append(
             Volume("data", {"persistentVolumeClaim": {"claimName": spec.data.claimName, "readOnly": True}}, wiring.DATA_DIR, read_only=True)
         )
+    shm: dict[str, Any] = {"medium": "Memory"}
+    if shm_size_limit(spec) is not None:
+        shm["sizeLimit"] = shm_size_limit(spec)
     volumes += [
         # NCCL and torch's shared-memory transports need far more than the
         # container runtime's default 64 MiB /dev/shm; memory-backed, it counts
-        # against the pod's memory limit.
-        Volume("shm", {"emptyDir": {"medium": "Memory"}}, wiring.SHM_DIR),
+        # against the pod's memory, so its size is bounded by what the pod requests.
+        Volume("shm", {"emptyDir": shm}, wiring.SHM_DIR),
         Volume("tmp", {"emptyDir": {}}, wiring.TMP_DIR),
         Volume("workspace", {"emptyDir": {}}, wiring.WORK_DIR),
     ]

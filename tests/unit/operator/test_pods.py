@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kubespeed import wiring
-from kubespeed_operator.build.children import attempt_pods
+from kubespeed_operator.build.children import Cluster, attempt_pods
 
 
 def env_of(pod):
@@ -95,7 +95,7 @@ def test_volumes_and_mounts(make_job, name, overrides, checkpoint_source, data_c
     assert mounts[wiring.CONFIG_DIR] == {"name": "config", "mountPath": wiring.CONFIG_DIR, "readOnly": True}
     assert {k: v for k, v in volumes["checkpoints"].items() if k != "name"} == checkpoint_source, name
     assert mounts[wiring.CHECKPOINT_DIR_DEFAULT]["name"] == "checkpoints"
-    assert volumes["shm"]["emptyDir"] == {"medium": "Memory"}
+    assert volumes["shm"]["emptyDir"]["medium"] == "Memory"
     assert mounts[wiring.SHM_DIR]["name"] == "shm"
     for writable in (wiring.TMP_DIR, wiring.WORK_DIR):
         assert "readOnly" not in mounts[writable] and "emptyDir" in volumes[mounts[writable]["name"]]
@@ -131,6 +131,51 @@ def test_gpu_and_cpu_pods(make_job, name, overrides, gpu_limit, tolerates_gpu, n
     env = env_of(pod)
     assert ("TORCH_NCCL_ASYNC_ERROR_HANDLING" in env) == nccl, name
     assert env[wiring.ENV_USE_GPU] == ("1" if tolerates_gpu else "0")
+
+
+@pytest.mark.parametrize(
+    "name, procs, resources, requests, limits, shm",
+    [
+        ("nothing asked: cpu and memory per rank", 1, {}, {"cpu": "1", "memory": "4Gi"}, {}, "2Gi"),
+        ("nothing asked, four ranks", 4, {}, {"cpu": "4", "memory": "16Gi"}, {}, "8Gi"),
+        ("a memory request is kept; cpu still defaults", 2, {"requests": {"memory": "48Gi"}}, {"cpu": "2", "memory": "48Gi"}, {}, "24Gi"),
+        ("a limit alone is the request, as in a Pod", 1, {"limits": {"cpu": "500m", "memory": "3Gi"}}, {}, {"cpu": "500m", "memory": "3Gi"}, "1536Mi"),
+        ("a request below its limit", 1, {"requests": {"memory": "1000M"}, "limits": {"memory": "2G"}}, {"cpu": "1", "memory": "1000M"}, {"memory": "2G"}, "500000000"),
+        ("no memory at all", 1, {"requests": {"memory": 0}}, {"cpu": "1", "memory": "0"}, {}, None),
+    ],
+)
+def test_resources_default_per_rank_and_bound_shared_memory(make_job, name, procs, resources, requests, limits, shm):
+    job = make_job(gpu=False, procsPerNode=procs, training__globalBatchSize=8 * procs, training__microBatchSize=8, resources=resources)
+    pod = attempt_pods(job, 1)[0]
+    (container,) = pod["spec"]["containers"]
+    assert container["resources"]["requests"] == requests, name
+    assert container["resources"].get("limits", {}) == limits, name
+    assert volumes_of(pod)["shm"]["emptyDir"].get("sizeLimit") == shm, name
+
+
+@pytest.mark.parametrize(
+    "name, job, cluster_default, runtime_class",
+    [
+        ("none anywhere", {}, None, None),
+        ("the cluster's default for a GPU job", {}, "nvidia", "nvidia"),
+        ("no GPU runtime for a CPU job", {"gpu": False}, "nvidia", None),
+        ("the job's own wins", {"runtimeClassName": "nvidia-cdi"}, "nvidia", "nvidia-cdi"),
+        ("the job's own on a CPU job", {"gpu": False, "runtimeClassName": "gvisor"}, None, "gvisor"),
+    ],
+)
+def test_runtime_class_from_the_job_else_the_clusters_gpu_default(make_job, name, job, cluster_default, runtime_class):
+    pod = attempt_pods(make_job(**job), 1, cluster=Cluster(gpu_runtime_class=cluster_default))[0]
+    assert pod["spec"].get("runtimeClassName") == runtime_class, name
+
+
+def test_the_failing_ranks_reason_goes_to_the_termination_log_and_claims_keep_their_owner(make_job):
+    pod = attempt_pods(make_job(), 1)[0]
+    (container,) = pod["spec"]["containers"]
+    assert container["terminationMessagePath"] == wiring.TERMINATION_LOG_PATH
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert env_of(pod)[wiring.ENV_TERMINATION_LOG] == wiring.TERMINATION_LOG_PATH
+    # A large checkpoint volume is not re-chowned file by file at every pod start.
+    assert pod["spec"]["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
 
 
 def test_pod_meets_pod_security_restricted_and_carries_no_api_token(make_job):
