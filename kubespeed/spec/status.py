@@ -58,6 +58,7 @@ class Reason:
     IMAGE_PULL_FAILED = "ImagePullFailed"
     CONFIG_ERROR = "ConfigError"
     DATA_ERROR = "DataError"
+    NO_GPU_VISIBLE = "NoGPUVisible"
     PERMANENT_EXIT_CODE = "PermanentExitCode"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
@@ -68,6 +69,8 @@ class Reason:
     SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
     API_NOT_INSTALLED = "APINotInstalled"
     CREATE_FAILED = "CreateFailed"
+    # Objects of a deleted job of the same name (another owner UID) still hold the names.
+    WAITING_FOR_OLD_OBJECTS = "WaitingForOldObjects"
 
 
 @dataclass(kw_only=True)

@@ -24,7 +24,7 @@ from kubernetes import client
 from kubespeed import wiring
 from kubespeed_cli.dev.cluster import ControlPlane
 from chart_fixture import CHART, MODE_IDS, MODES, REPO, SYNC, documents, ok, render, run, template
-from operator_fixture import JobClient, OperatorProcess, install_crd, run_all
+from operator_fixture import JobClient, OperatorProcess, install_crd, job_manifest, run_all, shared_checkpoint_claim, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +66,40 @@ SERVICE_MONITOR_CRD: dict[str, Any] = {
 }  # fmt: skip
 
 
+# The same for its PodMonitor, which the chart ships for the training pods.
+POD_MONITOR_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "podmonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "names": {"kind": "PodMonitor", "plural": "podmonitors", "singular": "podmonitor", "listKind": "PodMonitorList"},
+        "scope": "Namespaced",
+        "versions": [{
+            "name": "v1", "served": True, "storage": True,
+            "schema": {"openAPIV3Schema": {
+                "type": "object",
+                "properties": {"spec": {
+                    "type": "object",
+                    "required": ["selector"],
+                    "properties": {
+                        "selector": {"type": "object", "properties": {
+                            "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                        "namespaceSelector": {"type": "object", "properties": {
+                            "any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}}},
+                        "podMetricsEndpoints": {"type": "array", "items": {"type": "object", "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                        }}},
+                    },
+                }},
+            }},
+        }],
+    },
+}  # fmt: skip
+
+
 def by_identity(docs: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
     keyed = {(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]): d for d in docs}
     assert len(keyed) == len(docs), "two objects with one identity"
@@ -85,7 +119,7 @@ def kubectl(control_plane: ControlPlane) -> Path:
 @pytest.fixture(scope="module")
 def cluster_ready(control_plane: ControlPlane) -> ControlPlane:
     """The namespaces and CRDs the renders refer to: the kustomize base's namespace, the
-    team namespaces of the namespaced mode, the LMTrainingJob and ServiceMonitor CRDs."""
+    team namespaces of the namespaced mode, the LMTrainingJob, ServiceMonitor and PodMonitor CRDs."""
     api = control_plane.api_client()
     core = client.CoreV1Api(api)
     existing = {ns.metadata.name for ns in core.list_namespace().items}
@@ -94,8 +128,10 @@ def cluster_ready(control_plane: ControlPlane) -> ControlPlane:
             core.create_namespace({"metadata": {"name": name}})
     install_crd(api)
     extensions = client.ApiextensionsV1Api(api)
-    if not any(c.metadata.name == SERVICE_MONITOR_CRD["metadata"]["name"] for c in extensions.list_custom_resource_definition().items):
-        extensions.create_custom_resource_definition(SERVICE_MONITOR_CRD)
+    installed = {c.metadata.name for c in extensions.list_custom_resource_definition().items}
+    for monitor in (SERVICE_MONITOR_CRD, POD_MONITOR_CRD):
+        if monitor["metadata"]["name"] not in installed:
+            extensions.create_custom_resource_definition(monitor)
     return control_plane
 
 
@@ -132,11 +168,18 @@ def test_namespaced_mode_grants_roles_only_in_the_watched_namespaces(control_pla
     assert deployment["spec"]["template"]["spec"]["containers"][0]["args"][:2] == [f"--namespace={ns}" for ns in TEAM_NAMESPACES]
 
 
-def test_operator_deployment_listens_where_the_wiring_says_and_never_overlaps(control_plane):
+def test_operator_deployment_listens_where_the_wiring_says_with_a_standby_on_another_node(control_plane):
     docs = render(control_plane)
     deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    # A rolling update starts the new replica before the old one goes, which hands the Lease over.
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = deployment["spec"]["template"]
+    (preferred,) = pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert preferred["podAffinityTerm"]["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    budget = next(doc for doc in docs if doc["kind"] == "PodDisruptionBudget")
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": deployment["spec"]["selector"]}
     container = pod["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": wiring.OPERATOR_METRICS_PORT, "health": wiring.OPERATOR_HEALTH_PORT}
@@ -147,6 +190,18 @@ def test_operator_deployment_listens_where_the_wiring_says_and_never_overlaps(co
     assert pod["metadata"]["labels"][wiring.COMPONENT_LABEL] == wiring.OPERATOR_COMPONENT
     service = next(doc for doc in docs if doc["kind"] == "Service")
     assert service["spec"]["ports"][0]["port"] == wiring.OPERATOR_METRICS_PORT
+
+
+def test_gpu_runtime_class_and_trainer_scrapers_reach_the_operator_and_a_pod_monitor(control_plane):
+    docs = render(control_plane, CHART / "ci" / "gpu-monitoring-values.yaml")
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--gpu-runtime-class=nvidia" in args
+    assert "--metrics-scraper=monitoring:app.kubernetes.io/name=prometheus" in args
+    monitor = next(doc for doc in docs if doc["kind"] == "PodMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"] == {wiring.MANAGED_BY_LABEL: wiring.MANAGED_BY, wiring.COMPONENT_LABEL: wiring.TRAINER_COMPONENT}
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
 
 
 WRONG_VALUES = [
@@ -160,6 +215,10 @@ WRONG_VALUES = [
     ("service monitor interval that is no duration", ["--set", "metrics.serviceMonitor.interval=soon"], "/metrics/serviceMonitor/interval"),
     ("existing service account without a name", ["--set", "serviceAccount.create=false"], "/serviceAccount/name"),
     ("log level not in the enum", ["--set", "logLevel=chatty"], "/logLevel"),
+    ("no replica at all", ["--set", "replicas=0"], "/replicas"),
+    ("runtime class that is no name", ["--set", "trainer.runtimeClassName=NVIDIA"], "/trainer/runtimeClassName"),
+    ("scraper namespace that is no DNS label", ["--set", "metrics.trainers.scrapers[0].namespace=Monitoring"], "/metrics/trainers/scrapers/0/namespace"),
+    ("scraper label value with a space", ["--set", "metrics.trainers.scrapers[0].namespace=monitoring", "--set", "metrics.trainers.scrapers[0].podLabels.app=pro metheus"], "/metrics/trainers/scrapers/0/podLabels/app"),
 ]
 
 
@@ -259,6 +318,9 @@ OPERATOR_NEEDS = [
     ("create the job's config", "create", "configmaps", "", ""),
     ("create the headless service", "create", "services", "", ""),
     ("create the network policy", "create", "networkpolicies", "networking.k8s.io", ""),
+    ("read back a config map that was there", "get", "configmaps", "", ""),
+    ("read back a service that was there", "get", "services", "", ""),
+    ("read back a network policy that was there", "get", "networkpolicies", "networking.k8s.io", ""),
     ("post events", "create", "events", "", ""),
 ]
 OPERATOR_MUST_NOT = [
@@ -270,6 +332,8 @@ OPERATOR_MUST_NOT = [
     ("bind roles", "bind", "clusterroles", "rbac.authorization.k8s.io", ""),
     ("impersonate", "impersonate", "serviceaccounts", "", ""),
     ("delete the CRD", "delete", "customresourcedefinitions", "apiextensions.k8s.io", ""),
+    ("delete config maps", "delete", "configmaps", "", ""),
+    ("list config maps", "list", "configmaps", "", ""),
     ("create nodes", "create", "nodes", "", ""),
 ]
 
@@ -352,4 +416,43 @@ def test_example_job_succeeds_under_an_operator_with_the_charts_service_account(
         assert f'User "system:serviceaccount:{release_namespace}:{account}" cannot' not in log, log[-5000:]
     finally:
         chart_operator.stop()
+        operator.start()
+
+
+def test_the_charts_two_replicas_one_stands_by_and_takes_over(installed, control_plane, operator, kubelet, namespace, tmp_path):
+    """The installed Deployment's replicas, run as its container runs (its args, the chart's
+    ServiceAccount, POD_NAMESPACE = the release namespace): one leads, the other stands by,
+    healthy, and takes the Lease when the leader dies; the job goes on under the new leader."""
+    release_namespace, account = installed
+    deployment = client.AppsV1Api(control_plane.api_client()).read_namespaced_deployment(account, release_namespace)
+    assert deployment.spec.replicas == 2
+    budget = client.PolicyV1Api(control_plane.api_client()).read_namespaced_pod_disruption_budget(account, release_namespace)
+    assert budget.spec.max_unavailable == 1
+    args = [*deployment.spec.template.spec.containers[0].args, "--lease-namespace", release_namespace]
+    kubeconfig = service_account_kubeconfig(control_plane, release_namespace, account, tmp_path)
+    first, second = (OperatorProcess(kubeconfig, tmp_path, args, identity=f"replica-{n}") for n in (1, 2))
+    operator.stop()
+    try:
+        first.start()
+        second.start(wait_for_lease=False)
+        wait_for(lambda: "waiting for Lease" in second.log(), "the second replica to stand by")
+        assert second.healthy() and "leading" not in second.log()
+        assert "kubespeed_operator_leader 0.0" in second.metrics() and "kubespeed_operator_leader 1.0" in first.metrics()
+
+        jobs = JobClient(control_plane, namespace)
+        shared_checkpoint_claim(jobs.core, namespace)
+        jobs.create(job_manifest("handover"))
+        run_all(jobs, kubelet, "handover", attempt=1)
+        first.kill()
+        wait_for(lambda: "leading: Lease" in second.log(), "the standby to take the Lease", timeout=40)
+        assert "kubespeed_operator_leader 1.0" in second.metrics()
+        for pod in jobs.pods("handover"):
+            kubelet.exit(namespace, pod.metadata.name, 0)
+        jobs.wait_phase("handover", "Succeeded")
+        for replica in (first, second):
+            assert "Traceback" not in replica.log(), replica.log()[-5000:]
+            assert f'User "system:serviceaccount:{release_namespace}:{account}" cannot' not in replica.log()
+    finally:
+        first.kill()
+        second.stop()
         operator.start()

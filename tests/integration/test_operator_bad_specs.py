@@ -41,7 +41,8 @@ def test_an_image_reference_that_can_never_work_fails_the_job(lmtj, kubelet):
     failed = lmtj.condition("badimage", "Failed")
     assert failed["reason"] == "ImagePullFailed" and "spec.image" in failed["message"]
     assert status["restarts"] == 0
-    assert ("Warning", "ImagePullFailed") in [(t, r) for t, r, _ in lmtj.events("badimage")]
+    # The Event follows the status write.
+    wait_for(lambda: ("Warning", "ImagePullFailed") in [(t, r) for t, r, _ in lmtj.events("badimage")], "a ImagePullFailed Event")
 
 
 def test_an_image_that_does_not_pull_is_reported_once_and_not_retried_in_a_loop(lmtj, kubelet):

@@ -145,4 +145,5 @@ def test_a_permanent_exit_code_fails_the_job_at_once(lmtj, kubelet):
     status = lmtj.wait_phase("badcfg", "Failed")
     assert (status["attempt"], status["restarts"]) == (1, 0)
     assert lmtj.condition("badcfg", "Failed")["reason"] == "ConfigError"
-    assert ("Warning", "ConfigError") in [(t, r) for t, r, _ in lmtj.events("badcfg")]
+    # The Event follows the status write.
+    wait_for(lambda: ("Warning", "ConfigError") in [(t, r) for t, r, _ in lmtj.events("badcfg")], "a ConfigError Event")

@@ -3,6 +3,7 @@ process groups, progress parsing, and the summary and plot of a run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -120,6 +121,7 @@ def test_pod_paths_become_the_run_folder(tmp_path):
         assert pod.env[wiring.ENV_CHECKPOINT_DIR] == str(folder.checkpoints), "all pods share one checkpoint folder"
         assert pod.cwd == folder.pod_dir(pod.name) / "workspace", "scratch volumes are per pod"
         assert pod.log == folder.logs / f"{pod.name}.log"
+        assert pod.env[wiring.ENV_TERMINATION_LOG] == str(pod.termination_log) == str(folder.pod_dir(pod.name) / "termination-log")
 
 
 @pytest.mark.parametrize("gpu, want", [(False, "0"), (True, "1")])
@@ -239,6 +241,34 @@ def test_a_failing_pod_stops_the_whole_gang_and_its_children(tmp_path):
     assert (result.exit_code, result.failed_pod, result.interrupted) == (75, "demo-1", False)
     assert not alive(wait_for(tmp_path / "demo-0" / "child.pid"))
     assert "attempt 1" in (tmp_path / "logs" / "demo-1.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "name, script, message",
+    [
+        ("the launcher's line in the termination log",
+         "import os, sys; open(os.environ['LOG'], 'w').write('rank 0: spec.data: data source x does not exist'); sys.exit(65)",
+         "rank 0: spec.data: data source x does not exist"),
+        ("an empty termination log falls back to the end of the pod's log",
+         "import sys; print('loading'); print('RuntimeError: boom', file=sys.stderr); sys.exit(1)", "RuntimeError: boom"),
+    ],
+)
+def test_a_failed_pod_says_why_as_the_kubelet_would(tmp_path, name, script, message):
+    pod = dataclasses.replace(sleeper_pod(tmp_path, "demo-0", script), termination_log=tmp_path / "demo-0" / "termination-log")
+    pod = dataclasses.replace(pod, env={**os.environ, "LOG": str(pod.termination_log)})
+    result = runner.run_gang([pod], 1, 5, runner.Interrupt(), on_tick=lambda: None)
+    assert result.message is not None and result.message.rstrip().endswith(message), name
+
+
+def test_a_run_that_never_stepped_reports_why_instead_of_empty_losses():
+    s = summary.build_summary(job="demo", outcome="failed: demo-0 exited 65", records=[], wall_seconds=20.0,
+                              seconds_to_first_step=None, steps_per_second=None, restarts=0, checkpoint=None,
+                              export=None, sample_command=None, loss_plot=None, reason="rank 0: spec.data: data source x does not exist")
+    assert summary.format_summary(s).splitlines() == [
+        "demo: failed: demo-0 exited 65 before the first step",
+        "  reason          rank 0: spec.data: data source x does not exist",
+        "  wall time       0:20",
+    ]
 
 
 def test_an_interrupt_sends_sigterm_to_each_pod_group(tmp_path):

@@ -15,8 +15,8 @@ from kubespeed import checkpoints
 from kubespeed.spec import SpecError, TrainerConfig, parse_trainer_config
 
 
-def load_config(path: str) -> TrainerConfig:
-    """Parse a trainer config file; errors name the file and the field."""
+def load_config(path: str, name: str | None = None) -> TrainerConfig:
+    """Parse a trainer config file; errors name the field, under `name` (e.g. `spec` for a job's) or the file."""
     try:
         with open(path, encoding="utf-8") as fh:
             raw = yaml.safe_load(fh) or {}
@@ -26,7 +26,7 @@ def load_config(path: str) -> TrainerConfig:
         raise SpecError(path, f"not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise SpecError(path, "must be a mapping with sections model, data, training, deepspeed, checkpoint")
-    return parse_trainer_config(raw, path)
+    return parse_trainer_config(raw, name or path)
 
 
 def load_run_config(directory: Path) -> TrainerConfig:

@@ -39,3 +39,12 @@ app.kubernetes.io/component: operator
 {{- .Release.Namespace -}}
 {{- end -}}
 {{- end -}}
+
+{{/* A scraper of `metrics.trainers.scrapers` as `kubespeed operator --metrics-scraper` takes it: NAMESPACE:KEY=VALUE,... */}}
+{{- define "kubespeed.scraper" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := .podLabels -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- printf "%s:%s" .namespace (join "," $pairs) -}}
+{{- end -}}

@@ -22,7 +22,7 @@ from kubespeed_cli.local.plot import plot_loss
 from kubespeed_operator.build.children import attempt_pods, job_children
 from kubespeed_operator.build.render import FIRST_ATTEMPT, as_submitted
 from kubespeed_operator.decide.observed import PodPhase, PodView
-from kubespeed_operator.decide.restart import attempt_failure, verdict
+from kubespeed_operator.decide.restart import attempt_failure, reason_line, verdict
 
 INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C
 
@@ -102,7 +102,8 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
                                      on_tick=lambda port=gang[0].metrics_port: show(port, clock, view))
             if result.exit_code == 0 or result.interrupted:
                 break
-            failed = PodView(result.failed_pod, result.failed_rank, attempt, phase=PodPhase.FAILED, exit_code=result.exit_code)
+            failed = PodView(result.failed_pod, result.failed_rank, attempt, phase=PodPhase.FAILED, exit_code=result.exit_code,
+                             message=result.message)
             decision = verdict(attempt_failure([failed], spec.nodes, name), spec.runPolicy, attempt - FIRST_ATTEMPT, attempt)
             print(f"{name}: {decision.message}", file=sys.stderr)
             if not decision.restart:
@@ -120,7 +121,8 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
         outcome, code = "succeeded", 0
     else:
         outcome, code = f"failed: {result.failed_pod} exited {result.exit_code}", result.exit_code
-    report(name, outcome, folder, clock, restarts=attempt - FIRST_ATTEMPT)
+    reason = reason_line(result.message) if code and not result.interrupted else None
+    report(name, outcome, folder, clock, restarts=attempt - FIRST_ATTEMPT, reason=reason)
     if result.interrupted:
         print(f"resume with: kubespeed local {job_path}")
     elif code:
@@ -169,7 +171,7 @@ def sample_command(weights: Path) -> str:
     return f"kubespeed sample {shlex.quote(str(shown))} --tokens 200"
 
 
-def report(name: str, outcome: str, folder: rewire.RunFolder, clock: progress.StepClock, restarts: int) -> None:
+def report(name: str, outcome: str, folder: rewire.RunFolder, clock: progress.StepClock, restarts: int, reason: str | None) -> None:
     records = metrics.read_jsonl(folder.checkpoints / checkpoints.METRICS_FILE)
     drew = plot_loss(summary.history(records), folder.loss_plot, f"{name}: loss")
     tag = checkpoints.latest_complete(folder.checkpoints)
@@ -186,6 +188,7 @@ def report(name: str, outcome: str, folder: rewire.RunFolder, clock: progress.St
         export=export if export.is_dir() else None,
         sample_command=sample_command(export if export.is_dir() else folder.checkpoints) if tag else None,
         loss_plot=folder.loss_plot if drew else None,
+        reason=reason,
     )
     summary.write_summary(result, folder.summary)
     print(summary.format_summary(result))

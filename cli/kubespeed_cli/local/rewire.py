@@ -60,6 +60,8 @@ class LocalPod:
     cwd: Path
     log: Path
     metrics_port: int
+    # Where the pod's launcher writes why it failed (its terminationMessagePath, here).
+    termination_log: Path | None = None
 
 
 def write_config_files(config_map: dict[str, Any], folder: RunFolder, shared: dict[str, Path], cwd: Path) -> None:
@@ -164,12 +166,16 @@ def localize_pod(
 
     - every pod reaches node rank 0 at 127.0.0.1 (no headless Service here), on a
       free port, and serves metrics on its own free port (all pods share one host);
-    - env values that are paths inside a volume point at that volume's local folder;
+    - env values that are paths inside a volume point at that volume's local folder,
+      and the termination log is a file in the pod's folder;
     - `kubespeed` runs as this Python's module, so an unactivated venv works;
     - without a GPU here the trainer is told to use the CPU (gloo), as `gpu: false` would.
     """
     container = pod["spec"]["containers"][0]
-    env = {e["name"]: _local_path(str(e.get("value", "")), mounts) for e in container.get("env", []) if "value" in e}
+    name = pod["metadata"]["name"]
+    termination_log = folder.pod_dir(name) / "termination-log" if container.get("terminationMessagePath") else None
+    paths = {**mounts, container["terminationMessagePath"]: termination_log} if termination_log else mounts
+    env = {e["name"]: _local_path(str(e.get("value", "")), paths) for e in container.get("env", []) if "value" in e}
     env[wiring.ENV_MASTER_ADDR] = "127.0.0.1"
     env[wiring.ENV_MASTER_PORT] = str(master_port)
     env[wiring.ENV_METRICS_PORT] = str(metrics_port)
@@ -178,7 +184,7 @@ def localize_pod(
     argv = [*container.get("command", []), *container.get("args", [])]
     if argv[:1] == ["kubespeed"]:
         argv = [sys.executable, "-m", "kubespeed_cli", *argv[1:]]
-    name = pod["metadata"]["name"]
     workdir = container.get("workingDir")
     cwd = Path(_local_path(workdir, mounts)) if workdir else folder.pod_dir(name)
-    return LocalPod(name=name, argv=argv, env=env, cwd=cwd, log=folder.logs / f"{name}.log", metrics_port=metrics_port)
+    return LocalPod(name=name, argv=argv, env=env, cwd=cwd, log=folder.logs / f"{name}.log", metrics_port=metrics_port,
+                    termination_log=termination_log)

@@ -15,10 +15,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from kubespeed_cli.local.rewire import LocalPod
 
 POLL_SECONDS = 0.25
+# What the kubelet reads of a termination log, and of a log's tail when that is empty (FallbackToLogsOnError).
+MAX_MESSAGE_BYTES = 4096
+MAX_LOG_TAIL_BYTES, MAX_LOG_TAIL_LINES = 2048, 80
 
 
 @dataclass
@@ -35,6 +39,10 @@ def start_pod(pod: LocalPod, attempt: int) -> subprocess.Popen:
     """Start the pod's command in its own session (so its own process group), logging to the pod's log."""
     pod.log.parent.mkdir(parents=True, exist_ok=True)
     pod.cwd.mkdir(parents=True, exist_ok=True)
+    if pod.termination_log is not None:
+        # Each container starts with an empty one, as the kubelet gives it.
+        pod.termination_log.parent.mkdir(parents=True, exist_ok=True)
+        pod.termination_log.write_bytes(b"")
     with open(pod.log, "ab") as log:
         log.write(f"--- kubespeed local: {pod.name}, attempt {attempt}: {' '.join(pod.argv)}\n".encode())
         log.flush()
@@ -47,6 +55,25 @@ def start_pod(pod: LocalPod, attempt: int) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def _tail(path: Path, size: int) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - size))
+            return handle.read()
+    except OSError:
+        return b""
+
+
+def termination_message(pod: LocalPod, code: int) -> str | None:
+    """Why the pod's container ended, as the kubelet reports it: its termination log, else for a
+    failure (FallbackToLogsOnError) the end of its log."""
+    message = _tail(pod.termination_log, MAX_MESSAGE_BYTES) if pod.termination_log else b""
+    if not message.strip() and code != 0:
+        message = b"\n".join(_tail(pod.log, MAX_LOG_TAIL_BYTES).splitlines()[-MAX_LOG_TAIL_LINES:])
+    return message.decode(errors="replace") or None
 
 
 def exit_code(returncode: int) -> int:
@@ -83,6 +110,8 @@ class AttemptResult:
     interrupted: bool
     failed_pod: str | None = None
     failed_rank: int | None = None
+    # The failed pod's termination message.
+    message: str | None = None
 
 
 def run_gang(
@@ -109,7 +138,8 @@ def run_gang(
             if failed:
                 stop_gang(procs, grace_seconds, interrupt)
                 rank, code = failed[0]
-                return AttemptResult(code, interrupted=False, failed_pod=pods[rank].name, failed_rank=rank)
+                return AttemptResult(code, interrupted=False, failed_pod=pods[rank].name, failed_rank=rank,
+                                     message=termination_message(pods[rank], code))
             if all(c == 0 for c in codes):
                 stop_gang(procs, 0, interrupt)
                 return AttemptResult(0, interrupted=False)

@@ -39,11 +39,13 @@ def build_summary(
     export: Path | None,
     sample_command: str | None,
     loss_plot: Path | None,
+    reason: str | None = None,
 ) -> dict[str, Any]:
     steps = history(records)
     return {
         "job": job,
         "outcome": outcome,
+        "reason": reason,
         "step": steps[-1]["step"] if steps else 0,
         "first_loss": _first(steps, "loss"),
         "final_loss": _last(steps, "loss"),
@@ -71,12 +73,18 @@ def format_summary(s: dict[str, Any]) -> str:
     def num(value: Any, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    lines = [
-        f"{s['job']}: {s['outcome']} at step {s['step']}",
-        f"  loss            {num(s['first_loss'], '.4f')} -> {num(s['final_loss'], '.4f')}",
-        f"  eval loss       {num(s['eval_loss'], '.4f')}  (perplexity {num(s['eval_perplexity'], '.2f')})",
-        f"  wall time       {format_seconds(s['wall_seconds'])}  (first step after {num(s['seconds_to_first_step'], '.1f')} s, {num(s['steps_per_second'], '.2f')} steps/s)",
-    ]
+    trained = s["first_loss"] is not None
+    lines = [f"{s['job']}: {s['outcome']} " + (f"at step {s['step']}" if trained else "before the first step")]
+    if s.get("reason"):
+        lines.append(f"  reason          {s['reason']}")
+    if trained:
+        lines += [
+            f"  loss            {num(s['first_loss'], '.4f')} -> {num(s['final_loss'], '.4f')}",
+            f"  eval loss       {num(s['eval_loss'], '.4f')}  (perplexity {num(s['eval_perplexity'], '.2f')})",
+            f"  wall time       {format_seconds(s['wall_seconds'])}  (first step after {num(s['seconds_to_first_step'], '.1f')} s, {num(s['steps_per_second'], '.2f')} steps/s)",
+        ]
+    else:
+        lines.append(f"  wall time       {format_seconds(s['wall_seconds'])}")
     if s["restarts"]:
         lines.append(f"  gang restarts   {s['restarts']}")
     if s["checkpoint"]:

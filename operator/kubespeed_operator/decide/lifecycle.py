@@ -67,6 +67,8 @@ class Blocker:
     reason: str
     message: str
     permanent: bool = False
+    # Seconds until the next try, when sooner than Timing.blocked_retry.
+    retry_after: float | None = None
 
 
 @dataclass
@@ -281,7 +283,7 @@ def _active(
     if missing and blocker is not None:
         extra[ConditionType.CREATED] = Cond("False", blocker.reason, blocker.message)
         status = ctx.status(Phase.PENDING, blocker.reason, blocker.message, extra, **fields)
-        return ctx.decision(status, blocker.reason, wake_after=min(timers + [ctx.timing.blocked_retry]))
+        return ctx.decision(status, blocker.reason, wake_after=min(timers + [blocker.retry_after or ctx.timing.blocked_retry]))
     if not missing:
         extra[ConditionType.CREATED] = Cond("True", Reason.PODS_CREATED, f"attempt {attempt}: all {nodes} pods created")
 

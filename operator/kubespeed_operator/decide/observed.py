@@ -71,6 +71,9 @@ class PodView:
     message: str | None = None
     # Taken away by the cluster (preempted, evicted, node drained or shut down), not failed by itself.
     disrupted: bool = False
+    # The UID of its controller (the job that made it); a pod is a job's only if this is the job's UID.
+    owner: str | None = None
+    uid: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -94,6 +97,14 @@ def _unschedulable(status: dict[str, Any]) -> str | None:
     for cond in status.get("conditions") or []:
         if cond.get("type") == PodCondition.POD_SCHEDULED and cond.get("status") == "False" and cond.get("reason") == PodReason.UNSCHEDULABLE:
             return cond.get("message") or "no node fits the pod"
+    return None
+
+
+def controller_uid(obj: dict[str, Any]) -> str | None:
+    """The UID of the object's controller (the owner reference marked controller), if it has one."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return ref.get("uid")
     return None
 
 
@@ -135,4 +146,6 @@ def view(pod: dict[str, Any]) -> PodView | None:
         reason=reason,
         message=message,
         disrupted=disrupted,
+        owner=controller_uid(pod),
+        uid=meta.get("uid"),
     )

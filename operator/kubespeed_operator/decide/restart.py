@@ -21,12 +21,20 @@ from kubespeed.spec.job import RunPolicy
 from kubespeed.spec.status import Reason
 from kubespeed_operator.decide.observed import PodPhase, PodReason, PodView
 
-# Reasons named after the trainer's permanent exit codes; another permanent code is `PermanentExitCode`.
+# Reasons named after the trainer's telling exit codes; another permanent code is `PermanentExitCode`.
 EXIT_REASONS = {
     wiring.EXIT_CONFIG_ERROR.code: Reason.CONFIG_ERROR,
     wiring.EXIT_DATA_ERROR.code: Reason.DATA_ERROR,
+    wiring.EXIT_NO_GPU.code: Reason.NO_GPU_VISIBLE,
 }
 EXIT_MEANINGS = {e.code: e.meaning for e in wiring.EXIT_CODES}
+# How much of the failing rank's own line (the container's termination message) a message quotes.
+REASON_MAX_CHARS = 500
+NO_GPU_HINT = (
+    "the first attempt saw no GPU, so a retry would not either: if the GPU nodes' default container runtime "
+    "is not NVIDIA's, set spec.runtimeClassName (e.g. nvidia) or the chart's trainer.runtimeClassName; "
+    "else check the nodes' NVIDIA driver and device plugin"
+)
 
 # Waiting reasons of a container that no retry can fix: the image reference is malformed,
 # or pulling is forbidden (imagePullPolicy Never) and the image is not on the node.
@@ -58,13 +66,24 @@ class Verdict:
     message: str
 
 
+def reason_line(message: str | None) -> str | None:
+    """The last non-empty line of a container's termination message, shortened: the launcher writes
+    one line; a message that fell back to the log's tail has many, and the last says most."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    if not lines:
+        return None
+    line = lines[-1]
+    return line if len(line) <= REASON_MAX_CHARS else line[: REASON_MAX_CHARS - 3] + "..."
+
+
 def _pod_failure(pod: PodView) -> Failure:
     if pod.exit_code is not None:
         meaning = EXIT_MEANINGS.get(pod.exit_code) or (pod.reason or "failed")
-        detail = f"exited with code {pod.exit_code} ({meaning})"
+        why = reason_line(pod.message)
+        detail = f"exited with code {pod.exit_code}: {why}" if why else f"exited with code {pod.exit_code} ({meaning})"
         permanent = pod.exit_code in wiring.PERMANENT_EXIT_CODES
         disruption = pod.disrupted or pod.exit_code == wiring.EXIT_PREEMPTED.code
-        reason = EXIT_REASONS.get(pod.exit_code, Reason.PERMANENT_EXIT_CODE) if permanent else (Reason.POD_DISRUPTED if disruption else Reason.POD_FAILED)
+        reason = EXIT_REASONS.get(pod.exit_code, Reason.PERMANENT_EXIT_CODE) if permanent else (Reason.POD_DISRUPTED if disruption else EXIT_REASONS.get(pod.exit_code, Reason.POD_FAILED))
         return Failure(pod.name, reason, detail, pod.exit_code, retryable=not permanent, disruption=disruption and not permanent)
     # Failed with no container exit: evicted, node lost, or the pod's own deadline.
     why = pod.reason or PodPhase.FAILED
@@ -109,6 +128,8 @@ def verdict(failure: Failure, policy: RunPolicy, counted: int, attempt: int) -> 
         return Verdict(False, failure.reason if not failure.retryable else Reason.POD_FAILED, f"{what}; runPolicy.restartPolicy is Never")
     if not failure.retryable and (policy.restartPolicy == "ExitCode" or failure.exit_code is None):
         return Verdict(False, failure.reason, f"{what}; a retry cannot help, so the job fails without restarting")
+    if failure.reason == Reason.NO_GPU_VISIBLE and attempt == 1:
+        return Verdict(False, failure.reason, f"{what}; {NO_GPU_HINT}")
     if failure.disruption:
         return Verdict(True, failure.reason, f"{what}; restarting the gang as attempt {attempt + 1} (a disruption: not counted against runPolicy.backoffLimit)")
     if counted >= policy.backoffLimit:

@@ -32,6 +32,6 @@ async def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInf
 @kopf.on.event(**JOBS)
 async def job_event(type: str | None, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
-        memo.operator.forget(namespace, name)
+        memo.operator.job_deleted(dict(body))
         return
     memo.operator.job_seen(dict(body))

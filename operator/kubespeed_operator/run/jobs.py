@@ -50,6 +50,9 @@ class Jobs:
     def __contains__(self, key: Key) -> bool:
         return key in self._jobs
 
+    def __len__(self) -> int:
+        return len(self._jobs)
+
     def get(self, key: Key) -> dict[str, Any] | None:
         return self._jobs.get(key)
 

@@ -183,17 +183,19 @@ class Kube:
                 return None
             raise
 
-    async def delete(self, url_path: str, grace_seconds: int | None = None, propagation: str | None = None) -> None:
-        """Delete; an object already gone is fine."""
+    async def delete(self, url_path: str, grace_seconds: int | None = None, propagation: str | None = None, uid: str | None = None) -> None:
+        """Delete; an object already gone is fine, and so, with `uid`, is one replaced by another of its name."""
         body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
         if grace_seconds is not None:
             body["gracePeriodSeconds"] = grace_seconds
         if propagation:
             body["propagationPolicy"] = propagation
+        if uid:
+            body["preconditions"] = {"uid": uid}
         try:
             await self.request("DELETE", url_path, body)
         except ApiError as err:
-            if err.status != 404:
+            if err.status != 404 and not (uid and err.status == 409):
                 raise
 
     async def patch_status(self, job: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,9 @@ import aiohttp
 import kopf
 
 from kubespeed import wiring
+from kubespeed_operator.build import cluster
 from kubespeed_operator.decide.lifecycle import Timing
+from kubespeed_operator.run.health import DEFAULT_STALL_SECONDS, Health
 from kubespeed_operator.run.jobs import Jobs
 from kubespeed_operator.run.kube import Credentials, Kube, login
 from kubespeed_operator.run.leader import Lease
@@ -33,7 +35,6 @@ from kubespeed_operator.run.reconciler import Reconciler
 from kubespeed_operator.run.workers import Workers
 
 logger = logging.getLogger("kubespeed.operator")
-DEFAULT_LEASE_NAMESPACE = "kubespeed-system"
 
 
 class Operator:
@@ -52,9 +53,9 @@ class Operator:
         if self.reconciler.pod_seen(namespace, job):
             self.workers.wake(namespace, job)
 
-    def forget(self, namespace: str, name: str) -> None:
-        self.reconciler.forget(namespace, name)
-        self.workers.forget(namespace, name)
+    def job_deleted(self, job: dict[str, Any]) -> None:
+        self.workers.forget(job["metadata"]["namespace"], job["metadata"]["name"])
+        self.reconciler.job_gone(job)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -63,7 +64,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     scope.add_argument("-n", "--namespace", action="append", help="watch this namespace (repeatable)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
     parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE"),
-                        help="namespace of the leader-election Lease (default: $POD_NAMESPACE, else the first --namespace, else kubespeed-system)")
+                        help=f"namespace of the leader-election Lease (default: $POD_NAMESPACE, else the first --namespace, else {wiring.OPERATOR_NAMESPACE})")
     parser.add_argument("--lease-name", default="kubespeed-operator", help="name of the leader-election Lease")
     parser.add_argument("--lease-seconds", type=int, default=15, help="how long a silent leader keeps the Lease")
     parser.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}", help="this replica's name in the Lease")
@@ -71,10 +72,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--health-port", type=int, default=wiring.OPERATOR_HEALTH_PORT, help="liveness /healthz port (0: off)")
     parser.add_argument("--progress-interval", type=float, default=Timing.progress_interval, help="seconds between reads of a job's rank 0 metrics")
     parser.add_argument("--resync", type=float, default=Timing.resync, help="seconds between timer reconciles of a quiet job")
+    parser.add_argument("--stall-seconds", type=float, default=DEFAULT_STALL_SECONDS,
+                        help="/healthz fails when the pod watch, or while jobs are live the reconciling, is silent this long")
+    cluster.add_flags(parser, os.environ.get("POD_NAMESPACE") or wiring.OPERATOR_NAMESPACE)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
     args = parser.parse_args(argv)
     if args.lease_namespace is None:
-        args.lease_namespace = args.namespace[0] if args.namespace else DEFAULT_LEASE_NAMESPACE
+        args.lease_namespace = args.namespace[0] if args.namespace else wiring.OPERATOR_NAMESPACE
     return args
 
 
@@ -86,7 +90,9 @@ async def run(args: argparse.Namespace, credentials: Credentials) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     jobs = Jobs()
-    metrics = OperatorMetrics(jobs)
+    health = Health(args.stall_seconds)
+    health.live_jobs = lambda: len(jobs)
+    metrics = OperatorMetrics(jobs, health)
     async with Kube(credentials, on_request=metrics.count_request) as kube, aiohttp.ClientSession() as http:
         servers = await metrics.serve(args.metrics_port, args.health_port)
         lease = Lease(kube, args.lease_namespace, args.lease_name, args.identity, args.lease_seconds)
@@ -95,11 +101,12 @@ async def run(args: argparse.Namespace, credentials: Credentials) -> int:
         if stop.is_set():
             acquiring.cancel()
             return 0
+        health.lead()
         timing = Timing(progress_interval=args.progress_interval, resync=args.resync)
-        reconciler = Reconciler(kube, jobs, metrics, timing, args.identity, http, may_act=lease.held)
+        reconciler = Reconciler(kube, jobs, metrics, timing, args.identity, http, may_act=lease.held, cluster=cluster.from_flags(args))
         workers = Workers(reconciler.reconcile, on_error=metrics.reconcile_errors.inc)
         handler = Operator(reconciler, workers)
-        pods = PodWatch(kube, args.namespace, on_change=handler.pod_seen)
+        pods = PodWatch(kube, args.namespace, on_change=handler.pod_seen, on_alive=health.watch_alive)
         reconciler.pods_of = pods.pods_of
         watching = asyncio.create_task(pods.run())
         keeping = asyncio.create_task(lease.keep())
@@ -124,6 +131,7 @@ async def run(args: argparse.Namespace, credentials: Credentials) -> int:
             await asyncio.gather(operator, return_exceptions=True)
         lost = keeping.done()
         await workers.stop()
+        await reconciler.close()
         for task in (watching, keeping, stopping, synced):
             task.cancel()
         if not lost:

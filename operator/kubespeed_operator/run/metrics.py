@@ -1,7 +1,7 @@
 """The operator's own Prometheus metrics and its liveness endpoint.
 
-    curl localhost:8080/metrics   # jobs by phase, reconcile durations, gang restarts, API requests
-    curl localhost:8081/healthz   # 200 while the event loop answers
+    curl localhost:8080/metrics   # jobs by phase, reconcile durations, gang restarts, API requests, leader
+    curl localhost:8081/healthz   # 200 while the operator does its work (health.py), else 503 and why
 """
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kubespeed.spec.status import PHASES
+from kubespeed_operator.run.health import Health
 from kubespeed_operator.run.jobs import Jobs
 
 # The phase label of a job that has no status yet.
@@ -40,7 +41,8 @@ class _JobsByPhase(Collector):
 class OperatorMetrics:
     """What the operator measures of itself; it observes the running part and steers nothing."""
 
-    def __init__(self, jobs: Jobs) -> None:
+    def __init__(self, jobs: Jobs, health: Health) -> None:
+        self.health = health
         self.registry = CollectorRegistry()
         self.registry.register(_JobsByPhase(jobs))
         self.reconcile_seconds = Histogram(
@@ -52,6 +54,8 @@ class OperatorMetrics:
             "kubespeed_operator_api_requests", "Requests to the API server by verb and HTTP code.", ["verb", "code"], registry=self.registry
         )
         self.reconcile_errors = Counter("kubespeed_operator_reconcile_errors", "Reconciles that failed and were retried.", registry=self.registry)
+        self.leader = Gauge("kubespeed_operator_leader", "1 on the replica that holds the Lease and acts, 0 on a standby.", registry=self.registry)
+        self.leader.set_function(lambda: float(health.leading))
 
     def count_request(self, verb: str, code: int) -> None:
         self.api_requests.labels(verb, str(code)).inc()
@@ -63,7 +67,10 @@ class OperatorMetrics:
             return web.Response(body=generate_latest(self.registry), content_type="text/plain", charset="utf-8")
 
         async def healthz(_: web.Request) -> web.Response:
-            return web.Response(text="ok\n")
+            problems = self.health.problems()
+            if problems:
+                return web.Response(status=503, text="".join(f"unhealthy: {p}\n" for p in problems))
+            return web.Response(text="ok\n" if self.health.leading else "ok: standing by for the Lease\n")
 
         runners = []
         for port, route, handler in ((metrics_port, "/metrics", metrics), (health_port, "/healthz", healthz)):

@@ -41,10 +41,13 @@ def _where(namespace: str | None) -> str:
 
 
 class PodWatch:
-    def __init__(self, kube: Kube, namespaces: list[str] | None, on_change: Callable[[str, str], None]):
+    def __init__(self, kube: Kube, namespaces: list[str] | None, on_change: Callable[[str, str], None],
+                 on_alive: Callable[[], None] = lambda: None):  # fmt: skip
         self.kube = kube
         self.scopes: list[str | None] = list(namespaces) if namespaces else [None]
         self.on_change = on_change
+        # Called for every sign of life from the API server: a listed page, a watch event or bookmark.
+        self.on_alive = on_alive
         # (namespace, job) -> pod name -> view; (namespace, pod name) -> job, for pods that lose their labels.
         self._pods: dict[Key, dict[str, PodView]] = {}
         self._job_of: dict[Key, str] = {}
@@ -91,6 +94,7 @@ class PodWatch:
         params = {"labelSelector": SELECTOR, "limit": str(LIST_PAGE)}
         while True:
             page = await self.kube.request("GET", path("v1", "Pod", namespace), params=params)
+            self.on_alive()
             for pod in page.get("items") or []:
                 seen = self._parse(pod)
                 if seen is not None:
@@ -114,6 +118,7 @@ class PodWatch:
         params = {"labelSelector": SELECTOR, "resourceVersion": version, "allowWatchBookmarks": "true",
                   "timeoutSeconds": str(WATCH_SECONDS)}
         async for event in self.kube.watch(path("v1", "Pod", namespace), params):
+            self.on_alive()
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":
                 raise ApiError(obj.get("code") or 500, obj.get("reason") or "WatchError", obj.get("message") or str(obj))
@@ -126,6 +131,8 @@ class PodWatch:
                 self._remove(meta.get("namespace", ""), meta.get("name", ""))
             else:
                 self._put(meta["namespace"], *seen)
+        # The API server ended the watch on time: it answers.
+        self.on_alive()
         return version
 
     @staticmethod

@@ -11,6 +11,7 @@ from kubespeed import wiring
 from kubespeed.deepspeed_config import resolve_deepspeed_config
 from kubespeed.spec import SpecError, parse_trainer_config
 from kubespeed_operator.build.children import attempt_pods, job_children, labels, owner_reference
+from kubespeed_operator.build.cluster import Cluster, Scraper
 
 
 def by_kind(objects):
@@ -113,20 +114,40 @@ def test_headless_service_resolves_pods_before_they_are_ready(make_job):
     assert {p["port"] for p in spec["ports"]} == {wiring.MASTER_PORT, wiring.METRICS_PORT}
 
 
-def test_network_policy_admits_all_tcp_within_the_job_and_metrics_from_the_operator_only(make_job):
-    policy = by_kind(job_children(make_job()))["NetworkPolicy"]["spec"]
+OPERATOR_PODS = {wiring.NAME_LABEL: wiring.APP_NAME, wiring.COMPONENT_LABEL: wiring.OPERATOR_COMPONENT}
+
+
+@pytest.mark.parametrize(
+    "name, cluster, metrics_from",
+    [
+        ("the operator's pods in its own namespace only", Cluster(), [("kubespeed-system", OPERATOR_PODS)]),
+        ("the operator where it runs", Cluster(operator_namespace="ops"), [("ops", OPERATOR_PODS)]),
+        (
+            "and the scrapers the cluster names",
+            Cluster(metrics_scrapers=(Scraper.parse("monitoring:app.kubernetes.io/name=prometheus"), Scraper.parse("team-a:"))),
+            [("kubespeed-system", OPERATOR_PODS), ("monitoring", {"app.kubernetes.io/name": "prometheus"}), ("team-a", {})],
+        ),
+    ],
+)
+def test_network_policy_admits_all_tcp_within_the_job_and_metrics_from_named_namespaces_only(make_job, name, cluster, metrics_from):
+    policy = by_kind(job_children(make_job(), cluster=cluster))["NetworkPolicy"]["spec"]
     assert policy["podSelector"] == {"matchLabels": {wiring.JOB_LABEL: "demo"}}
     assert policy["policyTypes"] == ["Ingress"]
-    same_job, operator = policy["ingress"]
+    same_job, metrics = policy["ingress"]
     assert same_job["from"] == [{"podSelector": {"matchLabels": {wiring.JOB_LABEL: "demo"}}}]
     # No port number: gloo and NCCL connect between ranks on ephemeral ports too.
     assert same_job["ports"] == [{"protocol": "TCP"}]
-    (peer,) = operator["from"]
-    assert peer["podSelector"]["matchLabels"] == {
-        wiring.NAME_LABEL: wiring.APP_NAME,
-        wiring.COMPONENT_LABEL: wiring.OPERATOR_COMPONENT,
-    }
-    assert operator["ports"] == [{"protocol": "TCP", "port": wiring.METRICS_PORT}]
+    # A namespace is chosen by the name label the API server sets, never by `namespaceSelector: {}` (any).
+    assert [(p["namespaceSelector"], p["podSelector"]) for p in metrics["from"]] == [
+        ({"matchLabels": {wiring.NAMESPACE_NAME_LABEL: namespace}}, {"matchLabels": labels}) for namespace, labels in metrics_from
+    ], name
+    assert metrics["ports"] == [{"protocol": "TCP", "port": wiring.METRICS_PORT}]
+
+
+@pytest.mark.parametrize("text", ["Monitoring:app=prometheus", "monitoring:app", "monitoring:app=pro metheus", ":app=x"])
+def test_a_scraper_that_is_not_namespace_and_labels_is_refused(text):
+    with pytest.raises(ValueError, match="NAMESPACE:KEY=VALUE|is not a label"):
+        Scraper.parse(text)
 
 
 @pytest.mark.parametrize(

@@ -76,11 +76,11 @@ class Router:
     def job_seen(self, job: dict[str, Any]) -> None:
         self.calls.append(("job_seen", job["metadata"]["name"]))
 
-    def forget(self, namespace: str, name: str) -> None:
-        self.calls.append(("forget", name))
+    def job_deleted(self, job: dict[str, Any]) -> None:
+        self.calls.append(("job_deleted", job["metadata"]["name"]))
 
 
-@pytest.mark.parametrize("event, want", [("ADDED", "job_seen"), ("MODIFIED", "job_seen"), (None, "job_seen"), ("DELETED", "forget")])
+@pytest.mark.parametrize("event, want", [("ADDED", "job_seen"), ("MODIFIED", "job_seen"), (None, "job_seen"), ("DELETED", "job_deleted")])
 def test_a_job_event_goes_to_its_job(event: str | None, want: str) -> None:
     router = Router()
     body = kopf.Body({"metadata": {"namespace": "ns", "name": "j", "resourceVersion": "1"}})

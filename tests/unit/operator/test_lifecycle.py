@@ -142,6 +142,41 @@ def test_a_failed_pod_ends_the_attempt(make_job, policy, exit_code, restarts, wa
         assert str(exit_code) in d.status["message"]
 
 
+@pytest.mark.parametrize(
+    "name, exit_code, message, quoted",
+    [
+        ("the launcher's one line", wiring.EXIT_DATA_ERROR.code, "rank 0: spec.data: data source /data/nonexistent.txt does not exist",
+         "exited with code 65: rank 0: spec.data: data source /data/nonexistent.txt does not exist"),
+        ("the last line of a log tail", 1, "Traceback (most recent call last):\n  ...\nRuntimeError: CUDA error: out of memory\n\n",
+         "exited with code 1: RuntimeError: CUDA error: out of memory"),
+        ("no message: what the code means", wiring.EXIT_CONFIG_ERROR.code, None, "exited with code 64 (the job's configuration is invalid"),
+    ],
+)
+def test_the_failing_ranks_own_words_reach_the_condition_and_the_event(make_job, name, exit_code, message, quoted):
+    job = with_status(make_job(nodes=2), running_status())
+    d = decide(job, [pod(0), pod(1, phase="Failed", exit_code=exit_code, reason="Error", message=message)], NOW)
+    assert quoted in d.status["message"], name
+    assert quoted in cond(d, d.status["phase"])["message"]
+    assert quoted in d.events[0].message
+
+
+@pytest.mark.parametrize(
+    "name, attempt, want_phase",
+    [
+        ("the first attempt: no retry will see one either", 1, "Failed"),
+        ("a later attempt: the GPUs were there before, another node may have them", 3, "Restarting"),
+    ],
+)
+def test_no_gpu_visible_fails_the_first_attempt_with_the_runtime_class_hint(make_job, name, attempt, want_phase):
+    job = with_status(make_job(nodes=2), running_status(attempt=attempt, restarts=attempt - 1))
+    line = "rank 0: spec.gpu is true but this pod sees 0 GPU(s) for its 1 rank(s) (CUDA_VISIBLE_DEVICES=unset)"
+    pods = [pod(0, attempt), pod(1, attempt, phase="Failed", exit_code=wiring.EXIT_NO_GPU.code, reason="Error", message=line)]
+    d = decide(job, pods, NOW)
+    assert (d.status["phase"], d.reason) == (want_phase, "NoGPUVisible"), name
+    assert "sees 0 GPU(s)" in d.status["message"]
+    assert ("spec.runtimeClassName" in d.status["message"]) == (want_phase == "Failed")
+
+
 def test_ending_an_attempt_uses_the_specs_grace_period(make_job):
     job = with_status(make_job(nodes=2, runPolicy={"terminationGracePeriodSeconds": 77}), running_status())
     d = decide(job, [pod(0), pod(1, **FAILED_1)], NOW)

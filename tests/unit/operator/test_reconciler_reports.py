@@ -19,6 +19,7 @@ from kubespeed import wiring
 from kubespeed_operator.decide.lifecycle import Timing
 from kubespeed_operator.decide.observed import view
 from kubespeed_operator.run import pods_first
+from kubespeed_operator.run.health import Health
 from kubespeed_operator.run.jobs import Jobs
 from kubespeed_operator.run.metrics import OperatorMetrics
 from kubespeed_operator.run.reconciler import Reconciler
@@ -77,7 +78,7 @@ def _named(make_job: Callable[..., dict[str, Any]], name: str, **spec: Any) -> d
 
 def _reconciler(kube: RecordingKube, *jobs: dict[str, Any]) -> Reconciler:
     registry = Jobs()
-    reconciler = Reconciler(kube=kube, jobs=registry, metrics=OperatorMetrics(registry), timing=Timing(), identity="test", http=None)  # type: ignore[arg-type]
+    reconciler = Reconciler(kube=kube, jobs=registry, metrics=OperatorMetrics(registry, Health()), timing=Timing(), identity="test", http=None)  # type: ignore[arg-type]
     for job in jobs:
         reconciler.job_seen(job)
     return reconciler

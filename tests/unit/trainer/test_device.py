@@ -17,8 +17,8 @@ from kubespeed_trainer.engine import device
     ("build", "visible", "ranks", "code", "says"),
     [
         (None, 0, 1, wiring.EXIT_CONFIG_ERROR, "CPU-only build"),
-        ("12.8", 0, 1, wiring.EXIT_RETRYABLE, "sees 0 GPU(s) for its 1 rank(s)"),
-        ("12.8", 1, 2, wiring.EXIT_RETRYABLE, "sees 1 GPU(s) for its 2 rank(s)"),
+        ("12.8", 0, 1, wiring.EXIT_NO_GPU, "sees 0 GPU(s) for its 1 rank(s)"),
+        ("12.8", 1, 2, wiring.EXIT_NO_GPU, "sees 1 GPU(s) for its 2 rank(s)"),
     ],
     ids=["cpu-only-torch-is-the-images-fault", "no-gpu-visible-is-the-nodes-fault", "too-few-gpus-for-the-ranks"],
 )

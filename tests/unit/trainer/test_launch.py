@@ -57,6 +57,7 @@ def test_inconsistent_wiring_is_refused(pod_env, name, argv, env):
         ("every rank finished", {}, False, 0),
         ("a rank found the config invalid", {0: 64, 1: -15}, False, 64),
         ("a rank could not read the data", {1: 65}, False, 65),
+        ("a rank saw no GPU", {0: 69, 1: -15}, False, 69),
         ("SIGTERM and the ranks checkpointed", {0: 143, 1: 143}, True, 143),
         ("SIGTERM and one rank checkpointed before the agent stopped the other", {0: 143, 1: -15}, True, 143),
         ("143 without a SIGTERM to this pod is not a preemption", {0: 143}, False, 75),

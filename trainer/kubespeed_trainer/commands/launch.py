@@ -32,8 +32,12 @@ Exit codes (kubespeed.wiring.EXIT_CODES; the operator restarts only when a retry
 | 0    | training finished                                              | -           |
 | 64   | the job's configuration is invalid (any rank exited 64)        | no          |
 | 65   | a data source or tokenizer is missing or unreadable (any rank exited 65) | no |
+| 69   | the pod sees fewer GPUs than ranks (any rank exited 69)        | on another node |
 | 143  | stopped by SIGTERM after writing a checkpoint                  | yes (resumes) |
 | 75   | anything else: a crashed or killed rank, a failed rendezvous   | yes         |
+
+Why it failed, in the failing rank's own words, goes to the pod's termination log
+(commands/failure.py), from where it reaches the job's status.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from kubespeed import wiring
+from kubespeed_trainer.commands import failure
 
 TRAIN_MODULE = "kubespeed_trainer.commands.train"
 
@@ -105,9 +110,9 @@ def exit_code(failures: dict[int, int], terminated: bool) -> int:
     codes = set(failures.values())
     if not codes:
         return wiring.EXIT_SUCCESS.code
-    for permanent in (wiring.EXIT_CONFIG_ERROR, wiring.EXIT_DATA_ERROR):
-        if permanent.code in codes:
-            return permanent.code
+    for telling in (wiring.EXIT_CONFIG_ERROR, wiring.EXIT_DATA_ERROR, wiring.EXIT_NO_GPU):
+        if telling.code in codes:
+            return telling.code
     if terminated and wiring.EXIT_PREEMPTED.code in codes:
         # A rank exits 143 only after every rank agreed to stop and the checkpoint is complete.
         return wiring.EXIT_PREEMPTED.code
@@ -168,10 +173,13 @@ def launch(node: NodeWiring, train_args: list[str]) -> int:
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", TRAIN_MODULE, *train_args)
     except ChildFailedError as err:
-        failures = {local: failure.exitcode for local, failure in err.failures.items()}
-        return exit_code(failures, forwarder.terminated)
+        code = exit_code({rank: failed.exitcode for rank, failed in err.failures.items()}, forwarder.terminated)
+        failure.write_termination_message(failure.pick(err.failures, code))
+        return code
     except Exception as err:  # rendezvous timeout, store errors: retryable by definition
-        print(f"kubespeed launch: {type(err).__name__}: {err}", file=sys.stderr)
+        message = f"kubespeed launch: {type(err).__name__}: {err}"
+        print(message, file=sys.stderr)
+        failure.write_termination_message(message)
         return wiring.EXIT_RETRYABLE.code
     return wiring.EXIT_SUCCESS.code
 

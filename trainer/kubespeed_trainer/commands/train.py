@@ -36,6 +36,7 @@ from pathlib import Path
 
 from kubespeed import deepspeed_config, wiring
 from kubespeed.spec import SpecError
+from kubespeed_trainer.commands import failure
 from kubespeed_trainer.config import load_config
 from kubespeed_trainer.engine import device
 
@@ -60,21 +61,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def fail(code: wiring.ExitCode, message: str) -> int:
+    """Say why this rank stops, in its log and to the launcher (which carries it to the job)."""
+    print(f"kubespeed train: {message}", file=sys.stderr, flush=True)
+    failure.record(message)
+    return code.code
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    # A job's config is its spec's training sections: errors name the spec's fields.
+    in_job = bool(os.environ.get(wiring.ENV_JOB_NAME))
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, "spec" if in_job else None)
     except SpecError as err:
-        print(f"kubespeed train: {err}", file=sys.stderr)
-        return wiring.EXIT_CONFIG_ERROR.code
+        return fail(wiring.EXIT_CONFIG_ERROR, str(err))
     if args.gpu != "auto":
         os.environ[wiring.ENV_USE_GPU] = args.gpu
     gpu = device.gpu_requested()
     problem = device.check_gpu() if gpu else None
     if problem is not None:
-        code, message = problem
-        print(f"kubespeed train: {message}", file=sys.stderr)
-        return code.code
+        return fail(*problem)
     device.select_accelerator(gpu)
     # deepspeed picks its accelerator when first imported, and these modules import it: only after the line above.
     from kubespeed_trainer.engine import accelerator, build, trainer
@@ -82,8 +89,8 @@ def main(argv: list[str]) -> int:
     precision = deepspeed_config.resolve_precision(config.deepspeed.precision, gpu, device.bf16_supported(gpu))
     refused = accelerator.unsupported_precision(precision)
     if refused is not None:
-        print(f"kubespeed train: {args.config}: deepspeed.precision: {refused}", file=sys.stderr)
-        return wiring.EXIT_CONFIG_ERROR.code
+        field = "spec.deepspeed.precision" if in_job else f"{args.config}: deepspeed.precision"
+        return fail(wiring.EXIT_CONFIG_ERROR, f"{field}: {refused}")
 
     directory = args.checkpoint_dir or Path(os.environ.get(wiring.ENV_CHECKPOINT_DIR) or config.checkpoint.mountPath)
     options = trainer.RunOptions(checkpoint_dir=directory, metrics_port=args.metrics_port,
@@ -92,11 +99,13 @@ def main(argv: list[str]) -> int:
     try:
         return trainer.run(config, options)
     except SpecError as err:
-        print(f"kubespeed train: {err}", file=sys.stderr)
-        return wiring.EXIT_CONFIG_ERROR.code
+        return fail(wiring.EXIT_CONFIG_ERROR, str(err))
     except build.DataError as err:
-        print(f"kubespeed train: {err}", file=sys.stderr)
-        return wiring.EXIT_DATA_ERROR.code
+        # Its message starts with the section it is about (`data: ...`).
+        return fail(wiring.EXIT_DATA_ERROR, f"spec.{err}" if in_job else str(err))
+    except Exception as err:
+        failure.record(f"{type(err).__name__}: {err}")
+        raise
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def gpu_problem(cuda_build: str | None, visible: int, local_ranks: int) -> tuple
     """Why ranks told to train on GPUs cannot, with the exit code that says whether a retry helps; None when they can.
 
     A CPU-only torch in the image is the job's own mistake (a restart lands on the
-    same image); a CUDA build that sees too few GPUs is the node's (its driver or
-    device plugin), and the gang's restart may land on another node.
+    same image); a CUDA build that sees too few GPUs is the node's (its container
+    runtime, driver or device plugin): the operator decides whether a restart,
+    perhaps on another node, can help.
     """
     if cuda_build is None:
         return wiring.EXIT_CONFIG_ERROR, (
@@ -54,10 +55,9 @@ def gpu_problem(cuda_build: str | None, visible: int, local_ranks: int) -> tuple
         )
     if visible < local_ranks:
         devices = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
-        return wiring.EXIT_RETRYABLE, (
+        return wiring.EXIT_NO_GPU, (
             f"spec.gpu is true but this pod sees {visible} GPU(s) for its {local_ranks} rank(s) "
-            f"(CUDA_VISIBLE_DEVICES={devices}): the node's NVIDIA driver or device plugin provided none; "
-            "a restart may land on a working node"
+            f"(CUDA_VISIBLE_DEVICES={devices}): the node's container runtime, NVIDIA driver or device plugin provided none"
         )
     return None
 
