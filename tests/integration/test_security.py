@@ -1,7 +1,8 @@
 """What the install asks for, against the real API server: RBAC without wildcards, secrets or
 exec in any mode of the chart; the operator pod admitted where Pod Security `restricted` is
 enforced; training pods admitted under `baseline` and `restricted`, as non-root; a job's
-NetworkPolicy admitting only the job's own pods and the operator's metrics scrapes.
+NetworkPolicy admitting only the job's own pods, and to the metrics port the operator's
+pods in its namespace and the scrapers the cluster names.
 
 No CNI runs here, so the NetworkPolicy is created on the API server (schema, defaults) and
 the object it returns is evaluated by the rules of the NetworkPolicy API (matchLabels
@@ -25,6 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from kubespeed import wiring
 from kubespeed_cli.dev.cluster import ControlPlane
 from kubespeed_operator.build.children import attempt_pods, job_children
+from kubespeed_operator.build.cluster import Cluster, Scraper
 from kubespeed_operator.build.render import as_submitted
 
 from chart_fixture import MODE_IDS, MODES, REPO, render
@@ -175,11 +177,17 @@ def admits(policy: dict[str, Any], peer: dict[str, Any], port: int) -> bool:
     return False
 
 
+# The chart's metrics.trainers.scrapers, as its ci values name Prometheus.
+PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
+CLUSTER = Cluster(metrics_scrapers=(Scraper("monitoring", tuple(PROMETHEUS.items())),))
+
+
 @pytest.fixture
 def job_policy(control_plane: ControlPlane, namespace: str) -> dict[str, Any]:
-    """The NetworkPolicy of the quickstart job, as the API server stored it."""
+    """The NetworkPolicy of the quickstart job, as the API server stored it (with the operator in
+    kubespeed-system and Prometheus in `monitoring` allowed to scrape)."""
     job = example_job(REPO / "manifests" / "examples" / "quickstart.yaml", namespace)
-    policy = next(obj for obj in job_children(job) if obj["kind"] == "NetworkPolicy")
+    policy = next(obj for obj in job_children(job, cluster=CLUSTER) if obj["kind"] == "NetworkPolicy")
     networking = client.NetworkingV1Api(control_plane.api_client())
     stored = networking.create_namespaced_network_policy(namespace, policy)
     return control_plane.api_client().sanitize_for_serialization(stored)
@@ -192,6 +200,8 @@ def peer_cases(cp: ControlPlane, namespace: str, job: str) -> list[tuple[str, di
     operator = operator_pod(cp)["metadata"]["labels"]
     system = {"kubernetes.io/metadata.name": "kubespeed-system"}
     here = {"kubernetes.io/metadata.name": namespace}
+    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+    elsewhere = {"kubernetes.io/metadata.name": "team-b"}
 
     def peer(labels: dict[str, str], ns: str, ns_labels: dict[str, str]) -> dict[str, Any]:
         return {"labels": labels, "namespace": ns, "namespaceLabels": ns_labels}
@@ -206,10 +216,17 @@ def peer_cases(cp: ControlPlane, namespace: str, job: str) -> list[tuple[str, di
         ("operator pod, metrics port", peer(operator, "kubespeed-system", system), wiring.METRICS_PORT, True),
         ("operator pod, rendezvous port", peer(operator, "kubespeed-system", system), wiring.MASTER_PORT, False),
         ("pod elsewhere, metrics port", peer({"app": "curl"}, "kubespeed-system", system), wiring.METRICS_PORT, False),
+        # Any namespace's pods can carry the operator's labels: only those in its namespace count.
+        ("a pod labelled as the operator in another namespace, metrics port", peer(operator, "team-b", elsewhere), wiring.METRICS_PORT, False),
+        ("a pod labelled as the operator in the job's namespace, metrics port", peer(operator, namespace, here), wiring.METRICS_PORT, False),
+        ("Prometheus in the monitoring namespace, metrics port", peer(PROMETHEUS, "monitoring", monitoring), wiring.METRICS_PORT, True),
+        ("Prometheus in the monitoring namespace, rendezvous port", peer(PROMETHEUS, "monitoring", monitoring), wiring.MASTER_PORT, False),
+        ("another pod in the monitoring namespace, metrics port", peer({"app": "grafana"}, "monitoring", monitoring), wiring.METRICS_PORT, False),
+        ("a pod labelled as Prometheus in another namespace, metrics port", peer(PROMETHEUS, "team-b", elsewhere), wiring.METRICS_PORT, False),
     ]
 
 
-def test_job_network_policy_admits_only_the_gang_and_the_operators_scrapes(control_plane, namespace, job_policy):
+def test_job_network_policy_admits_only_the_gang_and_the_scrapes_of_the_operator_and_named_scrapers(control_plane, namespace, job_policy):
     cases = peer_cases(control_plane, namespace, job_policy["metadata"]["labels"][wiring.JOB_LABEL])
     outcomes = {what: admits(job_policy, peer, port) for what, peer, port, _ in cases}
     assert outcomes == {what: allowed for what, _, _, allowed in cases}

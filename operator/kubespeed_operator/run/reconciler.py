@@ -48,6 +48,8 @@ from kubespeed_operator.run.scrape import ProgressReader
 logger = logging.getLogger("kubespeed.operator")
 
 LEASE_WAIT_SECONDS = 1.0
+# The finalizer of a job whose deletion waits for its dependents (propagationPolicy Foreground).
+FOREGROUND_FINALIZER = "foregroundDeletion"
 PodsOf = Callable[[str, str], Iterable[PodView]]
 
 
@@ -117,12 +119,19 @@ class Reconciler:
 
     def job_gone(self, job: dict[str, Any]) -> None:
         """The job was deleted (or is being deleted): forget it, and delete its pods now, each with the
-        job's grace period and only if it is still the pod this job owns (a UID precondition)."""
+        job's grace period and only if it is still the pod this job owns (a UID precondition).
+
+        Only where the deletion asks for the dependents to go and leaves them to the garbage
+        collector: a background deletion (the job gone without a deletionTimestamp before) or a
+        foreground one in progress. An orphaning deletion keeps them; once a job that had a
+        deletionTimestamp is gone, the collector has already done its part.
+        """
         meta = job["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         pods = [p for p in self.pods_of(namespace, name) if p.owner == meta.get("uid") and not p.deleting]
         self.forget(namespace, name)
-        if not pods or not self.may_act():
+        dependents_go = not meta.get("deletionTimestamp") or FOREGROUND_FINALIZER in (meta.get("finalizers") or [])
+        if not pods or not dependents_go or not self.may_act():
             return
         grace = run_policy(job, None).terminationGracePeriodSeconds
         task = asyncio.create_task(self._delete_pods(namespace, pods, grace), name=f"delete pods of {namespace}/{name}")
