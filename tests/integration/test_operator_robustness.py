@@ -1,13 +1,20 @@
-"""The operator survives itself: killed mid-creation, restarted mid-run, a second replica, its metrics."""
+"""The operator survives itself: killed mid-creation, restarted mid-run, a second replica, its metrics,
+and its liveness check fails when its pod watch is stuck."""
 
 from __future__ import annotations
 
+import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import pytest
+import yaml
 
 from kubespeed import wiring
 from operator_fixture import OperatorProcess, job_manifest, run_all, wait_for
+from proxy import FreezableProxy
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +114,55 @@ def test_watches_survive_an_api_server_restart(lmtj, kubelet, operator, control_
     kubelet.exit(lmtj.namespace, "outage-1", 0)
     lmtj.wait_phase("outage", "Succeeded", timeout=60)
     assert operator.process.poll() is None, "the operator exited during the outage"
+
+
+def health(process: OperatorProcess) -> tuple[int, str]:
+    """/healthz's status code and body."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{process.health_port}/healthz", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_healthz_fails_while_the_pod_watch_is_stuck_and_recovers_with_it(lmtj, kubelet, operator, operator_setup, control_plane):
+    """The operator reaches the API server through a proxy that can stop passing bytes and keep
+    every connection open: its watch is stuck, not broken. A pod annotated anew twice a second
+    keeps the watch busy throughout, so only the stuck path can silence it."""
+    kubeconfig, folder = operator_setup
+    server = urllib.parse.urlsplit(control_plane.server)
+    with FreezableProxy(server.hostname, server.port) as proxy:
+        config = yaml.safe_load(kubeconfig.read_text())
+        config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+        proxied = folder / "proxied.kubeconfig"
+        proxied.write_text(yaml.safe_dump(config))
+        stuck = OperatorProcess(proxied, folder, ["--stall-seconds", "5"], identity="proxied-operator")
+        operator.stop()
+        beating = threading.Event()
+        try:
+            stuck.start()
+            lmtj.create(job_manifest("beat", nodes=1, training={"steps": 10, "globalBatchSize": 4, "microBatchSize": 4}))
+            (pod,) = lmtj.wait_pods("beat", 1, attempt=1)
+            kubelet.run(lmtj.namespace, pod.metadata.name)
+
+            def beat() -> None:
+                count = 0
+                while not beating.wait(0.5):
+                    count += 1
+                    lmtj.core.patch_namespaced_pod(pod.metadata.name, lmtj.namespace, {"metadata": {"annotations": {"beat": str(count)}}})
+
+            threading.Thread(target=beat, daemon=True).start()
+            wait_for(lambda: health(stuck)[0] == 200, "the proxied operator to be healthy")
+
+            proxy.freeze()
+            code, body = wait_for(lambda: (h := health(stuck))[0] == 503 and h, "/healthz to fail while the watch is stuck")
+            assert "the pod watch has shown nothing" in body, body
+            assert stuck.process.poll() is None
+
+            proxy.thaw()
+            wait_for(lambda: health(stuck)[0] == 200, "/healthz to recover once the watch moves again", timeout=90)
+            assert "Traceback" not in stuck.log(), stuck.log()[-5000:]
+        finally:
+            beating.set()
+            stuck.stop()
+            operator.start()
