@@ -226,6 +226,34 @@ def test_exit_code_decides_the_phase(core: client.CoreV1Api, node_agent: NodeAge
     assert pod.status.pod_ip and pod.status.start_time
 
 
+# (case, the container's termination message settings, its script, the message the pod's status carries)
+MESSAGE_CASES = [
+    ("the file at the default path", {}, "open('/dev/termination-log', 'w').write('rank 1: out of data'); raise SystemExit(65)",
+     "rank 1: out of data"),
+    ("the file at a path of its own", {"terminationMessagePath": "/tmp/why"},
+     "open('/tmp/why', 'w').write('custom'); raise SystemExit(3)", "custom"),
+    ("the file even on success", {}, "open('/dev/termination-log', 'w').write('done at step 9')", "done at step 9"),
+    ("an empty file falls back to the log's end on failure", {"terminationMessagePolicy": "FallbackToLogsOnError"},
+     "print('\\n'.join(f'line {i}' for i in range(100))); raise SystemExit(2)", "\n".join(f"line {i}" for i in range(20, 100)) + "\n"),
+    ("no fallback under the default policy", {}, "print('only in the log'); raise SystemExit(2)", None),
+    ("no fallback on success", {"terminationMessagePolicy": "FallbackToLogsOnError"}, "print('only in the log')", None),
+]
+
+
+@pytest.mark.parametrize(("case", "settings", "script", "message"), MESSAGE_CASES, ids=[c[0].replace(" ", "-") for c in MESSAGE_CASES])
+def test_termination_message_is_the_containers_file_or_its_logs_end(core: client.CoreV1Api, node_agent: NodeAgent, namespace: str,
+                                                                    case: str, settings: dict[str, str], script: str, message: str | None) -> None:  # fmt: skip
+    name = f"message-{secrets.token_hex(3)}"
+    manifest = pod_manifest(name, script)
+    manifest["spec"]["containers"][0].update(settings)
+    # Written as the trainer is: a user without root, on a read-only root filesystem.
+    manifest["spec"]["securityContext"] = {"runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": True}
+    manifest["spec"]["containers"][0]["securityContext"] = {"readOnlyRootFilesystem": True}
+    core.create_namespaced_pod(namespace, manifest)
+    pod = wait_for(core, namespace, name, "finished", finished, node_agent)
+    assert pod.status.container_statuses[0].state.terminated.message == message, f"{case}: {node_agent.logs(namespace, name)}"
+
+
 def test_on_failure_restarts_the_container_in_place(core: client.CoreV1Api, node_agent: NodeAgent, namespace: str) -> None:
     script = """
         import os

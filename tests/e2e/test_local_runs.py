@@ -121,6 +121,10 @@ def test_a_failure_no_retry_can_help_is_not_retried(run_dir, tmp_path):
     assert str(missing) in (run_dir / "quickstart" / "logs" / "quickstart-0.log").read_text()
     summary = json.loads((run_dir / "quickstart" / "summary.json").read_text())
     assert (summary["outcome"], summary["restarts"]) == (f"failed: quickstart-0 exited {wiring.EXIT_DATA_ERROR.code}", 0)
+    # The failing rank's own words, from its termination log, name the file; no empty loss lines.
+    said = f"spec.data: data source {missing} does not exist"
+    assert summary["reason"] == f"rank 0: {said}"
+    assert f"  reason          rank 0: {said}" in done.stdout and "loss" not in done.stdout, done.stdout
     assert processes_of(run_dir) == []
 
 

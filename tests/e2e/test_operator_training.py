@@ -43,6 +43,7 @@ from kubespeed_cli.dev.cluster import ControlPlane
 from kubespeed.checkpoints import LATEST_FILE, METRICS_FILE, complete_tags, tag_for
 from kubespeed.metrics import read_jsonl
 from operator_fixture import JobClient, install_crd, install_operator_rbac, operator_kubeconfig
+from spec_overrides import overridden
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -142,11 +143,14 @@ def training(control_plane: ControlPlane, namespace: str, node_agent: NodeAgent,
         training_operator.assert_clean_log()
 
 
-def start(training: Training, *, steps: int, checkpoint_interval: int, procs_per_node: int = 1, grace_seconds: int = 60) -> None:
+def start(training: Training, *, steps: int, checkpoint_interval: int, procs_per_node: int = 1, grace_seconds: int = 60,
+          **changes: Any) -> None:  # fmt: skip
+    """Create the job; `changes` change its spec as spec_overrides does (`data__train="..."`)."""
     # The trainer image: the one the agent maps to this machine's kubespeed installation.
     image = next(iter(training.agent.images))
     manifest = shakespeare_job(training.name, image, steps=steps, checkpoint_interval=checkpoint_interval,
                                procs_per_node=procs_per_node, grace_seconds=grace_seconds)  # fmt: skip
+    manifest["spec"] = overridden(manifest["spec"], **changes)
     training.jobs.create(manifest)
 
 
@@ -256,6 +260,35 @@ def test_operator_restart_mid_training_leaves_training_alone_and_status_keeps_up
     assert status.get("restarts", 0) == 0 and status["attempt"] == 1
     assert len(attempts(training.metrics())) == 1
     assert of_kind(training.metrics(), "train")[-1]["step"] == steps
+
+
+# oneDNN honours this cap on the instruction sets it uses: below AVX512-FP16 a CPU has no
+# native fp16 (as an AMD EPYC), and DeepSpeed's CPU accelerator refuses fp16.
+WITHOUT_NATIVE_FP16 = {"name": "ONEDNN_MAX_CPU_ISA", "value": "AVX512_CORE_BF16"}
+# (case, spec changes, the condition's reason, what the failing rank said, quoted on the job)
+FAILURES = [
+    ("a missing data file", {"data__train": f"{wiring.DATA_DIR}/nonexistent.txt"}, "DataError",
+     f"spec.data: data source {wiring.DATA_DIR}/nonexistent.txt does not exist"),
+    ("fp16 on a CPU without it", {"deepspeed__precision": "fp16", "env": [WITHOUT_NATIVE_FP16]}, "ConfigError",
+     "spec.deepspeed.precision: fp16 is not supported on this device (cpu)"),
+]
+
+
+@pytest.mark.parametrize(("case", "changes", "reason", "said"), FAILURES, ids=[f[0].replace(" ", "-") for f in FAILURES])
+def test_why_a_job_failed_reaches_its_condition_and_event_in_the_failing_ranks_words(
+    training: Training, case: str, changes: dict[str, Any], reason: str, said: str
+) -> None:
+    start(training, steps=10, checkpoint_interval=10, **changes)
+    status = training.wait_phase("Failed")
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == reason, case
+    assert said in failed["message"] and said in status["message"], failed["message"]
+    assert status["attempt"] == 1 and status.get("restarts", 0) == 0
+    wait_for(lambda: any(r == reason and said in m for _, r, m in training.jobs.events(training.name)),
+             f"a {reason} Event quoting the rank", STOP_SECONDS, explain=training.explain)  # fmt: skip
+    # The pods used the termination log (the launcher's own line), not the fallback to their logs.
+    terminated = [p.status.container_statuses[0].state.terminated for p in training.jobs.pods(training.name)]
+    assert any(t is not None and t.message.startswith("rank ") and said in t.message for t in terminated), terminated
 
 
 def test_deleting_the_job_stops_every_process_within_the_grace_period(training: Training) -> None:

@@ -7,7 +7,9 @@ started by podinit.py with its environment (env.py). Status goes to the API serv
 kubelet writes it (status.py). restartPolicy OnFailure/Always restarts a container in
 place (restartCount, lastState) after a back-off of 1 s doubling to 10 s, shorter than the
 kubelet's 10 s to 5 min so tests stay quick. Deletion sends SIGTERM to each container's
-PID 1, waits the grace period, SIGKILLs what is left, and removes the pod object.
+PID 1, waits the grace period, SIGKILLs what is left, and removes the pod object. A
+container's termination message is its terminationMessagePath file (an empty one per
+start, bind-mounted in), or for a failure under FallbackToLogsOnError the end of its log.
 """
 
 from __future__ import annotations
@@ -39,7 +41,22 @@ DEFAULT_GRACE_SECONDS = 30
 BACKOFF_START, BACKOFF_MAX = 1.0, 10.0
 RETRY_SECONDS = 1.0
 POLL_SECONDS = 0.05
-MESSAGE_TAIL_BYTES = 2048
+# What the kubelet reads of a container's termination message file, and of its log when the file
+# is empty and the policy is FallbackToLogsOnError (kubecontainer.MaxContainerTerminationMessage*).
+MESSAGE_FILE_BYTES = 4096
+MESSAGE_TAIL_BYTES, MESSAGE_TAIL_LINES = 2048, 80
+DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+
+
+def _tail(path: Path, size: int) -> bytes:
+    """The last `size` bytes of a file (nothing, if there is no file)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - size))
+            return handle.read()
+    except FileNotFoundError:
+        return b""
 
 
 class _Stop(Exception):
@@ -260,6 +277,12 @@ class PodWorker(threading.Thread):
         etc = self.dir / "etc"
         files = [{"kind": "bind", "source": str(etc / name), "target": f"/etc/{name}", "readOnly": False}
                  for name in ("hosts", "resolv.conf", "hostname")]  # fmt: skip
+        # As the kubelet: an empty file per container start, writable by any user, at terminationMessagePath.
+        message_file = run_dir / "termination-log"
+        message_file.write_bytes(b"")
+        message_file.chmod(0o666)
+        message_path = container.spec.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH
+        files.append({"kind": "bind", "source": str(message_file), "target": message_path, "readOnly": False})
         error_file, started_file = run_dir / "start-error", run_dir / "started"
         error_file.unlink(missing_ok=True)
         started_file.unlink(missing_ok=True)
@@ -311,11 +334,11 @@ class PodWorker(threading.Thread):
         reason = message = ""
         if code == 128 and error_file.exists():
             reason, message = "StartError", error_file.read_text()
-        elif code != 0 and container.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
-            with open(self.dir / f"{container.name}.log", "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, handle.tell() - MESSAGE_TAIL_BYTES))
-                message = handle.read().decode(errors="replace")
+        else:
+            message = _tail(self.dir / f"{container.name}.run" / "termination-log", MESSAGE_FILE_BYTES).decode(errors="replace")
+            if not message and code != 0 and container.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+                lines = _tail(self.dir / f"{container.name}.log", MESSAGE_TAIL_BYTES).splitlines(keepends=True)
+                message = b"".join(lines[-MESSAGE_TAIL_LINES:]).decode(errors="replace")
         container.status.state = status.terminated(code, container.started_at, status.now(),
                                                    container.status.container_id, reason, message)  # fmt: skip
         container.process = None
