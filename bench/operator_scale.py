@@ -1,14 +1,20 @@
 """How the operator scales: N jobs of M nodes created at once on a real control plane, then deleted.
 
-    python bench/operator_scale.py                  # 200 jobs x 4 nodes
-    python bench/operator_scale.py --jobs 50 --nodes 2
+    python bench/operator_scale.py                          # 200 jobs x 4 nodes
+    python bench/operator_scale.py --jobs 1000 --nodes 8
+    python bench/operator_scale.py --gc-qps 200             # the garbage collector faster than its default 20/s
 
-Starts its own control plane (cli/kubespeed_cli/dev) with fake GPU nodes, installs
-the CRD and the shipped RBAC, runs `kubespeed operator` as a subprocess under its
-ServiceAccount, and plays the kubelet: every pod bound to a node is reported
-Running. Prints one JSON line: time until every pod exists (and per job p50/p99),
-time until every job is Running, the operator's API requests per job and its
-error responses, its peak RSS, and the same for deleting the jobs.
+Starts its own control plane (cli/kubespeed_cli/dev) with fake GPU nodes (100 pods
+each), installs the CRD and the shipped RBAC, runs `kubespeed operator` as a
+subprocess under its ServiceAccount, and plays the kubelet: every pod bound to a node
+is reported Running. The jobs ask for 100m CPU and 256Mi per pod, so that 100 fit a
+fake node (the per-rank defaults would fill one with 64). Prints one JSON line: the
+settings and the machine's load average, time until every pod exists (and per job
+p50/p99), time until every job is Running, the operator's API requests per job and
+its error responses, its CPU per pod created, its memory (after the warm-up, at its
+peak, and the growth per job), CPU by process; then for deleting the jobs: when
+every pod was gone, when every other child (Service, ConfigMap, NetworkPolicy) was,
+and the rate at which those went.
 """
 
 from __future__ import annotations
@@ -72,11 +78,26 @@ def cpu_by_process(cp: ControlPlane, operator_pid: int) -> dict[str, float]:
     return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
 
-def peak_rss_mb(pid: int) -> float:
+def memory_mb(pid: int, field: str = "VmHWM") -> float:
+    """A process's memory from /proc/PID/status: VmHWM (peak resident) or VmRSS (resident now)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+# What one pod of a benchmark job asks for (see the module docstring).
+BENCH_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}}
+CHILD_KINDS = ("services", "configmaps", "networkpolicies")
+
+
+def count(core: Any, networking: Any, kind: str) -> int:
+    """How many objects of `kind` the namespace holds: a list of one, and the API server's count of
+    the rest (which it gives only for a list without a selector, so the namespace's own objects count too)."""
+    lister = {"pods": core.list_namespaced_pod, "services": core.list_namespaced_service,
+              "configmaps": core.list_namespaced_config_map, "networkpolicies": networking.list_namespaced_network_policy}[kind]  # fmt: skip
+    page = lister(NAMESPACE, limit=1)
+    return len(page.items) + (page.metadata.remaining_item_count or 0)
 
 
 class Observer:
@@ -145,10 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--nodes", type=int, default=4, help="pods per job")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--gc-qps", type=int, default=None, help="kube-controller-manager's --kube-api-qps (default: its own, 20)")
     args = parser.parse_args(argv)
     from kubernetes import client
 
-    with ControlPlane() as cp, tempfile.TemporaryDirectory(prefix="kubespeed-bench-") as folder:
+    flags = {"kube-controller-manager": [f"--kube-api-qps={args.gc_qps}", f"--kube-api-burst={2 * args.gc_qps}"]} if args.gc_qps else {}
+    load_before = os.getloadavg()[0]
+    with ControlPlane(extra_flags=flags) as cp, tempfile.TemporaryDirectory(prefix="kubespeed-bench-") as folder:
         total_pods = args.jobs * args.nodes
         cp.add_gpu_nodes(math.ceil(total_pods / PODS_PER_FAKE_NODE), gpus=PODS_PER_FAKE_NODE)
         install_crd(cp.api_client())
@@ -168,23 +192,31 @@ def main(argv: list[str] | None = None) -> int:
         observer = Observer(cp, kubelet, args.nodes)
         observer.start()
         custom = client.CustomObjectsApi(cp.api_client())
-        # One job through Running first, so the figures measure the operator at work,
-        # not the API server still initialising the new CRD's storage.
-        custom.create_namespaced_custom_object(wiring.API_GROUP, wiring.API_VERSION, NAMESPACE, wiring.PLURAL, job_manifest("warmup", nodes=1, training={"steps": 10, "globalBatchSize": 4, "microBatchSize": 4}))
+        networking = client.NetworkingV1Api(cp.api_client())
+        # The namespace's own objects (its kube-root-ca.crt ConfigMap), which outlive the jobs.
+        own = {kind: count(core, networking, kind) for kind in ("pods", *CHILD_KINDS)}
+        # One job through Running and deleted first, so the figures measure the operator at
+        # work, not the API server still initialising the new CRD's storage, nor the garbage
+        # collector before it watches the new kind (it looks for new kinds every 30 s and
+        # until then leaves a deleted job's children alone, as in no cluster whose CRD is older).
+        custom.create_namespaced_custom_object(wiring.API_GROUP, wiring.API_VERSION, NAMESPACE, wiring.PLURAL, job_manifest(
+            "warmup", nodes=1, resources=BENCH_RESOURCES, training={"steps": 10, "globalBatchSize": 4, "microBatchSize": 4}))
         while "warmup" not in observer.running_at:
             time.sleep(0.2)
         custom.delete_namespaced_custom_object(wiring.API_GROUP, wiring.API_VERSION, NAMESPACE, wiring.PLURAL, "warmup")
-        while core.list_namespaced_pod(NAMESPACE).items:
-            time.sleep(0.2)
+        while any(count(core, networking, kind) != own[kind] for kind in ("pods", *CHILD_KINDS)):
+            time.sleep(0.5)
         observer.running_at.pop("warmup")
         names = [f"job-{i:04d}" for i in range(args.jobs)]
         created_at: dict[str, float] = {}
         before_metrics = operator.metrics()
         before = requests_by_code(before_metrics)
         cpu_before = cpu_by_process(cp, operator.process.pid)
+        rss_before = memory_mb(operator.process.pid, "VmRSS")
 
         def create(name: str) -> None:
-            manifest = job_manifest(name, nodes=args.nodes, training={"steps": 10, "globalBatchSize": 4 * args.nodes, "microBatchSize": 4})
+            manifest = job_manifest(name, nodes=args.nodes, resources=BENCH_RESOURCES,
+                                    training={"steps": 10, "globalBatchSize": 4 * args.nodes, "microBatchSize": 4})
             created_at[name] = time.monotonic()
             custom.create_namespaced_custom_object(wiring.API_GROUP, wiring.API_VERSION, NAMESPACE, wiring.PLURAL, manifest)
 
@@ -199,21 +231,26 @@ def main(argv: list[str] | None = None) -> int:
         create_requests = requests_by_code(created_metrics)
         create_delta = {k: v - before.get(k, 0) for k, v in create_requests.items()}
         cpu_created = cpu_by_process(cp, operator.process.pid)
+        rss_created = memory_mb(operator.process.pid, "VmRSS")
 
+        children = sum(count(core, networking, kind) - own[kind] for kind in CHILD_KINDS)
         t1 = time.monotonic()
+        # As `kubectl delete`: background propagation, the jobs go at once and their dependents after.
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda n: custom.delete_namespaced_custom_object(wiring.API_GROUP, wiring.API_VERSION, NAMESPACE, wiring.PLURAL, n), names))
-        while time.monotonic() < t1 + args.timeout:
-            jobs_left = custom.list_namespaced_custom_object(wiring.API_GROUP, wiring.API_VERSION, NAMESPACE, wiring.PLURAL, limit=1)["items"]
-            pods_left = core.list_namespaced_pod(NAMESPACE, limit=1).items
-            if not jobs_left and not pods_left:
-                break
+        deleted_calls_s = time.monotonic() - t1
+        pods_gone_s = children_gone_s = None
+        while time.monotonic() < t1 + args.timeout and children_gone_s is None:
+            if pods_gone_s is None and count(core, networking, "pods") == own["pods"]:
+                pods_gone_s = time.monotonic() - t1
+            if pods_gone_s is not None and all(count(core, networking, kind) == own[kind] for kind in CHILD_KINDS):
+                children_gone_s = time.monotonic() - t1
             time.sleep(0.5)
         deleted_s = time.monotonic() - t1
         delete_requests = requests_by_code(operator.metrics())
         delete_delta = {k: v - create_requests.get(k, 0) for k, v in delete_requests.items()}
         cpu_deleted = cpu_by_process(cp, operator.process.pid)
-        rss = peak_rss_mb(operator.process.pid)
+        rss = memory_mb(operator.process.pid)
         observer.stop.set()
         kubelet.stop()
         operator.stop()
@@ -221,9 +258,13 @@ def main(argv: list[str] | None = None) -> int:
         def errors(counts: dict[str, float]) -> dict[str, float]:
             return {k: v for k, v in counts.items() if int(k.split()[1]) >= 400 and v}
 
+        cpu_create = {k: round(v - cpu_before[k], 1) for k, v in cpu_created.items()}
         result = {
             "jobs": args.jobs,
             "nodes_per_job": args.nodes,
+            "gc_kube_api_qps": args.gc_qps or 20,
+            "load_average_before": round(load_before, 2),
+            "load_average_after": round(os.getloadavg()[0], 2),
             "create_calls_s": round(max(created_at.values()) - t0, 2),
             "all_pods_exist_s": round(max(observer.all_pods_at.values()) - t0, 2) if len(per_job) == args.jobs else None,
             "pods_exist_per_job_p50_s": round(statistics.median(per_job), 2) if per_job else None,
@@ -233,11 +274,20 @@ def main(argv: list[str] | None = None) -> int:
             "api_requests_per_job_create": round(sum(create_delta.values()) / args.jobs, 1),
             "reconciles_per_job_create": round((reconciles(created_metrics) - reconciles(before_metrics)) / args.jobs, 1),
             "api_errors_create": errors(create_delta),
+            "delete_calls_s": round(deleted_calls_s, 2),
+            "delete_pods_gone_s": round(pods_gone_s, 2) if pods_gone_s is not None else None,
+            "delete_all_gone_s": round(children_gone_s, 2) if children_gone_s is not None else None,
+            "delete_children": children,
+            "delete_children_per_s": round(children / children_gone_s, 1) if children_gone_s else None,
             "delete_all_s": round(deleted_s, 2),
             "api_requests_per_job_delete": round(sum(delete_delta.values()) / args.jobs, 1),
             "api_errors_delete": errors(delete_delta),
+            "operator_cpu_ms_per_pod_create": round(1000 * (cpu_created["operator"] - cpu_before["operator"]) / total_pods, 2),
+            "operator_rss_after_warmup_mb": round(rss_before, 1),
+            "operator_rss_created_mb": round(rss_created, 1),
+            "operator_rss_kb_per_job": round(1024 * (rss_created - rss_before) / args.jobs, 1),
             "operator_peak_rss_mb": round(rss, 1),
-            "cpu_s_create": {k: round(v - cpu_before[k], 1) for k, v in cpu_created.items()},
+            "cpu_s_create": cpu_create,
             "cpu_s_delete": {k: round(v - cpu_created[k], 1) for k, v in cpu_deleted.items()},
             "operator_log_tracebacks": operator.log().count("Traceback"),
         }

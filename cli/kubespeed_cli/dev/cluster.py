@@ -102,9 +102,11 @@ def _alive(pid: int) -> bool:
 
 
 class ControlPlane:
-    def __init__(self, bin_dir: Path | None = None, ready_timeout: float = 300.0) -> None:
+    def __init__(self, bin_dir: Path | None = None, ready_timeout: float = 300.0, extra_flags: dict[str, list[str]] | None = None) -> None:
+        """`extra_flags`: more flags for a component by its binary's name (a benchmark varies one)."""
         self._bin_dir = bin_dir
         self.ready_timeout = ready_timeout
+        self.extra_flags = extra_flags or {}
         self.processes: list[Process] = []
         self.dir: Path | None = None
         self._heartbeat: nodes.Heartbeat | None = None
@@ -178,7 +180,7 @@ class ControlPlane:
 
     def _spawn(self, name: str, args: list[str]) -> Process:
         assert self._bin_dir is not None
-        process = spawn(name, [str(self._bin_dir / name), *args], self.logs)
+        process = spawn(name, [str(self._bin_dir / name), *args, *self.extra_flags.get(name, [])], self.logs)
         self.processes.append(process)
         return process
 

@@ -126,8 +126,9 @@ def training_pod(job: dict[str, Any], spec: LMTrainingJobSpec, node_rank: int, a
     }
     if spec.serviceAccountName:
         pod_spec["serviceAccountName"] = spec.serviceAccountName
-    if runtime_class(spec, cluster):
-        pod_spec["runtimeClassName"] = runtime_class(spec, cluster)
+    runtime = runtime_class(spec, cluster)
+    if runtime:
+        pod_spec["runtimeClassName"] = runtime
     if scheduling.nodeSelector:
         pod_spec["nodeSelector"] = dict(scheduling.nodeSelector)
     tolerations = ([dict(GPU_TOLERATION)] if spec.gpu else []) + [to_dict(t) for t in scheduling.tolerations]

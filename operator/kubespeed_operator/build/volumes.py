@@ -64,8 +64,9 @@ def pod_volumes(job_name: str, spec: LMTrainingJobSpec) -> list[Volume]:
             Volume("data", {"persistentVolumeClaim": {"claimName": spec.data.claimName, "readOnly": True}}, wiring.DATA_DIR, read_only=True)
         )
     shm: dict[str, Any] = {"medium": "Memory"}
-    if shm_size_limit(spec) is not None:
-        shm["sizeLimit"] = shm_size_limit(spec)
+    size = shm_size_limit(spec)
+    if size is not None:
+        shm["sizeLimit"] = size
     volumes += [
         # NCCL and torch's shared-memory transports need far more than the
         # container runtime's default 64 MiB /dev/shm; memory-backed, it counts
