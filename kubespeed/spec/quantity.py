@@ -11,6 +11,7 @@ Values are exact fractions, as resource.Quantity's are: `0.1` and `100m` are equ
 
 from __future__ import annotations
 
+import functools
 import re
 from fractions import Fraction
 from typing import Any
@@ -33,8 +34,10 @@ def is_quantity(value: Any) -> bool:
     return isinstance(value, (int, str)) and not isinstance(value, bool) and re.fullmatch(PATTERN, str(value)) is not None
 
 
+@functools.lru_cache(maxsize=1024)
 def parse(value: int | str) -> Fraction:
-    """The exact value of a quantity; ValueError for a string that is none."""
+    """The exact value of a quantity; ValueError for a string that is none. Cached: a cluster's
+    jobs name a few quantities many times (the operator parses each job's, and builds each pod's)."""
     if not is_quantity(value):
         raise ValueError(f"not a quantity: {value!r}")
     number, suffix = _NUMBER.match(str(value)).groups()  # type: ignore[union-attr]
@@ -59,8 +62,13 @@ def _wrap(value: Fraction) -> dict[str, str]:
     return {"quantity": str(value)}
 
 
+@functools.lru_cache(maxsize=1024)
+def _exact(text: str) -> Fraction:
+    return Fraction(text)
+
+
 def _value(quantity: dict[str, str]) -> Fraction:
-    return Fraction(quantity["quantity"])
+    return _exact(quantity["quantity"])
 
 
 def _compare(a: dict[str, str], b: dict[str, str]) -> int:

@@ -31,9 +31,10 @@ GPU_RESOURCE = wiring.GPU_RESOURCE
 DEFAULT_CPU_PER_RANK = 1
 DEFAULT_MEMORY_PER_RANK_GI = 4
 HUGEPAGES = "hugepages-"
-# Kubernetes' container resource names: the standard ones, hugepages of a size, or a qualified name with a domain.
-RESOURCE_NAME = (
-    r"^(cpu|memory|ephemeral-storage|hugepages-[0-9]+([KMGTPE]i|[kMGTPE])?|"
+# Kubernetes' container resource names: the standard ones, or hugepages of a size, or a qualified name with a domain.
+STANDARD_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+OTHER_RESOURCE_NAME = (
+    r"^(hugepages-[0-9]+([KMGTPE]i|[kMGTPE])?|"
     r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])$"
 )
 MAX_RESOURCES = 16
@@ -44,14 +45,21 @@ def _q(value: str) -> str:
     return f"quantity(string({value}))"
 
 
+def _is_q(value: str) -> str:
+    """CEL: the value is a quantity (the schema refuses one that is not, and a rule must not fail on it)."""
+    return f"isQuantity(string({value}))"
+
+
 def _extended(key: str) -> str:
     """CEL: the resource named `key` is an extended one (a domain other than kubernetes.io)."""
     return f"({key}.contains('/') && !{key}.contains('kubernetes.io/'))"
 
 
 def _names_rule(side: str) -> dict[str, str]:
+    # The standard names first: matching a pattern costs the evaluator here a compile each time.
+    standard = "[" + ", ".join(f"'{name}'" for name in STANDARD_RESOURCES) + "]"
     return rule(
-        f"self.{side}.all(k, k.matches(r'{RESOURCE_NAME}') && !k.startsWith('requests.'))",
+        f"self.{side}.all(k, k in {standard} || (k.matches(r'{OTHER_RESOURCE_NAME}') && !k.startsWith('requests.')))",
         "resource names are cpu, memory, ephemeral-storage, hugepages of a page size (hugepages-2Mi), or an extended resource with a domain (example.com/device)",
         f".{side}",
     )
@@ -59,15 +67,19 @@ def _names_rule(side: str) -> dict[str, str]:
 
 def _values_rule(side: str) -> dict[str, str]:
     value = f"self.{side}[k]"
+    # The quantity library is called only for a value that looks negative or an extended resource's:
+    # the common case (cpu, memory) costs no call out of CEL.
+    negative = f"(string({value}).startsWith('-') && {_q(value)}.isLessThan(quantity('0')))"
+    fractional = f"({_extended('k')} && !{_q(value)}.isInteger())"
     return rule(
-        f"self.{side}.all(k, !isQuantity(string({value})) || (!{_q(value)}.isLessThan(quantity('0')) && (!{_extended('k')} || {_q(value)}.isInteger())))",
+        f"self.{side}.all(k, !{_is_q(value)} || (!{negative} && !{fractional}))",
         "quantities must not be negative, and an extended resource (a name with a domain) takes a whole number",
         f".{side}",
     )
 
 
 _REQUEST, _LIMIT = "self.requests[k]", "self.limits[k]"
-_BOTH_QUANTITIES = f"isQuantity(string({_REQUEST})) && isQuantity(string({_LIMIT}))"
+_BOTH_QUANTITIES = f"{_is_q(_REQUEST)} && {_is_q(_LIMIT)}"
 _PAGE = f"quantity(k.substring({len(HUGEPAGES)}))"
 
 
@@ -108,7 +120,7 @@ class Resources:
             ".limits",
         ),
         rule(
-            f"self.limits.all(k, !k.startsWith('{HUGEPAGES}') || !isQuantity(string({_LIMIT})) || "
+            f"self.limits.all(k, !k.startsWith('{HUGEPAGES}') || !{_is_q(_LIMIT)} || "
             f"({_PAGE}.isInteger() && {_PAGE}.isGreaterThan(quantity('0')) && {_q(_LIMIT)}.isInteger() && {_q(_LIMIT)}.asInteger() % {_PAGE}.asInteger() == 0))",
             "hugepages come in whole pages: a multiple of the page size in the name",
             ".limits",

@@ -13,6 +13,7 @@ memory transports get room, and a runaway writer cannot take the rest.
 
 from __future__ import annotations
 
+import functools
 from fractions import Fraction
 from typing import Any
 
@@ -49,6 +50,11 @@ def container_resources(spec: LMTrainingJobSpec) -> dict[str, Any]:
 def shm_size_limit(spec: LMTrainingJobSpec) -> str | None:
     """The size limit of the pod's /dev/shm: a share of the memory it requests (its limit, when that is
     all it names); None for a pod that asks for no memory at all."""
-    memory = requests(spec).get("memory", spec.resources.limits.get("memory"))
+    return _share_of(str(requests(spec).get("memory", spec.resources.limits.get("memory"))))
+
+
+@functools.lru_cache(maxsize=256)
+def _share_of(memory: str) -> str | None:
+    # Cached: every pod of every job computes it, from a few distinct memory sizes.
     size = quantity.parse(memory) * SHM_FRACTION_OF_MEMORY
     return quantity.format_bytes(size) if size >= 1 else None
