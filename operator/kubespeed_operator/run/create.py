@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from kubespeed import wiring
 from kubespeed.spec import LMTrainingJobSpec
@@ -61,7 +61,7 @@ class Creator:
         self._claims_seen: dict[tuple[str, str], float] = {}
 
     async def create(
-        self, job: dict[str, Any], spec: LMTrainingJobSpec, attempt: int, ranks: list[int], others: list[PodView] = (), cluster: Cluster = Cluster()
+        self, job: dict[str, Any], spec: LMTrainingJobSpec, attempt: int, ranks: list[int], others: Sequence[PodView] = (), cluster: Cluster = Cluster()
     ) -> tuple[Blocker | None, list[PodView]]:
         """Create the job's children and the attempt's pods of `ranks`: a Blocker says why not,
         else the pods that this call created (not those that were there already).
