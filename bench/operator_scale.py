@@ -14,7 +14,8 @@ p50/p99), time until every job is Running, the operator's API requests per job a
 its error responses, its CPU per pod created, its memory (after the warm-up, at its
 peak, and the growth per job), CPU by process; then for deleting the jobs: when
 every pod was gone, when every other child (Service, ConfigMap, NetworkPolicy) was,
-and the rate at which those went.
+and the rate at which those went; and when every pod was being deleted (the
+operator's deletes, or the garbage collector's, had reached it).
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ class Observer:
         self.pods_seen: dict[str, set[str]] = {}
         self.all_pods_at: dict[str, float] = {}
         self.running_at: dict[str, float] = {}
+        # Pod UID -> when the pod was first seen being deleted (a deletionTimestamp) or gone.
+        self.terminating_at: dict[str, float] = {}
         self.started: set[str] = set()
         self.pool = ThreadPoolExecutor(8)
         self.stop = threading.Event()
@@ -132,6 +135,8 @@ class Observer:
     def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         job = (meta.get("labels") or {}).get(wiring.JOB_LABEL)
+        if job is not None and (kind == "DELETED" or meta.get("deletionTimestamp")):
+            self.terminating_at.setdefault(meta["uid"], time.monotonic())
         if kind == "DELETED" or job is None:
             return
         seen = self.pods_seen.setdefault(job, set())
@@ -207,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         while any(count(core, networking, kind) != own[kind] for kind in ("pods", *CHILD_KINDS)):
             time.sleep(0.5)
         observer.running_at.pop("warmup")
+        observer.terminating_at.clear()
         names = [f"job-{i:04d}" for i in range(args.jobs)]
         created_at: dict[str, float] = {}
         before_metrics = operator.metrics()
@@ -275,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             "reconciles_per_job_create": round((reconciles(created_metrics) - reconciles(before_metrics)) / args.jobs, 1),
             "api_errors_create": errors(create_delta),
             "delete_calls_s": round(deleted_calls_s, 2),
+            "delete_pods_terminating_s": round(max(observer.terminating_at.values()) - t1, 2) if len(observer.terminating_at) == total_pods else None,
             "delete_pods_gone_s": round(pods_gone_s, 2) if pods_gone_s is not None else None,
             "delete_all_gone_s": round(children_gone_s, 2) if children_gone_s is not None else None,
             "delete_children": children,

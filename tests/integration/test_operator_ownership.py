@@ -8,6 +8,7 @@ of "Running" on the old pods would be seen.
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -53,6 +54,12 @@ def owners(lmtj: JobClient, name: str) -> dict[str, str | None]:
              lmtj.networking.read_namespaced_network_policy(name, lmtj.namespace), *lmtj.pods(name)]  # fmt: skip
     return {f"{obj.kind or type(obj).__name__} {obj.metadata.name}": next((r.uid for r in obj.metadata.owner_references or [] if r.controller), None)
             for obj in found}  # fmt: skip
+
+
+def deletes_sent(metrics: str) -> float:
+    """DELETE requests the operator sent that the API server answered (gone already included)."""
+    found = re.findall(r'kubespeed_operator_api_requests_total\{code="([1-4]\d\d)",verb="DELETE"\} (\S+)', metrics)
+    return sum(float(value) for _, value in found)
 
 
 def steps_in_config(lmtj: JobClient, name: str) -> str:
@@ -117,3 +124,14 @@ def test_objects_another_owner_holds_are_never_adopted_and_the_job_says_which(lm
     assert set(owners(lmtj, "orphans").values()) == {new_uid}
     assert "steps: 20" in steps_in_config(lmtj, "orphans")
     assert lmtj.condition("orphans", "Created")["reason"] == "PodsCreated"
+
+
+def test_a_deleted_jobs_pods_are_deleted_by_the_operator_not_left_to_the_garbage_collector(lmtj, kubelet, operator):
+    """As `kubectl delete`: the operator deletes the job's pods itself once it sees the job go
+    (the garbage collector, at 20 requests a second, would free the GPUs of many jobs a minute late)."""
+    lmtj.create(job_manifest("gone", training=TRAINING))
+    pods = run_all(lmtj, kubelet, "gone", attempt=1)
+    before = deletes_sent(operator.metrics())
+    lmtj.custom.delete_namespaced_custom_object(wiring.API_GROUP, wiring.API_VERSION, lmtj.namespace, wiring.PLURAL, "gone")
+    wait_for(lambda: not lmtj.pods("gone"), "the deleted job's pods to be gone")
+    assert deletes_sent(operator.metrics()) - before >= len(pods)
