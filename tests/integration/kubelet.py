@@ -74,9 +74,11 @@ class FakeKubelet:
         })  # fmt: skip
         return ip
 
-    def exit(self, namespace: str, name: str, code: int, reason: str | None = None) -> None:
-        """The trainer container exited with `code`: Succeeded for 0, else Failed."""
+    def exit(self, namespace: str, name: str, code: int, reason: str | None = None, message: str | None = None) -> None:
+        """The trainer container exited with `code`: Succeeded for 0, else Failed; `message`: its termination message."""
         terminated = {"exitCode": code, "reason": reason or ("Completed" if code == 0 else "Error"), "startedAt": _now(), "finishedAt": _now()}
+        if message is not None:
+            terminated["message"] = message
         self._patch(namespace, name, {
             "phase": "Succeeded" if code == 0 else "Failed",
             "conditions": [{"type": "Ready", "status": "False"}, {"type": "PodScheduled", "status": "True"}],

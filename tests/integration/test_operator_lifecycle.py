@@ -138,12 +138,25 @@ def test_preemption_restarts_the_gang_without_spending_the_backoff_limit(lmtj, k
     lmtj.wait_phase("spot", "Failed")
     assert lmtj.condition("spot", "Failed")["reason"] == "BackoffLimitExceeded"
 
-def test_a_permanent_exit_code_fails_the_job_at_once(lmtj, kubelet):
-    lmtj.create(job_manifest("badcfg"))
-    run_all(lmtj, kubelet, "badcfg", attempt=1)
-    kubelet.exit(lmtj.namespace, "badcfg-0", wiring.EXIT_CONFIG_ERROR.code)
-    status = lmtj.wait_phase("badcfg", "Failed")
-    assert (status["attempt"], status["restarts"]) == (1, 0)
-    assert lmtj.condition("badcfg", "Failed")["reason"] == "ConfigError"
+
+PERMANENT_EXITS = [
+    ("a configuration no retry fixes", wiring.EXIT_CONFIG_ERROR.code, "ConfigError",
+     "rank 0: spec.deepspeed.precision: fp16 needs a CPU with native fp16", None),
+    ("no GPU visible on the first attempt", wiring.EXIT_NO_GPU.code, "NoGPUVisible",
+     "rank 0: spec.gpu is true but this pod sees 0 GPU(s) for its 1 rank(s) (CUDA_VISIBLE_DEVICES=unset)", "spec.runtimeClassName"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("what, code, reason, line, hint", PERMANENT_EXITS, ids=[c[0].replace(" ", "-") for c in PERMANENT_EXITS])
+def test_a_permanent_exit_code_fails_the_job_at_once_in_the_ranks_words(lmtj, kubelet, what, code, reason, line, hint):
+    lmtj.create(job_manifest("badexit"))
+    run_all(lmtj, kubelet, "badexit", attempt=1)
+    kubelet.exit(lmtj.namespace, "badexit-0", code, message=line)
+    status = lmtj.wait_phase("badexit", "Failed")
+    assert (status["attempt"], status["restarts"]) == (1, 0), what
+    failed = lmtj.condition("badexit", "Failed")
+    assert failed["reason"] == reason and line in failed["message"], failed
+    assert hint is None or hint in failed["message"], failed
     # The Event follows the status write.
-    wait_for(lambda: ("Warning", "ConfigError") in [(t, r) for t, r, _ in lmtj.events("badcfg")], "a ConfigError Event")
+    event = wait_for(lambda: next((m for t, r, m in lmtj.events("badexit") if (t, r) == ("Warning", reason)), None), f"a {reason} Event")
+    assert line in event, event
