@@ -81,6 +81,12 @@ ENV_DEEPSPEED_CONFIG = "KUBESPEED_DEEPSPEED_CONFIG"
 ENV_CHECKPOINT_DIR = "KUBESPEED_CHECKPOINT_DIR"
 ENV_METRICS_PORT = "KUBESPEED_METRICS_PORT"
 ENV_USE_GPU = "KUBESPEED_GPU"
+# Recovery, from runPolicy: in-place restarts per attempt (maxInPlaceRestarts), how long a
+# rendezvous waits (startupTimeoutSeconds), and each step's watchdog (progressDeadlineSeconds;
+# unset: none). Seconds, as whole numbers.
+ENV_MAX_RESTARTS = "KUBESPEED_MAX_RESTARTS"
+ENV_RENDEZVOUS_TIMEOUT = "KUBESPEED_RENDEZVOUS_TIMEOUT"
+ENV_STEP_TIMEOUT = "KUBESPEED_STEP_TIMEOUT"
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,10 @@ EXIT_CONFIG_ERROR = ExitCode(64, False, "the job's configuration is invalid; a r
 EXIT_DATA_ERROR = ExitCode(65, False, "a data source or tokenizer is missing or unreadable; a retry cannot help")
 EXIT_PREEMPTED = ExitCode(143, True, "stopped by SIGTERM after writing a checkpoint; resume from it")
 EXIT_RETRYABLE = ExitCode(75, True, "a transient failure (rendezvous, I/O); a retry may help")
-EXIT_CODES = (EXIT_SUCCESS, EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_PREEMPTED, EXIT_RETRYABLE)
+EXIT_IN_PLACE_FAILED = ExitCode(
+    76, True, "the ranks failed and restarting them in place could not bring them back "
+    "(runPolicy.maxInPlaceRestarts spent, or a peer gave up the rendezvous); the gang is recreated")
+EXIT_CODES = (EXIT_SUCCESS, EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_PREEMPTED, EXIT_RETRYABLE, EXIT_IN_PLACE_FAILED)
 PERMANENT_EXIT_CODES = frozenset(e.code for e in EXIT_CODES if e.code != 0 and not e.retryable)
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from kubespeed import deepspeed_config, wiring
 from kubespeed.spec import SpecError
+from kubespeed_trainer import elastic
 from kubespeed_trainer.config import load_config
 from kubespeed_trainer.engine import device
 
@@ -61,6 +62,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
+    elastic.die_with_launcher()
+    # Counted as the process starts, so a restart that fails while loading still counts.
+    in_place_restarts = elastic.count_start() if os.environ.get("RANK") == "0" else 0
     args = parse_args(argv)
     try:
         config = load_config(args.config)
@@ -88,7 +92,7 @@ def main(argv: list[str]) -> int:
     directory = args.checkpoint_dir or Path(os.environ.get(wiring.ENV_CHECKPOINT_DIR) or config.checkpoint.mountPath)
     options = trainer.RunOptions(checkpoint_dir=directory, metrics_port=args.metrics_port,
                                  max_steps_this_run=args.max_steps_this_run,
-                                 attempt=_env_int(wiring.ENV_ATTEMPT) or 0, gpu=gpu)
+                                 attempt=_env_int(wiring.ENV_ATTEMPT) or 0, in_place_restarts=in_place_restarts, gpu=gpu)
     try:
         return trainer.run(config, options)
     except SpecError as err:
