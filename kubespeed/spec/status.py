@@ -131,7 +131,7 @@ class LMTrainingJobStatus:
     conditions: list[Condition] = field("Conditions, newest state of each type.", [])
     replicas: ReplicaStatus | None = field("Pods of the current attempt by state.", None)
     attempt: int | None = field("The current attempt, from 1; each gang restart starts a new one.", None)
-    restarts: int | None = field("Gang restarts so far: every pod of an attempt deleted and created again as the next attempt.", None)
+    restarts: int | None = field("Gang restarts so far, after a failure or a disruption: every pod of the attempt deleted and created again as the next attempt.", None)
     disruptions: int | None = field("Gang restarts caused by a disruption (preemption, eviction, a drained or lost node, SIGTERM); they do not count against runPolicy.backoffLimit.", None)
     inPlaceRestarts: int | None = field("In-place restarts so far, over all attempts: the pods' launchers (torch elastic) restarted every rank in the same pods after a rank failed; counted by rank 0.", None)
     consecutiveFailures: int | None = field("Failures since a newer complete checkpoint was last seen (gang restarts after failures; disruptions and gangs that did not start in time do not count); runPolicy.backoffLimit bounds it.", None)

@@ -129,7 +129,7 @@ def test_an_unreachable_metrics_endpoint_leaves_the_job_running(lmtj, kubelet):
     lmtj.wait_phase("mute", "Running")
     time.sleep(3)  # a few progress intervals of the test operator (1 s), each read failing
     status = lmtj.status("mute")
-    assert status["phase"] == "Running" and "progress" not in status
+    assert status["phase"] == "Running" and "step" not in status["progress"]
     kubelet.exit(lmtj.namespace, pods[0].metadata.name, 0)
     kubelet.exit(lmtj.namespace, pods[1].metadata.name, 0)
     lmtj.wait_phase("mute", "Succeeded")

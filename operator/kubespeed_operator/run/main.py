@@ -71,6 +71,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--health-port", type=int, default=wiring.OPERATOR_HEALTH_PORT, help="liveness /healthz port (0: off)")
     parser.add_argument("--progress-interval", type=float, default=Timing.progress_interval, help="seconds between reads of a job's rank 0 metrics")
     parser.add_argument("--resync", type=float, default=Timing.resync, help="seconds between timer reconciles of a quiet job")
+    parser.add_argument("--startup-retry", type=float, default=Timing.startup_retry,
+                        help="seconds before a gang that did not start within runPolicy.startupTimeoutSeconds is created again")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
     args = parser.parse_args(argv)
     if args.lease_namespace is None:
@@ -95,7 +97,7 @@ async def run(args: argparse.Namespace, credentials: Credentials) -> int:
         if stop.is_set():
             acquiring.cancel()
             return 0
-        timing = Timing(progress_interval=args.progress_interval, resync=args.resync)
+        timing = Timing(progress_interval=args.progress_interval, resync=args.resync, startup_retry=args.startup_retry)
         reconciler = Reconciler(kube, jobs, metrics, timing, args.identity, http, may_act=lease.held)
         workers = Workers(reconciler.reconcile, on_error=metrics.reconcile_errors.inc)
         handler = Operator(reconciler, workers)
