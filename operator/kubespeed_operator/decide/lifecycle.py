@@ -150,8 +150,8 @@ class _Context:
         status.update(fields)
         return {k: v for k, v in status.items() if v is not None}
 
-    def decision(self, status: dict[str, Any], reason: str, wake_after: float, **kwargs: Any) -> Decision:
-        grace = self.policy.terminationGracePeriodSeconds
+    def decision(self, status: dict[str, Any], reason: str, wake_after: float, grace: int | None = None, **kwargs: Any) -> Decision:
+        grace = self.policy.terminationGracePeriodSeconds if grace is None else grace
         decision = Decision(status=status, reason=reason, grace_seconds=grace, wake_after=wake_after, **kwargs)
         decision.events = transition_events(self.old, status, reason)
         return decision
@@ -311,7 +311,8 @@ def _active(
             extra[ConditionType.STALLED] = Cond("False", decided.reason, "the gang is recreated")
         status = ctx.status(Phase.RESTARTING, decided.reason, decided.message, extra, replicas=replicas(current), **fields)
         doomed = [p.name for p in current if not p.deleting]
-        decision = ctx.decision(status, decided.reason, wake_after=min(timers), delete_pods=doomed)
+        grace = recovery.STALLED_GRACE_SECONDS if failure.reason == Reason.PROGRESS_DEADLINE_EXCEEDED else None
+        decision = ctx.decision(status, decided.reason, wake_after=min(timers), grace=grace, delete_pods=doomed)
         decision.events += in_place_events
         return decision
 

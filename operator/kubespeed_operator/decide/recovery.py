@@ -32,6 +32,8 @@ from kubespeed_operator.decide.status import NORMAL, WARNING, Cond, Event, condi
 
 # Reading rank 0 three times per deadline keeps a moving step from ever looking silent for one.
 READS_PER_DEADLINE = 3
+# A stalled gang cannot checkpoint (its ranks are stuck), so its pods get a second, not the grace period.
+STALLED_GRACE_SECONDS = 1
 
 
 def read_interval(progress_interval: float, policy: RunPolicy) -> float:
