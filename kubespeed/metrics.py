@@ -8,7 +8,7 @@ is unlabelled; a value not yet known is absent from the JSON line and NaN in
 Prometheus. `GAUGES` names them: each one's JSON key, Prometheus gauge and meaning.
 
 Each JSON line also has `time` (Unix seconds) and `kind`: `start` (parameters,
-worldSize, device, gradientAccumulation, inPlaceRestarts), `resume` (the checkpoint's step and
+worldSize, device, gradientAccumulation, attempt, inPlaceRestarts), `resume` (the checkpoint's step and
 tag), `train` (every `training.logInterval` steps; also `tokens` seen), `eval`,
 `checkpoint`, or `end` (peakRssMb of rank 0, and peakGpuMemoryGb on a GPU).
 """

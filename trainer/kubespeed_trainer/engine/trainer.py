@@ -214,7 +214,7 @@ class Trainer:
             self.metrics.record("start", step=self.position.step, parameters=self.parameters, worldSize=self.world,
                                 device=torch.cuda.get_device_name() if options.gpu else "cpu",
                                 gradientAccumulation=self.engine.gradient_accumulation_steps(),
-                                inPlaceRestarts=options.in_place_restarts)
+                                attempt=options.attempt, inPlaceRestarts=options.in_place_restarts)
         self.resume()
         tokens_per_step = training.globalBatchSize * training.seqLength
         flops_per_token = self._flops_per_token()
