@@ -287,7 +287,8 @@ def _active(
     watched = None
     if whole or progress is not None:
         watched = recovery.watch(ctx.old, progress, ctx.now, started=whole and ctx.old.get("phase") != Phase.RUNNING)
-    fields: dict[str, Any] = {}
+    # Past the retry time of a released gang: its next attempt is under way.
+    fields: dict[str, Any] = {"nextAttemptTime": None} if retry_at is not None else {}
     if watched is not None:
         ctx.in_place += watched.new_in_place
         ctx.failures = 0 if watched.newer_checkpoint else ctx.failures
@@ -358,8 +359,6 @@ def _active(
             message = f"attempt {attempt}: creating {len(missing)} of {nodes} pods"
         if resumed:
             message = f"resumed: attempt {attempt} starts and resumes from the latest checkpoint"
-    if missing and retry_at is not None:
-        fields["nextAttemptTime"] = None
     status = ctx.status(Phase.PENDING, reason, message, extra, **fields)
     create = {"create_attempt": attempt, "create_ranks": missing} if missing else {}
     startup = recovery.startup_wait(current, policy, ctx.now)

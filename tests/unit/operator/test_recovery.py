@@ -197,6 +197,11 @@ def test_the_released_gang_waits_for_its_retry_time_then_starts_the_next_attempt
     retried = decide(job, [], NOW + timedelta(seconds=46))
     assert (retried.create_attempt, retried.create_ranks) == (2, [0, 1])
     assert "nextAttemptTime" not in retried.status
+    # The operator decides again with the pods it just created: the retry time stays cleared.
+    just_now = timestamp(NOW + timedelta(seconds=46))
+    fresh = [replace(pod(rank, attempt=2, phase="Pending"), created=just_now) for rank in (0, 1)]
+    created = decide(job, fresh, NOW + timedelta(seconds=46))
+    assert created.create_ranks == [] and "nextAttemptTime" not in created.status
 
 
 def test_the_startup_bound_defaults_to_the_specs_declaration(make_job):
