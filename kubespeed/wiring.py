@@ -82,8 +82,8 @@ ENV_CHECKPOINT_DIR = "KUBESPEED_CHECKPOINT_DIR"
 ENV_METRICS_PORT = "KUBESPEED_METRICS_PORT"
 ENV_USE_GPU = "KUBESPEED_GPU"
 # Recovery, from runPolicy: in-place restarts per attempt (maxInPlaceRestarts), how long a
-# rendezvous waits (startupTimeoutSeconds), and each step's watchdog (progressDeadlineSeconds;
-# unset: none). Seconds, as whole numbers.
+# rendezvous waits and, under the watchdog, a rank's start-up may take (startupTimeoutSeconds),
+# and each step's watchdog (progressDeadlineSeconds; unset: none). Seconds, as whole numbers.
 ENV_MAX_RESTARTS = "KUBESPEED_MAX_RESTARTS"
 ENV_RENDEZVOUS_TIMEOUT = "KUBESPEED_RENDEZVOUS_TIMEOUT"
 ENV_STEP_TIMEOUT = "KUBESPEED_STEP_TIMEOUT"

@@ -256,14 +256,16 @@ class RunPolicy:
         "Start whole or not at all: the longest an attempt's pods may take to all be running, in seconds. Past it they are "
         "deleted and the gang is tried again later (status.nextAttemptTime), without counting against backoffLimit; the "
         "Running condition names the pods that were missing and why. It also bounds how long the pods' launchers wait for "
-        "each other in a rendezvous, at start and after an in-place restart.",
+        "each other in a rendezvous, at start and after an in-place restart, and, with progressDeadlineSeconds set, how long "
+        "the ranks may take from their start to their first step.",
         600, minimum=10, maximum=86400)
     progressDeadlineSeconds: int | None = field(
-        "Hang detection, off when unset: the longest a Running job may go without its training step advancing, in seconds. "
-        "Every rank runs each step under torch elastic's watchdog with this deadline, so a rank that freezes is killed and "
-        "the ranks restart in place; the operator, reading rank 0's step, sets the Stalled condition past the deadline and "
-        "recreates the gang (a failure) if the step is still silent after twice the deadline. It must cover the slowest "
-        "step with a checkpoint save or an evaluation, and a restart of the ranks.",
+        "Hang detection, off when unset: the longest a Running job may go without its training step advancing, in seconds, "
+        "counted from the ranks' first step (at the start and after an in-place restart; their start-up is bounded by "
+        "startupTimeoutSeconds instead). Every rank runs each step under torch elastic's watchdog with this deadline, so a "
+        "rank that freezes is killed and the ranks restart in place; the operator, reading rank 0's step, sets the Stalled "
+        "condition past the deadline and recreates the gang (a failure) if the step is still silent startupTimeoutSeconds "
+        "later. It must cover the slowest step with a checkpoint save or an evaluation.",
         None, minimum=10, maximum=604800)
     restartPolicy: str = field("`ExitCode` (restart the gang unless the trainer's exit code says a retry cannot help), `OnFailure` (restart on any failure), `Never`.", "ExitCode", enum=RESTART_POLICIES)
     activeDeadlineSeconds: int | None = field("Fail the job (reason DeadlineExceeded) this many seconds after its pods first started, across gang restarts; suspending and resuming starts the count again, as for a batch Job.", None, minimum=1)

@@ -109,7 +109,7 @@ class ProgressStatus:
     tokensPerSecond: str | None = field("Training throughput over all ranks.", None)
     eta: str | None = field("Estimated time left, e.g. 1h02m.", None)
     inPlaceRestarts: int | None = field("In-place restarts of the ranks during the current attempt, as rank 0 last reported them.", None)
-    lastAdvanceTime: str | None = field("When the step was last seen to advance, or the ranks last (re)started (RFC 3339); runPolicy.progressDeadlineSeconds counts from it.", None)
+    lastAdvanceTime: str | None = field("When the step was last seen to advance in the ranks' current run, unset while they start (RFC 3339); runPolicy.progressDeadlineSeconds counts from it.", None)
     updateTime: str | None = field("When progress was last read (RFC 3339).", None)
 
 

@@ -105,7 +105,9 @@ def test_a_frozen_rank_is_reported_stalled_and_recovered_in_place(training: Trai
     status = training.wait_phase("Succeeded")
 
     events = training.jobs.events(training.name)
-    [stalled] = [message for kind, reason, message in events if reason == "ProgressDeadlineExceeded"]
+    stalls = [message for kind, reason, message in events if reason == "ProgressDeadlineExceeded"]
+    assert len(stalls) == 1, f"{events}\n{training.metrics()}"
+    [stalled] = stalls
     assert "has not advanced for" in stalled and f"runPolicy.progressDeadlineSeconds is {PROGRESS_DEADLINE}s" in stalled
     assert ("Warning", "RestartedInPlace") in reasons(training)
     assert uids(training) == pods, "the watchdog's kill is recovered in place"

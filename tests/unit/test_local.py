@@ -269,28 +269,36 @@ def test_a_stall_the_tick_reports_stops_the_gang_though_its_pods_ignore_sigterm(
 # ---------------------------------------------------------------- recovery
 
 
+STARTUP = 100
+GAVE_UP = "did not bring it back within 100s more"
+
+
 @pytest.mark.parametrize(
     "name, gauges_over_time, want",
     [
         ("a moving step", [(0, {"step": 1}), (50, {"step": 2}), (100, {"step": 3}), (150, {"step": 4})], None),
-        ("silent for twice the deadline", [(0, {"step": 1}), (60, {"step": 1}), (121, None)], "twice over"),
-        ("an in-place restart starts the silence again", [(0, {"step": 1}), (100, {"inPlaceRestarts": 1}), (201, None)], None),
-        ("a restart that never trains again", [(0, {"step": 1}), (100, {"inPlaceRestarts": 1}), (221, None)], "twice over"),
+        ("silent past the deadline and a start's bound", [(0, {"step": 1}), (60, {"step": 1}), (161, None)], GAVE_UP),
+        ("the ranks' start-up is not silence", [(0, None), (1000, {}), (2000, {"totalSteps": 9})], None),
+        ("an in-place restart is not silence until the new run's first step",
+         [(0, {"step": 1}), (50, {"inPlaceRestarts": 1}), (1000, {"inPlaceRestarts": 1}), (1100, {"step": 0, "inPlaceRestarts": 1})], None),
+        ("a restarted run that freezes again", [(0, {"step": 1}), (50, {"inPlaceRestarts": 1}),
+                                                (60, {"step": 2, "inPlaceRestarts": 1}), (221, None)], GAVE_UP),
     ],
 )
 def test_the_stall_watch_ends_an_attempt_whose_step_stays_silent(name, gauges_over_time, want, capsys):
-    watch = recovery.StallWatch(60, last_move=0.0)
+    watch = recovery.StallWatch(60, STARTUP)
     verdicts = [watch.observe(gauges, now=now) for now, gauges in gauges_over_time]
     assert all(v is None for v in verdicts[:-1]), name
     assert (verdicts[-1] is None) if want is None else (want in verdicts[-1]), (name, verdicts)
 
 
 def test_the_stall_watch_reports_a_stall_once_and_is_off_without_a_deadline(capsys):
-    watch = recovery.StallWatch(60, last_move=0.0)
+    watch = recovery.StallWatch(60, STARTUP)
     for now in (0, 61, 70, 80):
         watch.observe({"step": 7}, now=now)
     assert capsys.readouterr().out.count("stalled: step 7 has not advanced for 61s") == 1
-    assert recovery.StallWatch(None, last_move=0.0).observe(None, now=10**6) is None
+    assert recovery.StallWatch(None, STARTUP).observe({"step": 7}, now=0) is None
+    assert recovery.StallWatch(None, STARTUP).observe(None, now=10**6) is None
 
 
 def complete_checkpoint(folder: Path, step: int) -> None:

@@ -7,7 +7,10 @@
 - Each training step runs under torch elastic's watchdog, its FileTimer: a rank that
   stays in one step longer than the job allows (KUBESPEED_STEP_TIMEOUT) is killed by
   the launcher, whose agent then restarts the ranks in place. A frozen process is
-  alive, so nothing else in the pod would notice. The launcher runs the timer server
+  alive, so nothing else in the pod would notice. A rank's start-up (loading, the
+  process group, the checkpoint) runs under the same watchdog with the bound of a
+  start (KUBESPEED_RENDEZVOUS_TIMEOUT), since the operator judges silence only from
+  the first step. The launcher runs the timer server
   itself rather than asking the agent to (TORCHELASTIC_ENABLE_FILE_TIMER): torch
   2.13's server, after killing a rank, kills its own process too, with the same
   SIGKILL, which would end the pod instead of restarting the ranks in it.
@@ -105,8 +108,15 @@ class StepWatchdog:
 
     def __init__(self) -> None:
         seconds, fifo = os.environ.get(wiring.ENV_STEP_TIMEOUT), os.environ.get(TIMER_FILE_ENV)
+        startup = os.environ.get(wiring.ENV_RENDEZVOUS_TIMEOUT)
         self.seconds = int(seconds) if seconds and fifo else None
+        self.startup_seconds = int(startup) if startup and self.seconds else None
         self._client = timer.FileTimerClient(fifo) if self.seconds and fifo else None
+
+    def arm_for_startup(self) -> None:
+        """Start this rank's countdown to its first step, which `arm()` then takes over."""
+        if self._client is not None and self.startup_seconds is not None:
+            self._client.acquire(WATCHDOG_SCOPE, time.time() + self.startup_seconds)
 
     def arm(self) -> None:
         if self._client is not None and self.seconds is not None:

@@ -16,12 +16,12 @@ from typing import Any
 from kubespeed import checkpoints, metrics, wiring
 from kubespeed.ports import free_port
 from kubespeed.spec import LMTrainingJobSpec, SpecError, load_job, parse_job_spec
+from kubespeed.spec.status import Reason
 from kubespeed_cli.local import progress, recovery, rewire, runner, summary
 from kubespeed_cli.local.overrides import apply_overrides
 from kubespeed_cli.local.plot import plot_loss
 from kubespeed_operator.build.children import attempt_pods, job_children
 from kubespeed_operator.build.render import FIRST_ATTEMPT, as_submitted
-from kubespeed.spec.status import Reason
 from kubespeed_operator.decide.observed import PodPhase, PodView
 from kubespeed_operator.decide.restart import Failure, attempt_failure, verdict
 
@@ -102,7 +102,7 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
     try:
         while True:
             gang = local_pods(pods, spec, folder, use_gpu)
-            watch = recovery.StallWatch(spec.runPolicy.progressDeadlineSeconds)
+            watch = recovery.StallWatch(spec.runPolicy.progressDeadlineSeconds, spec.runPolicy.startupTimeoutSeconds)
             result = runner.run_gang(gang, attempt, spec.runPolicy.terminationGracePeriodSeconds, interrupt,
                                      on_tick=lambda port=gang[0].metrics_port, watch=watch: show(port, clock, view, watch))
             if (result.exit_code == 0 and not result.stalled) or result.interrupted:

@@ -4,9 +4,10 @@ Each pod's launcher restarts failed ranks in place by itself, as in a pod, and
 its step watchdog kills a frozen rank. What the operator adds to that, this adds:
 
 - `StallWatch`: rank 0's step silent for runPolicy.progressDeadlineSeconds is
-  reported once; silent for twice that, in-place recovery did not bring it back,
-  and the attempt ends as a failure (the gang starts again). An in-place restart
-  rank 0 reports starts the silence again, as its first step would.
+  reported once; silent for startupTimeoutSeconds more, in-place recovery did not
+  bring it back, and the attempt ends as a failure (the gang starts again). The
+  silence counts from the first step of each run of the ranks: their start-up, at
+  the start and after an in-place restart rank 0 reports, is their watchdog's to bound.
 - `RetryBudget`: runPolicy.backoffLimit bounds the failures in a row with no
   newer complete checkpoint between them, read from the run's checkpoint folder.
 """
@@ -26,7 +27,9 @@ class StallWatch:
     """One attempt's step against runPolicy.progressDeadlineSeconds (None: hang detection off)."""
 
     deadline: int | None
-    last_move: float = field(default_factory=time.monotonic)
+    startup: int
+    # When rank 0's step last moved in the ranks' current run; None while they start.
+    last_move: float | None = None
     step: int | None = None
     in_place_restarts: int = 0
     reported: bool = False
@@ -36,15 +39,15 @@ class StallWatch:
         now = time.monotonic() if now is None else now
         step = int(gauges["step"]) if gauges and "step" in gauges else None
         restarts = int(gauges.get("inPlaceRestarts", 0)) if gauges else 0
-        if (step is not None and step != self.step) or restarts > self.in_place_restarts:
-            self.last_move, self.reported = now, False
-            self.step = step if step is not None else self.step
-            self.in_place_restarts = max(restarts, self.in_place_restarts)
-        if self.deadline is None:
+        if restarts > self.in_place_restarts:
+            self.last_move, self.reported, self.in_place_restarts = None, False, restarts
+        if step is not None and step != self.step:
+            self.last_move, self.reported, self.step = now, False, step
+        if self.deadline is None or self.last_move is None:
             return None
-        judged = Stall(self.step, now - self.last_move, self.deadline)
+        judged = Stall(self.step, now - self.last_move, self.deadline, self.startup)
         if judged.give_up:
-            return f"{judged.describe()}, twice over: restarting the ranks in place did not bring it back"
+            return f"{judged.describe()}: restarting the ranks in place did not bring it back within {judged.recovery}s more"
         if judged.stalled and not self.reported:
             self.reported = True
             print(f"stalled: {judged.describe()}; the ranks' watchdog restarts them in place", flush=True)

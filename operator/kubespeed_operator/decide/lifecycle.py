@@ -16,7 +16,8 @@ The rules that keep the gang whole:
 - Recovery is in place first: the pods' launchers restart failed ranks themselves,
   and the operator only records it (`decide.recovery`). It recreates the gang when a
   pod fails or goes (the launchers gave up, or a node was lost), or when the step
-  stays silent for twice runPolicy.progressDeadlineSeconds. A failure spends the
+  stays silent past runPolicy.progressDeadlineSeconds and then as long as a start of
+  the ranks may take (startupTimeoutSeconds). A failure spends the
   retry budget (status.consecutiveFailures against runPolicy.backoffLimit) unless it
   is a disruption; a newer complete checkpoint gives the budget back.
 - A gang that is not all running within runPolicy.startupTimeoutSeconds is deleted
@@ -298,7 +299,7 @@ def _active(
 
     failure = attempt_failure(current, nodes, ctx.name)
     if failure is None and judged is not None and judged.give_up:
-        detail = f"{judged.describe()}, twice over: restarting the ranks in place did not bring it back"
+        detail = f"{judged.describe()}: restarting the ranks in place did not bring it back within {judged.recovery}s more"
         failure = Failure("", Reason.PROGRESS_DEADLINE_EXCEEDED, detail)
     if failure is not None:
         decided = verdict(failure, policy, ctx.failures, attempt)

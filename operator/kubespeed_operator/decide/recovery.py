@@ -7,12 +7,15 @@ so a restarted operator judges the same.
   reports how many times in this attempt (`kubespeed_in_place_restarts`). What a
   reading shows beyond `status.progress.inPlaceRestarts` is new: it adds to
   `status.inPlaceRestarts`, with a RestartedInPlace Event.
-- Stalled. `status.progress.lastAdvanceTime` is when the step was last seen to move,
-  or the ranks last started (the attempt's pods all began running, or an in-place
-  restart was seen). Once the silence reaches runPolicy.progressDeadlineSeconds the
-  job is Stalled (by then the ranks' own watchdog has killed a frozen rank, and its
-  launcher restarts the ranks in place); at twice the deadline in-place recovery has
-  not brought the step back, and the gang is recreated as a failure.
+- Stalled. `status.progress.lastAdvanceTime` is when the step was last seen to move
+  in the ranks' current run: it is cleared when they start (the attempt's pods all
+  began running, or an in-place restart was seen), so their start-up, which a large
+  model's checkpoint can make far longer than a step, is never taken for a hang (the
+  ranks' watchdog bounds it by runPolicy.startupTimeoutSeconds). Once the silence
+  reaches runPolicy.progressDeadlineSeconds the job is Stalled (by then the ranks' own
+  watchdog has killed a frozen rank, and the launchers restart the ranks in place);
+  in-place recovery then has as long as a start may take (startupTimeoutSeconds) to
+  bring the step back, after which the gang is recreated as a failure.
 - Start whole. The attempt's pods must all be running within
   runPolicy.startupTimeoutSeconds of the first one's creation; otherwise they are
   deleted and the gang is created again after a pause, which is not a failure.
@@ -55,21 +58,23 @@ class Watched:
 def watch(old: dict[str, Any], reading: progress_mod.TrainerReading | None, now: datetime, started: bool) -> Watched:
     """`status.progress` and `status.checkpoint` after this reading (None: no reading now).
 
-    `started`: the attempt's pods have just all begun running, so the silence counts from now
-    and the in-place restarts of the attempt from 0.
+    `started`: the attempt's pods have just all begun running, so the silence counts from their
+    first step and the in-place restarts of the attempt from 0.
     """
     stamp = timestamp(now)
     progress = dict(old.get("progress") or {})
     if started:
         progress.pop("inPlaceRestarts", None)
-        progress["lastAdvanceTime"] = stamp
+        progress.pop("lastAdvanceTime", None)
     checkpoint = old.get("checkpoint")
     if reading is None:
         return Watched(progress, checkpoint, 0, False)
     seen = progress.get("inPlaceRestarts") or 0
     restarts = reading.in_place_restarts or 0
     new_in_place = max(0, restarts - seen)
-    if (reading.step is not None and reading.step != progress.get("step")) or new_in_place:
+    if new_in_place:
+        progress.pop("lastAdvanceTime", None)
+    if reading.step is not None and reading.step != progress.get("step"):
         progress["lastAdvanceTime"] = stamp
     progress.update(progress_mod.progress_status(reading, stamp))
     if reading.in_place_restarts is not None:
@@ -95,6 +100,8 @@ class Stall:
     step: int | None
     silent: float
     deadline: int
+    # What in-place recovery may take past the deadline: a restart of the ranks up to their first step.
+    recovery: int
 
     @property
     def stalled(self) -> bool:
@@ -102,8 +109,8 @@ class Stall:
 
     @property
     def give_up(self) -> bool:
-        """In-place recovery had a whole deadline more and the step is still silent: recreate the gang."""
-        return self.silent >= 2 * self.deadline
+        """In-place recovery had as long as a start may take and the step is still silent: recreate the gang."""
+        return self.silent >= self.deadline + self.recovery
 
     def describe(self) -> str:
         return (f"step {self.step if self.step is not None else 0} has not advanced for {self.silent:.0f}s "
@@ -111,7 +118,7 @@ class Stall:
 
     def wake_after(self) -> float:
         """Seconds until the next verdict changes, if the step stays silent."""
-        due = self.deadline if not self.stalled else 2 * self.deadline
+        due = self.deadline if not self.stalled else self.deadline + self.recovery
         return max(due - self.silent, 0.0)
 
 
@@ -121,7 +128,7 @@ def stall(progress: dict[str, Any], policy: RunPolicy, now: datetime) -> Stall |
     since = parse_time(progress.get("lastAdvanceTime"))
     if deadline is None or since is None:
         return None
-    return Stall(progress.get("step"), (now - since).total_seconds(), deadline)
+    return Stall(progress.get("step"), (now - since).total_seconds(), deadline, policy.startupTimeoutSeconds)
 
 
 def stalled_condition(old: dict[str, Any], judged: Stall | None, in_place_seen: bool) -> tuple[dict[str, Cond], list[Event]]:
@@ -130,14 +137,14 @@ def stalled_condition(old: dict[str, Any], judged: Stall | None, in_place_seen: 
     was_stalled = bool(before and before.get("status") == "True")
     if judged is not None and judged.stalled:
         message = (f"{judged.describe()}: a frozen rank is killed by its watchdog and the ranks restart in place; "
-                   f"if the step is still silent after {2 * judged.deadline}s the gang is recreated")
+                   f"if the step is still silent after {judged.deadline + judged.recovery}s the gang is recreated")
         events = [] if was_stalled else [Event(WARNING, Reason.PROGRESS_DEADLINE_EXCEEDED, message)]
         return {ConditionType.STALLED: Cond("True", Reason.PROGRESS_DEADLINE_EXCEEDED, message)}, events
     if not was_stalled:
         return {}, []
     reason = Reason.RESTARTED_IN_PLACE if in_place_seen else Reason.STEP_ADVANCED
     step = judged.step if judged is not None else None
-    message = (f"the ranks were restarted in place; the deadline counts again from their start" if in_place_seen
+    message = ("the ranks were restarted in place; the deadline counts again from their first step" if in_place_seen
                else f"the step advances again (step {step})")
     return {ConditionType.STALLED: Cond("False", reason, message)}, [Event(NORMAL, reason, message)]
 

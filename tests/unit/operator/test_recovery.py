@@ -43,8 +43,8 @@ def test_an_in_place_restart_rank_0_reports_is_counted_with_an_event(make_job):
     [event] = d.events
     assert (event.type, event.reason) == ("Warning", "RestartedInPlace")
     assert "2 in attempt 1, 4 in all" in event.message and "step 40" in event.message
-    # The restart is a fresh start: the silence counts from it.
-    assert d.status["progress"]["lastAdvanceTime"] == timestamp(NOW)
+    # The restarted ranks are starting: the silence counts from their first step.
+    assert "lastAdvanceTime" not in d.status["progress"]
 
 
 def test_the_same_count_read_again_is_not_a_new_restart(make_job):
@@ -66,6 +66,9 @@ def test_a_new_attempt_counts_its_in_place_restarts_from_0(make_job):
 # ------------------------------------------------------------------ a silent step
 
 DEADLINE = 60
+# In-place recovery's time past the deadline: as long as a start of the ranks may take.
+STARTUP_BOUND = 100
+STALL_POLICY = {"progressDeadlineSeconds": DEADLINE, "startupTimeoutSeconds": STARTUP_BOUND}
 
 
 @pytest.mark.parametrize(
@@ -75,13 +78,15 @@ DEADLINE = 60
         (61, None, "Running", "True", [("Warning", "ProgressDeadlineExceeded")]),
         (61, TrainerReading(step=50), "Running", "True", [("Warning", "ProgressDeadlineExceeded")]),
         (90, TrainerReading(step=51), "Running", None, []),
-        (120, None, "Restarting", None, [("Warning", "ProgressDeadlineExceeded")]),
+        (159, None, "Running", "True", [("Warning", "ProgressDeadlineExceeded")]),
+        (160, None, "Restarting", None, [("Warning", "ProgressDeadlineExceeded")]),
     ],
     ids=["within-the-deadline", "past-the-deadline-unread", "past-the-deadline-read-the-same-step",
-         "the-step-moved-in-time", "twice-the-deadline-recreates-the-gang"],
+         "the-step-moved-in-time", "in-place-recovery-still-has-a-starts-time",
+         "past-the-deadline-and-a-starts-time-recreates-the-gang"],
 )
 def test_a_step_silent_past_the_deadline_stalls_the_job_then_recreates_the_gang(make_job, silent, reading, want_phase, want_stalled, want_events):
-    job = with_status(make_job(nodes=2, runPolicy={"progressDeadlineSeconds": DEADLINE}), running({"lastAdvanceTime": ago(silent)}))
+    job = with_status(make_job(nodes=2, runPolicy=STALL_POLICY), running({"lastAdvanceTime": ago(silent)}))
     d = decide(job, gang(2), NOW, progress=reading)
     assert d.status["phase"] == want_phase
     assert (cond(d, "Stalled") or {}).get("status") == want_stalled
@@ -96,7 +101,7 @@ def test_a_step_silent_past_the_deadline_stalls_the_job_then_recreates_the_gang(
 
 
 def test_stalled_is_reported_once_and_clears_when_the_step_moves(make_job):
-    job = with_status(make_job(nodes=2, runPolicy={"progressDeadlineSeconds": DEADLINE}), running({"lastAdvanceTime": ago(70)}))
+    job = with_status(make_job(nodes=2, runPolicy=STALL_POLICY), running({"lastAdvanceTime": ago(70)}))
     stalled = decide(job, gang(2), NOW)
     again = decide(with_status(job, stalled.status), gang(2), NOW + timedelta(seconds=5))
     assert again.events == [] and cond(again, "Stalled")["status"] == "True"
@@ -106,7 +111,7 @@ def test_stalled_is_reported_once_and_clears_when_the_step_moves(make_job):
 
 
 def test_an_in_place_restart_while_stalled_restarts_the_deadline(make_job):
-    job = with_status(make_job(nodes=2, runPolicy={"progressDeadlineSeconds": DEADLINE}), running({"lastAdvanceTime": ago(100)}))
+    job = with_status(make_job(nodes=2, runPolicy=STALL_POLICY), running({"lastAdvanceTime": ago(100)}))
     stalled = decide(job, gang(2), NOW)
     d = decide(with_status(job, stalled.status), gang(2), NOW + timedelta(seconds=5), progress=TrainerReading(step=40, in_place_restarts=1))
     assert d.status["phase"] == "Running" and cond(d, "Stalled")["reason"] == "RestartedInPlace"
@@ -120,7 +125,7 @@ def test_without_a_deadline_a_silent_step_is_left_alone(make_job):
 
 
 def test_the_job_wakes_when_the_deadline_would_pass(make_job):
-    job = with_status(make_job(nodes=2, runPolicy={"progressDeadlineSeconds": DEADLINE}), running({"lastAdvanceTime": ago(50)}))
+    job = with_status(make_job(nodes=2, runPolicy=STALL_POLICY), running({"lastAdvanceTime": ago(50)}))
     d = decide(job, gang(2), NOW, Timing(progress_interval=1000, resync=1000))
     assert d.wake_after == pytest.approx(10)
 
@@ -130,10 +135,16 @@ def test_rank_0_is_read_often_enough_that_a_moving_step_never_looks_silent(deadl
     assert read_interval(15.0, RunPolicy(progressDeadlineSeconds=deadline)) == want
 
 
-def test_a_gang_just_started_running_starts_the_silence_clock(make_job):
-    job = with_status(make_job(nodes=2, runPolicy={"progressDeadlineSeconds": DEADLINE}), {"phase": "Pending", "attempt": 1})
-    d = decide(job, gang(2), NOW)
-    assert d.status["progress"]["lastAdvanceTime"] == timestamp(NOW) and cond(d, "Stalled") is None
+def test_the_silence_counts_from_the_first_step_of_a_gang_just_started(make_job):
+    job = with_status(make_job(nodes=2, runPolicy=STALL_POLICY), {"phase": "Pending", "attempt": 1})
+    started = decide(job, gang(2), NOW)
+    assert "lastAdvanceTime" not in started.status["progress"]
+    # Loading a large checkpoint may take far longer than a step: the ranks' watchdog bounds the start-up.
+    later = NOW + timedelta(seconds=10 * STARTUP_BOUND)
+    loading = decide(with_status(job, started.status), gang(2), later, progress=TrainerReading(total_steps=100))
+    assert loading.status["phase"] == "Running" and cond(loading, "Stalled") is None and loading.events == []
+    training = decide(with_status(job, loading.status), gang(2), later, progress=TrainerReading(step=0, total_steps=100))
+    assert training.status["progress"]["lastAdvanceTime"] == timestamp(later)
 
 
 # ------------------------------------------------------------------ start whole or not at all

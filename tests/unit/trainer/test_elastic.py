@@ -38,11 +38,12 @@ def watchdog(tmp_path: Path):
     [
         ("a rank that stays in its step past the timeout is killed", "w = elastic.StepWatchdog(); w.arm(); time.sleep(60)", True),
         ("a rank whose steps are done is left alone", "w = elastic.StepWatchdog(); w.arm(); w.disarm(); time.sleep(3)", False),
+        ("a rank stuck in its start-up past a start's bound is killed", "elastic.StepWatchdog().arm_for_startup(); time.sleep(60)", True),
     ],
 )
 def test_the_step_watchdog_kills_a_rank_whose_step_ran_out_and_never_the_launcher(watchdog, tmp_path, name, code, killed):
     # This test's process plays the launcher: torch's own server would SIGKILL it too.
-    env = {wiring.ENV_STEP_TIMEOUT: "1", **elastic.launcher_env(os.getpid(), str(tmp_path), watchdog)}
+    env = {wiring.ENV_STEP_TIMEOUT: "1", wiring.ENV_RENDEZVOUS_TIMEOUT: "1", **elastic.launcher_env(os.getpid(), str(tmp_path), watchdog)}
     proc = rank(code, env)
     try:
         returncode = proc.wait(timeout=WAIT_SECONDS)

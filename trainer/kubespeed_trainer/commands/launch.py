@@ -249,6 +249,7 @@ def launch(node: NodeWiring, recovery: Recovery, train_args: list[str]) -> int:
     watchdog = None
     if recovery.step_timeout is not None:
         os.environ[wiring.ENV_STEP_TIMEOUT] = str(recovery.step_timeout)
+        os.environ[wiring.ENV_RENDEZVOUS_TIMEOUT] = str(recovery.rendezvous_timeout)
         watchdog = elastic.RankWatchdog.start_in(launch_dir, node.job)
     os.environ.update(elastic.launcher_env(os.getpid(), launch_dir, watchdog))
     forwarder = _Forwarder()

@@ -63,6 +63,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     elastic.die_with_launcher()
+    elastic.StepWatchdog().arm_for_startup()
     # Counted as the process starts, so a restart that fails while loading still counts.
     in_place_restarts = elastic.count_start() if os.environ.get("RANK") == "0" else 0
     args = parse_args(argv)
