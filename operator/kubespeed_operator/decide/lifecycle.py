@@ -294,7 +294,8 @@ def _active(
         ctx.in_place += watched.new_in_place
         ctx.failures = 0 if watched.newer_checkpoint else ctx.failures
         fields.update(progress=watched.progress, checkpoint=watched.checkpoint)
-    judged = recovery.stall(watched.progress, policy, ctx.now) if watched is not None else None
+    # Only ranks that run can be silent: a new attempt's silence starts with its first step.
+    judged = recovery.stall(watched.progress, policy, ctx.now) if watched is not None and whole else None
     in_place_events = [recovery.in_place_event(watched, attempt, ctx.in_place)] if watched and watched.new_in_place else []
 
     failure = attempt_failure(current, nodes, ctx.name)

@@ -147,6 +147,14 @@ def test_the_silence_counts_from_the_first_step_of_a_gang_just_started(make_job)
     assert training.status["progress"]["lastAdvanceTime"] == timestamp(later)
 
 
+def test_a_new_attempt_still_starting_is_never_judged_by_the_last_ones_silence(make_job):
+    old = {**running({"lastAdvanceTime": ago(10 * (DEADLINE + STARTUP_BOUND))}, attempt=2), "phase": "Pending"}
+    starting = [replace(p, created=ago(5)) for p in (pod(0, attempt=2), pod(1, attempt=2, phase="Pending"))]
+    d = decide(with_status(make_job(nodes=2, runPolicy=STALL_POLICY), old), starting, NOW, progress=TrainerReading(step=50))
+    assert (d.status["phase"], d.status["attempt"], d.delete_pods) == ("Pending", 2, [])
+    assert cond(d, "Stalled") is None and ("Warning", "ProgressDeadlineExceeded") not in reasons(d)
+
+
 # ------------------------------------------------------------------ start whole or not at all
 
 STARTUP = 120
