@@ -8,7 +8,7 @@ is unlabelled; a value not yet known is absent from the JSON line and NaN in
 Prometheus. `GAUGES` names them: each one's JSON key, Prometheus gauge and meaning.
 
 Each JSON line also has `time` (Unix seconds) and `kind`: `start` (parameters,
-worldSize, device, gradientAccumulation), `resume` (the checkpoint's step and
+worldSize, device, gradientAccumulation, attempt, inPlaceRestarts), `resume` (the checkpoint's step and
 tag), `train` (every `training.logInterval` steps; also `tokens` seen), `eval`,
 `checkpoint`, or `end` (peakRssMb of rank 0, and peakGpuMemoryGb on a GPU).
 """
@@ -36,6 +36,7 @@ GAUGES: dict[str, tuple[str, str]] = {
     "elapsedSeconds": ("kubespeed_elapsed_seconds", "Seconds this attempt has trained."),
     "checkpointStep": ("kubespeed_checkpoint_step", "Step of the newest complete checkpoint."),
     "attempt": ("kubespeed_attempt", "The operator's attempt number."),
+    "inPlaceRestarts": ("kubespeed_in_place_restarts", "Times the ranks were restarted in place during this attempt."),
     "finished": ("kubespeed_finished", "1 once the last step is done and saved."),
 }
 

@@ -89,6 +89,12 @@ ENV_CHECKPOINT_DIR = "KUBESPEED_CHECKPOINT_DIR"
 ENV_METRICS_PORT = "KUBESPEED_METRICS_PORT"
 ENV_USE_GPU = "KUBESPEED_GPU"
 ENV_TERMINATION_LOG = "KUBESPEED_TERMINATION_LOG"
+# Recovery, from runPolicy: in-place restarts per attempt (maxInPlaceRestarts), how long a
+# rendezvous waits and, under the watchdog, a rank's start-up may take (startupTimeoutSeconds),
+# and each step's watchdog (progressDeadlineSeconds; unset: none). Seconds, as whole numbers.
+ENV_MAX_RESTARTS = "KUBESPEED_MAX_RESTARTS"
+ENV_RENDEZVOUS_TIMEOUT = "KUBESPEED_RENDEZVOUS_TIMEOUT"
+ENV_STEP_TIMEOUT = "KUBESPEED_STEP_TIMEOUT"
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,10 @@ EXIT_RETRYABLE = ExitCode(75, True, "a transient failure (rendezvous, I/O); a re
 # A node without NVIDIA's container runtime (or driver, or device plugin) gives a pod no GPUs;
 # another node may, so a restart can help, except when the job has never seen one.
 EXIT_NO_GPU = ExitCode(69, True, "the pod sees fewer GPUs than ranks (no NVIDIA runtime, driver or device plugin on the node)")
-EXIT_CODES = (EXIT_SUCCESS, EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_PREEMPTED, EXIT_RETRYABLE, EXIT_NO_GPU)
+EXIT_IN_PLACE_FAILED = ExitCode(
+    76, True, "the ranks failed and restarting them in place could not bring them back "
+    "(runPolicy.maxInPlaceRestarts spent, or a peer gave up the rendezvous); the gang is recreated")
+EXIT_CODES = (EXIT_SUCCESS, EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_PREEMPTED, EXIT_RETRYABLE, EXIT_NO_GPU, EXIT_IN_PLACE_FAILED)
 PERMANENT_EXIT_CODES = frozenset(e.code for e in EXIT_CODES if e.code != 0 and not e.retryable)
 
 

@@ -234,9 +234,36 @@ class CheckpointSpec:
 
 @dataclass(kw_only=True)
 class RunPolicy:
-    """Restarts, deadlines, cleanup and suspension."""
+    """Recovery (in place first, then the gang), deadlines, cleanup and suspension."""
 
-    backoffLimit: int = field("Gang restarts after failures allowed before the job fails; restarts after a disruption (preemption, eviction, a drained node, SIGTERM) do not count.", 3, minimum=0, maximum=1000)
+    backoffLimit: int = field(
+        "Failures in a row the job survives. A failure that ends an attempt (a failed pod, a stall, in-place restarts spent) "
+        "recreates the gang, unless backoffLimit failures came before it with no newer complete checkpoint seen in between: "
+        "then the job fails (reason BackoffLimitExceeded). A newer checkpoint sets the count (status.consecutiveFailures) "
+        "back to 0, so a long run that keeps saving progress is never failed by occasional crashes. Disruptions (preemption, "
+        "eviction, a drained node, SIGTERM), a gang that did not start in time and in-place restarts never count.",
+        3, minimum=0, maximum=1000)
+    maxInPlaceRestarts: int = field(
+        "In-place restarts per attempt: after a rank fails, the launchers in the pods (torch elastic) stop and start every "
+        "rank again in the same pods, which resume from the latest complete checkpoint in seconds; pods, their addresses "
+        "and the scheduler are untouched. Once they are spent, or a pod or node is lost, the operator recreates the gang "
+        "as a new attempt. 0 recreates the gang on every failure. A change applies from the next attempt.",
+        3, minimum=0, maximum=100)
+    startupTimeoutSeconds: int = field(
+        "Start whole or not at all: the longest an attempt's pods may take to all be running, in seconds. Past it they are "
+        "deleted and the gang is tried again later (status.nextAttemptTime), without counting against backoffLimit; the "
+        "Running condition names the pods that were missing and why. It also bounds how long the pods' launchers wait for "
+        "each other in a rendezvous, at start and after an in-place restart, and, with progressDeadlineSeconds set, how long "
+        "the ranks may take from their start to their first step.",
+        600, minimum=10, maximum=86400)
+    progressDeadlineSeconds: int | None = field(
+        "Hang detection, off when unset: the longest a Running job may go without its training step advancing, in seconds, "
+        "counted from the ranks' first step (at the start and after an in-place restart; their start-up is bounded by "
+        "startupTimeoutSeconds instead). Every rank runs each step under torch elastic's watchdog with this deadline, so a "
+        "rank that freezes is killed and the ranks restart in place; the operator, reading rank 0's step, sets the Stalled "
+        "condition past the deadline and recreates the gang (a failure) if the step is still silent startupTimeoutSeconds "
+        "later. It must cover the slowest step with a checkpoint save or an evaluation.",
+        None, minimum=10, maximum=604800)
     restartPolicy: str = field("`ExitCode` (restart the gang unless the trainer's exit code says a retry cannot help), `OnFailure` (restart on any failure), `Never`.", "ExitCode", enum=RESTART_POLICIES)
     activeDeadlineSeconds: int | None = field("Fail the job (reason DeadlineExceeded) this many seconds after its pods first started, across gang restarts; suspending and resuming starts the count again, as for a batch Job.", None, minimum=1)
     ttlSecondsAfterFinished: int | None = field("Delete the job and its children this long after it succeeds or fails.", None, minimum=0)
@@ -366,7 +393,7 @@ class LMTrainingJobSpec:
     training: TrainingSpec = field("The training run.", TrainingSpec(), immutable=True)
     deepspeed: DeepSpeedSpec = field("DeepSpeed engine settings.", DeepSpeedSpec(), immutable=True)
     checkpoint: CheckpointSpec = field("Checkpoints and resume.", CheckpointSpec(), immutable=True)
-    runPolicy: RunPolicy = field("Restarts, deadlines, cleanup and suspension.", RunPolicy())
+    runPolicy: RunPolicy = field("Recovery, deadlines, cleanup and suspension.", RunPolicy())
     scheduling: SchedulingSpec = field("Placement, gang scheduling and queues.", SchedulingSpec())
 
     @property

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from kubespeed.spec.fields import field
 
 
-
 class Phase:
     """`status.phase`: Pending -> Running -> Succeeded | Failed, with Suspended and Restarting on the way."""
 
@@ -25,9 +24,11 @@ TERMINAL_PHASES = (Phase.SUCCEEDED, Phase.FAILED)
 
 class ConditionType:
     """Condition types, following the API conventions: one True at a time among the lifecycle
-    ones (those named after a phase); Created says whether the attempt's pods could be made."""
+    ones (those named after a phase); Created says whether the attempt's pods could be made,
+    Stalled whether a Running job's step stopped advancing (runPolicy.progressDeadlineSeconds)."""
 
     CREATED = "Created"
+    STALLED = "Stalled"
     RUNNING = Phase.RUNNING
     RESTARTING = Phase.RESTARTING
     SUSPENDED = Phase.SUSPENDED
@@ -35,8 +36,8 @@ class ConditionType:
     FAILED = Phase.FAILED
 
 
-CONDITION_TYPES = (ConditionType.CREATED, ConditionType.RUNNING, ConditionType.RESTARTING, ConditionType.SUSPENDED,
-                   ConditionType.SUCCEEDED, ConditionType.FAILED)
+CONDITION_TYPES = (ConditionType.CREATED, ConditionType.STALLED, ConditionType.RUNNING, ConditionType.RESTARTING,
+                   ConditionType.SUSPENDED, ConditionType.SUCCEEDED, ConditionType.FAILED)
 
 
 class Reason:
@@ -71,13 +72,19 @@ class Reason:
     CREATE_FAILED = "CreateFailed"
     # Objects of a deleted job of the same name (another owner UID) still hold the names.
     WAITING_FOR_OLD_OBJECTS = "WaitingForOldObjects"
+    # Recovery: in place (the pods' launchers restarted the ranks) or by recreating the gang.
+    RESTARTED_IN_PLACE = "RestartedInPlace"
+    IN_PLACE_RECOVERY_FAILED = "InPlaceRecoveryFailed"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    STEP_ADVANCED = "StepAdvanced"
+    STARTUP_TIMEOUT = "StartupTimeout"
 
 
 @dataclass(kw_only=True)
 class Condition:
     """One observation of the job's state, as in the Kubernetes API conventions."""
 
-    type: str = field("Condition type: Created, Running, Restarting, Suspended, Succeeded or Failed.")
+    type: str = field("Condition type: Created, Stalled, Running, Restarting, Suspended, Succeeded or Failed.")
     status: str = field("True, False or Unknown.", enum=("True", "False", "Unknown"))
     reason: str | None = field("CamelCase reason, for machines.", None)
     message: str | None = field("What happened and what to do, for people.", None)
@@ -104,6 +111,8 @@ class ProgressStatus:
     loss: str | None = field("Latest training loss.", None)
     tokensPerSecond: str | None = field("Training throughput over all ranks.", None)
     eta: str | None = field("Estimated time left, e.g. 1h02m.", None)
+    inPlaceRestarts: int | None = field("In-place restarts of the ranks during the current attempt, as rank 0 last reported them.", None)
+    lastAdvanceTime: str | None = field("When the step was last seen to advance in the ranks' current run, unset while they start (RFC 3339); runPolicy.progressDeadlineSeconds counts from it.", None)
     updateTime: str | None = field("When progress was last read (RFC 3339).", None)
 
 
@@ -125,8 +134,11 @@ class LMTrainingJobStatus:
     conditions: list[Condition] = field("Conditions, newest state of each type.", [])
     replicas: ReplicaStatus | None = field("Pods of the current attempt by state.", None)
     attempt: int | None = field("The current attempt, from 1; each gang restart starts a new one.", None)
-    restarts: int | None = field("Gang restarts so far.", None)
+    restarts: int | None = field("Gang restarts so far, after a failure or a disruption: every pod of the attempt deleted and created again as the next attempt.", None)
     disruptions: int | None = field("Gang restarts caused by a disruption (preemption, eviction, a drained or lost node, SIGTERM); they do not count against runPolicy.backoffLimit.", None)
+    inPlaceRestarts: int | None = field("In-place restarts so far, over all attempts: the pods' launchers (torch elastic) restarted every rank in the same pods after a rank failed; counted by rank 0.", None)
+    consecutiveFailures: int | None = field("Failures since a newer complete checkpoint was last seen (gang restarts after failures; disruptions and gangs that did not start in time do not count); runPolicy.backoffLimit bounds it.", None)
+    nextAttemptTime: str | None = field("When the gang is created again after its pods did not all run within runPolicy.startupTimeoutSeconds (RFC 3339).", None)
     startTime: str | None = field("When the first attempt's pods were created.", None)
     completionTime: str | None = field("When the job succeeded or failed.", None)
     progress: ProgressStatus | None = field("Training progress.", None)

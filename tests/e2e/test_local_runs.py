@@ -128,11 +128,37 @@ def test_a_failure_no_retry_can_help_is_not_retried(run_dir, tmp_path):
     assert processes_of(run_dir) == []
 
 
-def test_a_killed_rank_restarts_the_gang_which_resumes(run_dir):
+def launchers(run_dir: Path) -> set[int]:
+    return {p.pid for p in processes_of(run_dir) if "launch" in p.cmdline()}
+
+
+def rank(run_dir: Path, local_rank: str) -> psutil.Process:
+    [found] = [p for p in processes_of(run_dir) if p.environ().get("LOCAL_RANK") == local_rank]
+    return found
+
+
+def test_a_killed_rank_is_restarted_in_place_by_its_launcher(run_dir):
     with running(run_dir, "--set", "training.steps=2000", "--set", "checkpoint.interval=4") as proc:
         wait_until(proc, lambda: any(r.get("kind") == "checkpoint" for r in metrics(run_dir)), "no checkpoint was written")
-        [rank] = [p for p in processes_of(run_dir) if p.environ().get("LOCAL_RANK") == "1"]
-        rank.kill()
+        pods = launchers(run_dir)
+        rank(run_dir, "1").kill()
+        wait_until(proc, lambda: any(r.get("kind") == "resume" for r in metrics(run_dir)), "the ranks never resumed")
+        assert launchers(run_dir) == pods, "the pod's launcher lives on"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=300)
+    assert "the ranks were restarted in place (1 in this attempt)" in out, out
+    assert "restarting the gang" not in out
+    [resume] = [r for r in metrics(run_dir) if r.get("kind") == "resume"]
+    assert resume["step"] >= 4
+    summary = json.loads((run_dir / "quickstart" / "summary.json").read_text())
+    assert (summary["restarts"], summary["in_place_restarts"]) == (0, 1)
+
+
+def test_without_in_place_restarts_a_killed_rank_restarts_the_gang_which_resumes(run_dir):
+    with running(run_dir, "--set", "training.steps=2000", "--set", "checkpoint.interval=4",
+                 "--set", "runPolicy.maxInPlaceRestarts=0") as proc:  # fmt: skip
+        wait_until(proc, lambda: any(r.get("kind") == "checkpoint" for r in metrics(run_dir)), "no checkpoint was written")
+        rank(run_dir, "1").kill()
         wait_until(proc, lambda: any(r.get("kind") == "resume" for r in metrics(run_dir)), "the gang never resumed")
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=300)
@@ -141,3 +167,29 @@ def test_a_killed_rank_restarts_the_gang_which_resumes(run_dir):
     assert resume["step"] >= 4
     assert "attempt 2" in (run_dir / "quickstart" / "logs" / "quickstart-0.log").read_text()
     assert json.loads((run_dir / "quickstart" / "summary.json").read_text())["restarts"] == 1
+
+
+def test_a_frozen_rank_is_reported_and_its_watchdog_restarts_the_ranks_in_place(run_dir):
+    deadline = 20
+    with running(run_dir, "--set", "training.steps=2000", "--set", "checkpoint.interval=4",
+                 "--set", f"runPolicy.progressDeadlineSeconds={deadline}") as proc:  # fmt: skip
+        wait_until(proc, lambda: any(r.get("kind") == "checkpoint" for r in metrics(run_dir)), "no checkpoint was written")
+        rank(run_dir, "1").suspend()
+        wait_until(proc, lambda: any(r.get("kind") == "resume" for r in metrics(run_dir)), "the ranks never resumed")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=300)
+    assert f"(runPolicy.progressDeadlineSeconds is {deadline}s)" in out and "stalled: step" in out, out
+    assert "the ranks were restarted in place (1 in this attempt)" in out
+    assert json.loads((run_dir / "quickstart" / "summary.json").read_text())["restarts"] == 0
+
+
+def test_ranks_that_outlive_the_grace_period_die_with_their_launcher(run_dir):
+    # A frozen rank cannot stop; after the grace period the pod's launcher is killed, and its ranks,
+    # each in a session of its own, must go with it.
+    with running(run_dir, "--set", "training.steps=2000", "--set", "runPolicy.terminationGracePeriodSeconds=3") as proc:
+        wait_until(proc, lambda: any(r.get("kind") == "train" for r in metrics(run_dir)), "training never started")
+        rank(run_dir, "1").suspend()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=300)
+    assert proc.returncode == 130
+    assert processes_of(run_dir) == []

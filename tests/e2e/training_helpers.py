@@ -1,4 +1,4 @@
-"""What tests/e2e/test_operator_training.py builds on: the operator in the pods' network, a small
+"""What the e2e tests of training jobs build on: the operator in the pods' network, a small
 Shakespeare job, its metrics file, its processes, and the exit codes of its pods.
 
 Pod addresses exist only in the node agent's network namespace (agent/netns.py), and the
@@ -19,12 +19,21 @@ from typing import Any
 import psutil
 
 from kubespeed import wiring
+from kubespeed.checkpoints import METRICS_FILE
+from kubespeed.metrics import read_jsonl
 
 # The operator fixture module of tests/integration (its own conftest puts it on sys.path
 # there); the e2e tests run the same operator, so they import it rather than copy it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
-from operator_fixture import OperatorProcess, wait_for  # noqa: E402
+from operator_fixture import JobClient, OperatorProcess, wait_for  # noqa: E402
+from spec_overrides import overridden  # noqa: E402
+
+# Generous bounds for waiting: a 4-rank attempt needs tens of seconds to import torch and
+# DeepSpeed on a 2-core machine before its first step.
+FINISH_SECONDS = 300
+STEP_SECONDS = 180
+STOP_SECONDS = 90
 
 DATA_CLAIM = "shakespeare"
 DATA_FILE = "tinyshakespeare.txt"
@@ -46,7 +55,7 @@ class NodeNetworkOperator(OperatorProcess):
 
 
 def shakespeare_job(name: str, image: str, *, steps: int, checkpoint_interval: int, procs_per_node: int,
-                    grace_seconds: int = 60) -> dict[str, Any]:  # fmt: skip
+                    grace_seconds: int = 60, run_policy: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """2 pods x `procs_per_node` ranks of the tiny GPT on the Shakespeare slice in the data claim, on the fake GPU nodes.
 
     `gpu: false` with the GPU taint tolerated: the pods land on the fake GPU nodes, whose
@@ -65,7 +74,7 @@ def shakespeare_job(name: str, image: str, *, steps: int, checkpoint_interval: i
                      "optimizer": {"lr": 3e-3}, "schedule": {"warmupSteps": 2, "minLr": 3e-4}},  # fmt: skip
         "deepspeed": {"zeroStage": 1, "precision": "fp32"},
         "checkpoint": {"volumeClaim": {"size": "1Gi"}, "interval": checkpoint_interval, "keep": 2, "exportWeights": False},
-        "runPolicy": {"backoffLimit": 2, "terminationGracePeriodSeconds": grace_seconds},
+        "runPolicy": {"backoffLimit": 2, "terminationGracePeriodSeconds": grace_seconds, **(run_policy or {})},
     }
     return {"apiVersion": f"{wiring.API_GROUP}/{wiring.API_VERSION}", "kind": wiring.KIND, "metadata": {"name": name}, "spec": spec}
 
@@ -207,3 +216,55 @@ class PodExits:
                 self.exits[(pod.metadata.name, pod.metadata.labels.get(wiring.ATTEMPT_LABEL, ""))] = terminated.exit_code
 
 
+class Training:
+    """One test's job: its client, its files on this machine, and what went wrong if it fails."""
+
+    def __init__(self, jobs: JobClient, agent: Any, operator: NodeNetworkOperator, name: str) -> None:
+        self.jobs = jobs
+        self.agent = agent
+        self.operator = operator
+        self.name = name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.agent.claim_dir(self.jobs.namespace, wiring.checkpoint_claim_name(self.name))
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.checkpoints / METRICS_FILE)
+
+    def last_step(self) -> int:
+        trained = of_kind(self.metrics(), "train")
+        return trained[-1]["step"] if trained else 0
+
+    def wait_step(self, step: int, timeout: float = STEP_SECONDS) -> int:
+        """Wait until the trainer has logged `step` (or later); returns the step seen."""
+        return wait_for(lambda: self.last_step() >= step and self.last_step(), f"{self.name} to train step {step}",
+                          timeout, explain=self.explain)  # fmt: skip
+
+    def wait_phase(self, phase: str, timeout: float = FINISH_SECONDS) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            status = self.jobs.status(self.name)
+            return status if status.get("phase") == phase else None
+
+        return wait_for(check, f"{self.name} to be {phase}", timeout, interval=0.5, explain=self.explain)
+
+    def explain(self) -> str:
+        """The job's status and events, the pods' logs and the operator's log tail."""
+        parts = [f"status: {self.jobs.status(self.name)}", f"events: {self.jobs.events(self.name)}"]
+        for rank in range(2):
+            pod = wiring.pod_name(self.name, rank)
+            parts.append(f"----- logs of {pod}\n{self.agent.logs(self.jobs.namespace, pod)[-3000:]}")
+        parts.append(f"----- metrics.jsonl (last lines)\n{self.metrics()[-5:]}")
+        parts.append(f"----- operator log\n{self.operator.log()[-3000:]}")
+        return "\n".join(parts)
+
+
+def start(training: Training, *, steps: int, checkpoint_interval: int, procs_per_node: int = 1, grace_seconds: int = 60,
+          run_policy: dict[str, Any] | None = None, **changes: Any) -> None:  # fmt: skip
+    """Create the job; `changes` change its spec as spec_overrides does (`data__train="..."`)."""
+    # The trainer image: the one the agent maps to this machine's kubespeed installation.
+    image = next(iter(training.agent.images))
+    manifest = shakespeare_job(training.name, image, steps=steps, checkpoint_interval=checkpoint_interval,
+                               procs_per_node=procs_per_node, grace_seconds=grace_seconds, run_policy=run_policy)  # fmt: skip
+    manifest["spec"] = overridden(manifest["spec"], **changes)
+    training.jobs.create(manifest)

@@ -99,8 +99,8 @@ class OperatorProcess:
             sys.executable, "-m", "kubespeed_cli", "operator", "--all-namespaces",
             "--lease-namespace", OPERATOR_NAMESPACE, "--identity", self.identity,
             "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
-            # Tests drive pods by the second: quick progress reads and timer reconciles.
-            "--progress-interval", "1", "--resync", "5",
+            # Tests drive pods by the second: quick progress reads, timer reconciles and startup retries.
+            "--progress-interval", "1", "--resync", "5", "--startup-retry", "2",
             *self.extra_args,
         ]  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""runPolicy against the real control plane: suspend/resume, deadline, TTL; and progress from rank 0."""
+"""runPolicy against the real control plane: suspend/resume, deadline, TTL, the startup bound; and progress from rank 0."""
 
 from __future__ import annotations
 
@@ -61,6 +61,34 @@ def test_ttl_after_finished_deletes_the_job_and_its_children_and_nothing_restart
     # A few timer periods later nothing came back.
     with pytest.raises(AssertionError):
         wait_for(lambda: lmtj.pods("brief") or lmtj.get("brief"), "anything to come back", timeout=6)
+
+
+def test_a_gang_with_an_unschedulable_pod_is_released_then_retried_and_says_why(lmtj, kubelet):
+    # Another workload holds 5 of one node's 8 GPUs: the real scheduler can place only one of
+    # the gang's two 5-GPU pods.
+    hog = {
+        "metadata": {"name": "hog"},
+        "spec": {
+            "tolerations": [{"key": wiring.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "hog", "image": "hog:1", "resources": {"limits": {wiring.GPU_RESOURCE: "5"}}}],
+        },
+    }
+    lmtj.core.create_namespaced_pod(lmtj.namespace, hog)
+    wait_for(lambda: lmtj.core.read_namespaced_pod("hog", lmtj.namespace).spec.node_name, "the hog to be placed")
+    lmtj.create(job_manifest("whole", procsPerNode=5, training={"steps": 10, "globalBatchSize": 40, "microBatchSize": 4},
+                             runPolicy={"startupTimeoutSeconds": 10}))  # fmt: skip
+
+    released = wait_for(lambda: (lmtj.condition("whole", "Running") or {}).get("reason") == "StartupTimeout"
+                        and lmtj.condition("whole", "Running"), "the gang to be released", timeout=60)  # fmt: skip
+    assert released["status"] == "False" and "Unschedulable" in released["message"]
+    assert wiring.GPU_RESOURCE in released["message"] and "runPolicy.startupTimeoutSeconds (10s)" in released["message"]
+    status = lmtj.status("whole")
+    assert (status["phase"], status["restarts"]) == ("Pending", 0) and "consecutiveFailures" not in status
+    assert ("Warning", "StartupTimeout") in [(kind, reason) for kind, reason, _ in lmtj.events("whole")]
+
+    lmtj.core.delete_namespaced_pod("hog", lmtj.namespace, grace_period_seconds=0)
+    run_all(lmtj, kubelet, "whole", attempt=status["attempt"])
+    assert "nextAttemptTime" not in lmtj.status("whole")
 
 
 METRICS = """# HELP kubespeed_step Optimizer steps done.
@@ -129,7 +157,7 @@ def test_an_unreachable_metrics_endpoint_leaves_the_job_running(lmtj, kubelet):
     lmtj.wait_phase("mute", "Running")
     time.sleep(3)  # a few progress intervals of the test operator (1 s), each read failing
     status = lmtj.status("mute")
-    assert status["phase"] == "Running" and "progress" not in status
+    assert status["phase"] == "Running" and "step" not in status["progress"]
     kubelet.exit(lmtj.namespace, pods[0].metadata.name, 0)
     kubelet.exit(lmtj.namespace, pods[1].metadata.name, 0)
     lmtj.wait_phase("mute", "Succeeded")

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from kubespeed import wiring
-from kubespeed_cli.local import command, progress, rewire, runner, summary
+from kubespeed_cli.local import command, progress, recovery, rewire, runner, summary
 from kubespeed_cli.local.overrides import apply_overrides
 from kubespeed_cli.local.plot import plot_loss
 from kubespeed.metrics import read_jsonl
@@ -262,7 +262,7 @@ def test_a_failed_pod_says_why_as_the_kubelet_would(tmp_path, name, script, mess
 
 def test_a_run_that_never_stepped_reports_why_instead_of_empty_losses():
     s = summary.build_summary(job="demo", outcome="failed: demo-0 exited 65", records=[], wall_seconds=20.0,
-                              seconds_to_first_step=None, steps_per_second=None, restarts=0, checkpoint=None,
+                              seconds_to_first_step=None, steps_per_second=None, restarts=0, in_place_restarts=0, checkpoint=None,
                               export=None, sample_command=None, loss_plot=None, reason="rank 0: spec.data: data source x does not exist")
     assert summary.format_summary(s).splitlines() == [
         "demo: failed: demo-0 exited 65 before the first step",
@@ -286,6 +286,77 @@ def test_an_interrupt_sends_sigterm_to_each_pod_group(tmp_path):
 
 def test_exit_code_reads_a_signal_as_128_plus_it():
     assert [runner.exit_code(c) for c in (0, 75, -9, -15)] == [0, 75, 137, 143]
+
+
+def test_a_stall_the_tick_reports_stops_the_gang_though_its_pods_ignore_sigterm(tmp_path):
+    # As a gang stuck in a collective would: SIGTERM cannot make it checkpoint, so it is killed.
+    stubborn = "import signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN); pathlib.Path('up').write_text('1'); time.sleep(600)"
+    result = runner.run_gang([sleeper_pod(tmp_path, "demo-0", stubborn)], 1, 600, runner.Interrupt(),
+                             on_tick=lambda: "step 5 is silent" if (tmp_path / "demo-0" / "up").exists() else None)
+    assert (result.stalled, result.interrupted, result.exit_code) == ("step 5 is silent", False, 137)
+
+
+# ---------------------------------------------------------------- recovery
+
+
+STARTUP = 100
+GAVE_UP = "did not bring it back within 100s more"
+
+
+@pytest.mark.parametrize(
+    "name, gauges_over_time, want",
+    [
+        ("a moving step", [(0, {"step": 1}), (50, {"step": 2}), (100, {"step": 3}), (150, {"step": 4})], None),
+        ("silent past the deadline and a start's bound", [(0, {"step": 1}), (60, {"step": 1}), (161, None)], GAVE_UP),
+        ("the ranks' start-up is not silence", [(0, None), (1000, {}), (2000, {"totalSteps": 9})], None),
+        ("an in-place restart is not silence until the new run's first step",
+         [(0, {"step": 1}), (50, {"inPlaceRestarts": 1}), (1000, {"inPlaceRestarts": 1}), (1100, {"step": 0, "inPlaceRestarts": 1})], None),
+        ("a restarted run that freezes again", [(0, {"step": 1}), (50, {"inPlaceRestarts": 1}),
+                                                (60, {"step": 2, "inPlaceRestarts": 1}), (221, None)], GAVE_UP),
+    ],
+)
+def test_the_stall_watch_ends_an_attempt_whose_step_stays_silent(name, gauges_over_time, want, capsys):
+    watch = recovery.StallWatch(60, STARTUP)
+    verdicts = [watch.observe(gauges, now=now) for now, gauges in gauges_over_time]
+    assert all(v is None for v in verdicts[:-1]), name
+    assert (verdicts[-1] is None) if want is None else (want in verdicts[-1]), (name, verdicts)
+
+
+def test_the_stall_watch_reports_a_stall_once_and_is_off_without_a_deadline(capsys):
+    watch = recovery.StallWatch(60, STARTUP)
+    for now in (0, 61, 70, 80):
+        watch.observe({"step": 7}, now=now)
+    assert capsys.readouterr().out.count("stalled: step 7 has not advanced for 61s") == 1
+    assert recovery.StallWatch(None, STARTUP).observe({"step": 7}, now=0) is None
+    assert recovery.StallWatch(None, STARTUP).observe(None, now=10**6) is None
+
+
+def complete_checkpoint(folder: Path, step: int) -> None:
+    from kubespeed import checkpoints
+
+    (folder / checkpoints.tag_for(step)).mkdir(parents=True)
+    (folder / checkpoints.tag_for(step) / checkpoints.COMPLETE_MARKER).write_text("{}")
+    (folder / checkpoints.LATEST_FILE).write_text(checkpoints.tag_for(step))
+
+
+def test_the_retry_budget_counts_failures_in_a_row_until_a_newer_checkpoint(tmp_path):
+    complete_checkpoint(tmp_path, 10)
+    budget = recovery.RetryBudget(tmp_path)
+    seen = []
+    for newer in (None, 20, None, None):
+        if newer:
+            complete_checkpoint(tmp_path, newer)
+        seen.append(budget.before())
+        budget.failures += 1
+    assert seen == [0, 0, 1, 2]
+
+
+def test_in_place_restarts_are_counted_from_the_trainers_start_records(capsys):
+    records = [{"kind": "start", "step": 0, "inPlaceRestarts": 0}, {"kind": "train", "step": 1},
+               {"kind": "start", "step": 0, "inPlaceRestarts": 1}, {"kind": "start", "step": 0, "inPlaceRestarts": 2}]
+    assert summary.in_place_restarts(records) == 2
+    assert progress.format_record(records[2]) == "the ranks were restarted in place (1 in this attempt)"
+    assert progress.format_record(records[0]) is None
 
 
 # ---------------------------------------------------------------- progress
@@ -359,14 +430,14 @@ def test_summary_follows_the_run_the_weights_came_from(tmp_path):
     records = read_jsonl(metrics)
     assert [r["step"] for r in summary.history(records)] == [10, 20, 30, 40]
     s = summary.build_summary(job="demo", outcome="succeeded", records=records, wall_seconds=12.345,
-                              seconds_to_first_step=3.21, steps_per_second=2.5, restarts=1,
+                              seconds_to_first_step=3.21, steps_per_second=2.5, restarts=1, in_place_restarts=2,
                               checkpoint=None, export=None, sample_command=None, loss_plot=None)
     assert (s["step"], s["first_loss"], s["final_loss"], s["eval_loss"]) == (40, 3.0, 2.6, 3.2)
     assert s["eval_perplexity"] == 24.53
     summary.write_summary(s, tmp_path / "summary.json")
     assert json.loads((tmp_path / "summary.json").read_text()) == s
     text = summary.format_summary(s)
-    assert "3.0000 -> 2.6000" in text and "gang restarts   1" in text
+    assert "3.0000 -> 2.6000" in text and "gang restarts   1" in text and "in place        2 restarts of the ranks" in text
 
 
 def test_loss_plot_is_a_png(tmp_path):

@@ -18,6 +18,8 @@ def test_minimal_spec_gets_every_default():
     assert spec.training.optimizer.type == "adamw"
     assert spec.checkpoint.mountPath == "/checkpoints"
     assert spec.runPolicy.restartPolicy == "ExitCode"
+    # Recovery: in place first, a startup bound, hang detection off.
+    assert (spec.runPolicy.maxInPlaceRestarts, spec.runPolicy.startupTimeoutSeconds, spec.runPolicy.progressDeadlineSeconds) == (3, 600, None)
 
 
 @pytest.mark.parametrize(
@@ -39,6 +41,10 @@ def test_minimal_spec_gets_every_default():
         ("fractional minimum loss scale", with_(deepspeed__lossScale={"minScale": 0.5}), "spec.deepspeed.lossScale.minScale"),
         ("claim retention not a boolean", with_(checkpoint__volumeClaim={"deleteWithJob": "yes"}), "spec.checkpoint.volumeClaim.deleteWithJob"),
         ("both claim and template", with_(checkpoint__claimName="c", checkpoint__volumeClaim={}), "spec.checkpoint.volumeClaim"),
+        ("negative in-place restarts", with_(runPolicy__maxInPlaceRestarts=-1), "spec.runPolicy.maxInPlaceRestarts"),
+        ("startup bound shorter than a pod start", with_(runPolicy__startupTimeoutSeconds=5), "spec.runPolicy.startupTimeoutSeconds"),
+        ("progress deadline of no time", with_(runPolicy__progressDeadlineSeconds=0), "spec.runPolicy.progressDeadlineSeconds"),
+        ("progress deadline as a duration string", with_(runPolicy__progressDeadlineSeconds="10m"), "spec.runPolicy.progressDeadlineSeconds"),
     ],
 )
 def test_bad_spec_is_refused_naming_the_field(name, spec, field):

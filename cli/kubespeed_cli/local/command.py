@@ -16,13 +16,14 @@ from typing import Any
 from kubespeed import checkpoints, metrics, wiring
 from kubespeed.ports import free_port
 from kubespeed.spec import LMTrainingJobSpec, SpecError, load_job, parse_job_spec
-from kubespeed_cli.local import progress, rewire, runner, summary
+from kubespeed.spec.status import Reason
+from kubespeed_cli.local import progress, recovery, rewire, runner, summary
 from kubespeed_cli.local.overrides import apply_overrides
 from kubespeed_cli.local.plot import plot_loss
 from kubespeed_operator.build.children import attempt_pods, job_children
 from kubespeed_operator.build.render import FIRST_ATTEMPT, as_submitted
 from kubespeed_operator.decide.observed import PodPhase, PodView
-from kubespeed_operator.decide.restart import attempt_failure, reason_line, verdict
+from kubespeed_operator.decide.restart import Failure, attempt_failure, reason_line, verdict
 
 INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C
 
@@ -93,18 +94,25 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
 
     interrupt = runner.Interrupt()
     previous = {sig: signal.signal(sig, interrupt.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    view = progress.progress_view(name, folder.checkpoints / checkpoints.METRICS_FILE, plain)
+    metrics_file = folder.checkpoints / checkpoints.METRICS_FILE
+    logged_before = len(metrics.read_jsonl(metrics_file))
+    view = progress.progress_view(name, metrics_file, plain)
+    budget = recovery.RetryBudget(folder.checkpoints)
     attempt = FIRST_ATTEMPT
     try:
         while True:
             gang = local_pods(pods, spec, folder, use_gpu)
+            watch = recovery.StallWatch(spec.runPolicy.progressDeadlineSeconds, spec.runPolicy.startupTimeoutSeconds)
             result = runner.run_gang(gang, attempt, spec.runPolicy.terminationGracePeriodSeconds, interrupt,
-                                     on_tick=lambda port=gang[0].metrics_port: show(port, clock, view))
-            if result.exit_code == 0 or result.interrupted:
+                                     on_tick=lambda port=gang[0].metrics_port, watch=watch: show(port, clock, view, watch))
+            if (result.exit_code == 0 and not result.stalled) or result.interrupted:
                 break
-            failed = PodView(result.failed_pod, result.failed_rank, attempt, phase=PodPhase.FAILED, exit_code=result.exit_code,
-                             message=result.message)
-            decision = verdict(attempt_failure([failed], spec.nodes, name), spec.runPolicy, attempt - FIRST_ATTEMPT, attempt)
+            failure = attempt_failure([PodView(result.failed_pod or "", result.failed_rank or 0, attempt, phase=PodPhase.FAILED,
+                                               exit_code=result.exit_code, message=result.message)], spec.nodes, name)
+            if result.stalled:
+                failure = Failure("", Reason.PROGRESS_DEADLINE_EXCEEDED, result.stalled)
+            decision = verdict(failure, spec.runPolicy, budget.before(), attempt)
+            budget.failures += 0 if failure.disruption else 1
             print(f"{name}: {decision.message}", file=sys.stderr)
             if not decision.restart:
                 break
@@ -117,12 +125,15 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
 
     if result.interrupted:
         outcome, code = "interrupted", INTERRUPTED
+    elif result.stalled:
+        outcome, code = f"failed: {result.stalled}", wiring.EXIT_RETRYABLE.code
     elif result.exit_code == 0:
         outcome, code = "succeeded", 0
     else:
         outcome, code = f"failed: {result.failed_pod} exited {result.exit_code}", result.exit_code
-    reason = reason_line(result.message) if code and not result.interrupted else None
-    report(name, outcome, folder, clock, restarts=attempt - FIRST_ATTEMPT, reason=reason)
+    reason = reason_line(result.message) if code and not result.interrupted and not result.stalled else None
+    in_place = summary.in_place_restarts(metrics.read_jsonl(metrics_file)[logged_before:])
+    report(name, outcome, folder, clock, restarts=attempt - FIRST_ATTEMPT, in_place_restarts=in_place, reason=reason)
     if result.interrupted:
         print(f"resume with: kubespeed local {job_path}")
     elif code:
@@ -130,11 +141,15 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
     return code
 
 
-def show(metrics_port: int, clock: progress.StepClock, view: progress.LineProgress | progress.BarProgress) -> None:
-    snapshot = progress.scrape(metrics_port)
+def show(metrics_port: int, clock: progress.StepClock, view: progress.LineProgress | progress.BarProgress,
+         watch: recovery.StallWatch) -> str | None:
+    """One look at rank 0: the progress shown, and why the attempt must end (a stall), if it must."""
+    gauges = progress.read_gauges(metrics_port)
+    snapshot = progress.snapshot(gauges) if gauges is not None else None
     if snapshot is not None:
         clock.observe(snapshot.step)
     view.update(snapshot)
+    return watch.observe(gauges)
 
 
 def resume_step(folder: rewire.RunFolder, spec: LMTrainingJobSpec) -> int:
@@ -171,7 +186,8 @@ def sample_command(weights: Path) -> str:
     return f"kubespeed sample {shlex.quote(str(shown))} --tokens 200"
 
 
-def report(name: str, outcome: str, folder: rewire.RunFolder, clock: progress.StepClock, restarts: int, reason: str | None) -> None:
+def report(name: str, outcome: str, folder: rewire.RunFolder, clock: progress.StepClock, restarts: int, in_place_restarts: int,
+           reason: str | None) -> None:
     records = metrics.read_jsonl(folder.checkpoints / checkpoints.METRICS_FILE)
     drew = plot_loss(summary.history(records), folder.loss_plot, f"{name}: loss")
     tag = checkpoints.latest_complete(folder.checkpoints)
@@ -184,6 +200,7 @@ def report(name: str, outcome: str, folder: rewire.RunFolder, clock: progress.St
         seconds_to_first_step=clock.seconds_to_first_step,
         steps_per_second=clock.steps_per_second,
         restarts=restarts,
+        in_place_restarts=in_place_restarts,
         checkpoint=folder.checkpoints / tag if tag else None,
         export=export if export.is_dir() else None,
         sample_command=sample_command(export if export.is_dir() else folder.checkpoints) if tag else None,

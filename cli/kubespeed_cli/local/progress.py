@@ -32,22 +32,33 @@ class Snapshot:
     eta_seconds: float | None = None
 
 
+def snapshot(values: dict[str, float]) -> Snapshot | None:
+    """The gauges we show, from the trainer's gauges by JSON key; None until the trainer has done a step."""
+    shown = {field: value for key, value in values.items() if (field := SHOWN.get(key))}
+    if "step" not in shown or "total" not in shown:
+        return None
+    return Snapshot(step=int(shown.pop("step")), total=int(shown.pop("total")), **shown)
+
+
 def parse_metrics(text: str) -> Snapshot | None:
     """The gauges we show, from Prometheus text; None until the trainer has done a step."""
-    values = {field: value for key, value in metrics.parse_prometheus(text).items() if (field := SHOWN.get(key))}
-    if "step" not in values or "total" not in values:
-        return None
-    return Snapshot(step=int(values.pop("step")), total=int(values.pop("total")), **values)
+    return snapshot(metrics.parse_prometheus(text))
 
 
-def scrape(port: int, timeout: float = 0.5) -> Snapshot | None:
-    """Rank 0's gauges, or None while its endpoint is not up (starting, restarting, done)."""
+def read_gauges(port: int, timeout: float = 0.5) -> dict[str, float] | None:
+    """Rank 0's gauges by JSON key, or None while its endpoint is not up (starting, restarting, done)."""
     url = f"http://127.0.0.1:{port}{wiring.METRICS_PATH}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return parse_metrics(response.read().decode("utf-8"))
+            return metrics.parse_prometheus(response.read().decode("utf-8"))
     except (urllib.error.URLError, OSError, ValueError):
         return None
+
+
+def scrape(port: int, timeout: float = 0.5) -> Snapshot | None:
+    """Rank 0's gauges we show, or None while its endpoint is not up or before the first step."""
+    values = read_gauges(port, timeout)
+    return snapshot(values) if values is not None else None
 
 
 @dataclass
@@ -118,6 +129,8 @@ def format_record(record: dict) -> str | None:
         return f"step {step}  checkpoint written"
     if kind == "resume":
         return f"resumed from the checkpoint at step {step}"
+    if kind == "start" and record.get("inPlaceRestarts"):
+        return f"the ranks were restarted in place ({record['inPlaceRestarts']} in this attempt)"
     return None
 
 

@@ -1,9 +1,10 @@
 """Each pod a local process group; the gang lives and dies together, as on the cluster.
 
-A pod's process and everything it starts (the launcher's ranks) share one process
-group, its own session, so a terminal's Ctrl-C reaches only `kubespeed local`, which
-then stops the gang the way the kubelet stops a pod: SIGTERM to the whole group,
-the grace period, then SIGKILL.
+A pod's process (the launcher) runs in a session of its own, so a terminal's Ctrl-C
+reaches only `kubespeed local`, which then stops the gang the way the kubelet stops a
+pod: SIGTERM to the pod's process group, the grace period, then SIGKILL. The ranks
+are in sessions of their own (torch elastic starts them so) and die with their
+launcher, as a pod's processes die with its PID 1.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubespeed_cli.local.rewire import LocalPod
+from kubespeed_operator.decide.recovery import STALLED_GRACE_SECONDS
 
 POLL_SECONDS = 0.25
 # What the kubelet reads of a termination log, and of a log's tail when that is empty (FallbackToLogsOnError).
@@ -112,6 +114,8 @@ class AttemptResult:
     failed_rank: int | None = None
     # The failed pod's termination message.
     message: str | None = None
+    # Why the gang was stopped while its pods ran (its step stayed silent), if it was.
+    stalled: str | None = None
 
 
 def run_gang(
@@ -119,15 +123,19 @@ def run_gang(
     attempt: int,
     grace_seconds: float,
     interrupt: Interrupt,
-    on_tick: Callable[[], None],
+    on_tick: Callable[[], str | None],
 ) -> AttemptResult:
-    """Run one attempt: all pods succeed, or the first failure (or Ctrl-C) stops the whole gang.
+    """Run one attempt: all pods succeed, or the first failure (or Ctrl-C, or a stall `on_tick`
+    reports) stops the whole gang.
 
     `pods` are in node-rank order."""
     procs = [start_pod(pod, attempt) for pod in pods]
     try:
         while True:
-            on_tick()
+            stalled = on_tick()
+            if stalled:
+                stop_gang(procs, STALLED_GRACE_SECONDS, interrupt)
+                return AttemptResult(exit_code(procs[0].returncode), interrupted=False, stalled=stalled)
             if interrupt.count:
                 print(f"stopping: each pod's ranks write a checkpoint first (up to {grace_seconds:g} s; Ctrl-C again kills them now)",
                       file=sys.stderr, flush=True)

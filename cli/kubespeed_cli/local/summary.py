@@ -26,6 +26,11 @@ def _first(records: list[dict[str, Any]], key: str) -> Any:
     return next((r[key] for r in records if r.get(key) is not None), None)
 
 
+def in_place_restarts(records: list[dict[str, Any]]) -> int:
+    """In-place restarts in these records: every trainer start its launcher counted as one."""
+    return sum(1 for r in records if r.get("kind") == "start" and r.get("inPlaceRestarts"))
+
+
 def build_summary(
     *,
     job: str,
@@ -35,6 +40,7 @@ def build_summary(
     seconds_to_first_step: float | None,
     steps_per_second: float | None,
     restarts: int,
+    in_place_restarts: int,
     checkpoint: Path | None,
     export: Path | None,
     sample_command: str | None,
@@ -55,6 +61,7 @@ def build_summary(
         "seconds_to_first_step": None if seconds_to_first_step is None else round(seconds_to_first_step, 2),
         "steps_per_second": None if steps_per_second is None else round(steps_per_second, 3),
         "restarts": restarts,
+        "in_place_restarts": in_place_restarts,
         "checkpoint": str(checkpoint) if checkpoint else None,
         "export": str(export) if export else None,
         "sample_command": sample_command,
@@ -85,6 +92,8 @@ def format_summary(s: dict[str, Any]) -> str:
         ]
     else:
         lines.append(f"  wall time       {format_seconds(s['wall_seconds'])}")
+    if s["in_place_restarts"]:
+        lines.append(f"  in place        {s['in_place_restarts']} restarts of the ranks")
     if s["restarts"]:
         lines.append(f"  gang restarts   {s['restarts']}")
     if s["checkpoint"]:

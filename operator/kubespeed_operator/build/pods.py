@@ -3,8 +3,9 @@
 Each pod is one DeepSpeed node. Its env tells the in-pod launcher where node
 rank 0 listens (through the headless Service) and how many ranks the gang has;
 the files it reads come from the job's ConfigMap. The kubelet never restarts a
-training container (restartPolicy Never): a failure fails the gang, and the
-operator starts the next attempt with new pods.
+training container (restartPolicy Never): the launcher restarts the ranks
+inside the pod (runPolicy.maxInPlaceRestarts), and once it gives up, the pod
+fails and the operator starts the next attempt with new pods.
 """
 
 from __future__ import annotations
@@ -48,7 +49,20 @@ def wiring_env(job_name: str, spec: LMTrainingJobSpec, node_rank: int, attempt: 
         wiring.ENV_METRICS_PORT: str(wiring.METRICS_PORT),
         wiring.ENV_USE_GPU: "1" if spec.gpu else "0",
         wiring.ENV_TERMINATION_LOG: wiring.TERMINATION_LOG_PATH,
+        **recovery_env(spec),
     }
+
+
+def recovery_env(spec: LMTrainingJobSpec) -> dict[str, str]:
+    """runPolicy as the launcher applies it in the pod: in-place restarts, rendezvous wait, step watchdog."""
+    policy = spec.runPolicy
+    env = {
+        wiring.ENV_MAX_RESTARTS: str(policy.maxInPlaceRestarts),
+        wiring.ENV_RENDEZVOUS_TIMEOUT: str(policy.startupTimeoutSeconds),
+    }
+    if policy.progressDeadlineSeconds is not None:
+        env[wiring.ENV_STEP_TIMEOUT] = str(policy.progressDeadlineSeconds)
+    return env
 
 
 def container_env(job_name: str, spec: LMTrainingJobSpec, node_rank: int, attempt: int) -> list[dict[str, str]]:

@@ -13,6 +13,15 @@ The rules that keep the gang whole:
   rank 0 can write a checkpoint on SIGTERM.
 - Succeeded and Failed are final: nothing that happens to pods afterwards (the
   TTL deleting them, cleanPodPolicy) starts anything again.
+- Recovery is in place first: the pods' launchers restart failed ranks themselves,
+  and the operator only records it (`decide.recovery`). It recreates the gang when a
+  pod fails or goes (the launchers gave up, or a node was lost), or when the step
+  stays silent past runPolicy.progressDeadlineSeconds and then as long as a start of
+  the ranks may take (startupTimeoutSeconds). A failure spends the
+  retry budget (status.consecutiveFailures against runPolicy.backoffLimit) unless it
+  is a disruption; a newer complete checkpoint gives the budget back.
+- A gang that is not all running within runPolicy.startupTimeoutSeconds is deleted
+  and created again after `Timing.startup_retry`, as the next attempt; not a failure.
 
 `run.reconciler` runs `decide` on every change of the job or its pods and on a timer, and applies the result.
 """
@@ -27,11 +36,13 @@ from kubespeed.spec import LMTrainingJobSpec, SpecError, from_dict, parse_job_sp
 from kubespeed.spec.job import RunPolicy
 from kubespeed.spec.status import TERMINAL_PHASES, ConditionType, Phase, Reason
 from kubespeed_operator.decide import progress as progress_mod
+from kubespeed_operator.decide import recovery
 from kubespeed_operator.decide.observed import PodPhase, PodReason, PodView
-from kubespeed_operator.decide.restart import attempt_failure, verdict
+from kubespeed_operator.decide.restart import Failure, attempt_failure, verdict
 from kubespeed_operator.decide.status import (
     Cond,
     Event,
+    condition,
     merge_conditions,
     parse_time,
     phase_conditions,
@@ -58,6 +69,7 @@ class Timing:
     progress_interval: float = 15.0  # reading rank 0's metrics, per running job
     blocked_retry: float = 30.0  # a job waiting for a claim, quota or permission tries again
     resync: float = 300.0  # the timer reconcile when nothing else is due
+    startup_retry: float = 60.0  # a gang that did not start whole is created again after this pause
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,8 @@ class _Context:
         self.attempt = max([self.old.get("attempt") or 0, *(p.attempt for p in pods)])
         self.restarts = self.old.get("restarts") or 0
         self.disruptions = self.old.get("disruptions") or 0
+        self.in_place = self.old.get("inPlaceRestarts") or 0
+        self.failures = self.old.get("consecutiveFailures") or 0
         self.policy = policy
 
     def of_attempt(self, attempt: int) -> list[PodView]:
@@ -132,13 +146,15 @@ class _Context:
             attempt=self.attempt or None,
             restarts=self.restarts,
             disruptions=self.disruptions or None,
+            inPlaceRestarts=self.in_place or None,
+            consecutiveFailures=self.failures or None,
             replicas=replicas(self.of_attempt(self.attempt)),
         )
         status.update(fields)
         return {k: v for k, v in status.items() if v is not None}
 
-    def decision(self, status: dict[str, Any], reason: str, wake_after: float, **kwargs: Any) -> Decision:
-        grace = self.policy.terminationGracePeriodSeconds
+    def decision(self, status: dict[str, Any], reason: str, wake_after: float, grace: int | None = None, **kwargs: Any) -> Decision:
+        grace = self.policy.terminationGracePeriodSeconds if grace is None else grace
         decision = Decision(status=status, reason=reason, grace_seconds=grace, wake_after=wake_after, **kwargs)
         decision.events = transition_events(self.old, status, reason)
         return decision
@@ -244,40 +260,73 @@ def _active(
     deadline_left: float | None,
 ) -> Decision:
     ctx.attempt = max(ctx.attempt, 1)
-    attempt, nodes = ctx.attempt, spec.nodes
+    attempt, nodes, policy = ctx.attempt, spec.nodes, spec.runPolicy
     current = ctx.of_attempt(attempt)
     stale = [p for p in ctx.pods if p.attempt != attempt]
     timers = [ctx.timing.resync] + ([deadline_left] if deadline_left is not None else [])
     resumed = ctx.old.get("phase") == Phase.SUSPENDED
+    retry_at = parse_time(ctx.old.get("nextAttemptTime"))
 
     if stale:
         # Same names in every attempt: the next attempt waits until the old pods are gone.
         phase = Phase.RESTARTING if ctx.old.get("phase") == Phase.RESTARTING else Phase.PENDING
-        reason = Reason.RESUMED if resumed else (_own_reason(ctx.old) if phase == Phase.RESTARTING else Reason.WAITING_FOR_OLD_PODS)
         message = f"waiting for {len(stale)} pods of earlier attempts to terminate before attempt {attempt} starts"
-        if phase == Phase.RESTARTING:
-            message = ctx.old.get("message") or message
+        if phase == Phase.RESTARTING or retry_at is not None:
+            reason, message = _own_reason(ctx.old), ctx.old.get("message") or message
+        else:
+            reason = Reason.RESUMED if resumed else Reason.WAITING_FOR_OLD_PODS
         doomed = [p.name for p in stale if not p.deleting]
         return ctx.decision(ctx.status(phase, reason, message), reason, wake_after=min(timers), delete_pods=doomed)
 
+    if not current and retry_at is not None and ctx.now < retry_at:
+        status = ctx.status(Phase.PENDING, Reason.STARTUP_TIMEOUT, ctx.old.get("message") or "")
+        return ctx.decision(status, Reason.STARTUP_TIMEOUT, wake_after=min(timers + [(retry_at - ctx.now).total_seconds()]))
+
+    overdue = recovery.startup_overdue(current, nodes, policy, ctx.now)
+    if overdue is not None:
+        return _release(ctx, current, overdue, timers)
+
+    whole = len(current) == nodes and all(p.phase in (PodPhase.RUNNING, PodPhase.SUCCEEDED) for p in current)
+    watched = None
+    if whole or progress is not None:
+        watched = recovery.watch(ctx.old, progress, ctx.now, started=whole and ctx.old.get("phase") != Phase.RUNNING)
+    # Past the retry time of a released gang: its next attempt is under way.
+    fields: dict[str, Any] = {"nextAttemptTime": None} if retry_at is not None else {}
+    if watched is not None:
+        ctx.in_place += watched.new_in_place
+        ctx.failures = 0 if watched.newer_checkpoint else ctx.failures
+        fields.update(progress=watched.progress, checkpoint=watched.checkpoint)
+    # Only ranks that run can be silent: a new attempt's silence starts with its first step.
+    judged = recovery.stall(watched.progress, policy, ctx.now) if watched is not None and whole else None
+    in_place_events = [recovery.in_place_event(watched, attempt, ctx.in_place)] if watched and watched.new_in_place else []
+
     failure = attempt_failure(current, nodes, ctx.name)
+    if failure is None and judged is not None and judged.give_up:
+        detail = f"{judged.describe()}: restarting the ranks in place did not bring it back within {judged.recovery}s more"
+        failure = Failure("", Reason.PROGRESS_DEADLINE_EXCEEDED, detail)
     if failure is not None:
-        judged = verdict(failure, spec.runPolicy, ctx.restarts - ctx.disruptions, attempt)
-        if not judged.restart:
-            return _end(ctx, Phase.FAILED, judged.reason, judged.message)
+        decided = verdict(failure, policy, ctx.failures, attempt)
+        ctx.failures += 0 if failure.disruption else 1
+        if not decided.restart:
+            return _end(ctx, Phase.FAILED, decided.reason, decided.message, **fields)
         ctx.attempt, ctx.restarts = attempt + 1, ctx.restarts + 1
         ctx.disruptions += 1 if failure.disruption else 0
-        status = ctx.status(Phase.RESTARTING, judged.reason, judged.message, replicas=replicas(current))
+        extra = {}
+        if (condition(ctx.old, ConditionType.STALLED) or {}).get("status") == "True":
+            extra[ConditionType.STALLED] = Cond("False", decided.reason, "the gang is recreated")
+        status = ctx.status(Phase.RESTARTING, decided.reason, decided.message, extra, replicas=replicas(current), **fields)
         doomed = [p.name for p in current if not p.deleting]
-        return ctx.decision(status, judged.reason, wake_after=min(timers), delete_pods=doomed)
+        grace = recovery.STALLED_GRACE_SECONDS if failure.reason == Reason.PROGRESS_DEADLINE_EXCEEDED else None
+        decision = ctx.decision(status, decided.reason, wake_after=min(timers), grace=grace, delete_pods=doomed)
+        decision.events += in_place_events
+        return decision
 
     if len(current) == nodes and all(p.phase == PodPhase.SUCCEEDED for p in current):
         message = f"training finished: all {nodes} pods of attempt {attempt} exited 0"
         final = progress_mod.finished_status(spec.training.steps, ctx.old.get("progress"), ctx.old.get("checkpoint"), timestamp(ctx.now))
         return _end(ctx, Phase.SUCCEEDED, Reason.SUCCEEDED, message, **final)
 
-    start = ctx.old.get("startTime") or min((p.created for p in current if p.created), default=None)
-    fields: dict[str, Any] = {"startTime": start}
+    fields["startTime"] = ctx.old.get("startTime") or min((p.created for p in current if p.created), default=None)
     extra: dict[str, Cond] = {}
     missing = sorted(set(range(nodes)) - {p.rank for p in current})
     if missing and blocker is not None:
@@ -287,14 +336,20 @@ def _active(
     if not missing:
         extra[ConditionType.CREATED] = Cond("True", Reason.PODS_CREATED, f"attempt {attempt}: all {nodes} pods created")
 
-    if not missing and all(p.phase in (PodPhase.RUNNING, PodPhase.SUCCEEDED) for p in current):
+    if whole and watched is not None:
+        stalled, stall_events = recovery.stalled_condition(ctx.old, judged, bool(watched.new_in_place))
+        extra.update(stalled)
+        in_place = watched.progress.get("inPlaceRestarts") or 0
+        reason = Reason.RESTARTED_IN_PLACE if in_place else Reason.PODS_RUNNING
         message = f"attempt {attempt}: all {nodes} pods running"
-        if progress is not None:
-            read_at = timestamp(ctx.now)
-            fields["progress"] = progress_mod.progress_status(progress, read_at)
-            fields["checkpoint"] = progress_mod.checkpoint_status(progress, ctx.old.get("checkpoint"), read_at)
-        status = ctx.status(Phase.RUNNING, Reason.PODS_RUNNING, message, extra, **fields)
-        return ctx.decision(status, Reason.PODS_RUNNING, wake_after=min(timers + [ctx.timing.progress_interval]))
+        if in_place:
+            message += f"; the ranks were restarted in place {in_place} time(s) in this attempt"
+        status = ctx.status(Phase.RUNNING, reason, message, extra, **fields)
+        read_every = recovery.read_interval(ctx.timing.progress_interval, policy)
+        wake = timers + [read_every] + ([judged.wake_after()] if judged is not None else [])
+        decision = ctx.decision(status, reason, wake_after=min(wake))
+        decision.events += stall_events + in_place_events
+        return decision
 
     problem = _pending_problem(current)
     if problem is not None:
@@ -310,7 +365,21 @@ def _active(
             message = f"resumed: attempt {attempt} starts and resumes from the latest checkpoint"
     status = ctx.status(Phase.PENDING, reason, message, extra, **fields)
     create = {"create_attempt": attempt, "create_ranks": missing} if missing else {}
-    return ctx.decision(status, reason, wake_after=min(timers), **create)
+    startup = recovery.startup_wait(current, policy, ctx.now)
+    return ctx.decision(status, reason, wake_after=min(timers + ([startup] if startup is not None else [])), **create)
+
+
+def _release(ctx: _Context, current: list[PodView], overdue: str, timers: list[float]) -> Decision:
+    """The gang did not start whole in time: its pods go, and the next attempt comes after a pause; not a failure."""
+    retry = ctx.now + timedelta(seconds=ctx.timing.startup_retry)
+    attempt = ctx.attempt
+    ctx.attempt += 1
+    message = (f"attempt {attempt}: {overdue}. The pods are deleted, so they hold nothing others could use, and the gang "
+               f"starts again as attempt {attempt + 1} at {timestamp(retry)}; not counted against runPolicy.backoffLimit")
+    extra = {ConditionType.RUNNING: Cond("False", Reason.STARTUP_TIMEOUT, message)}
+    status = ctx.status(Phase.PENDING, Reason.STARTUP_TIMEOUT, message, extra, nextAttemptTime=timestamp(retry), replicas=replicas(current))
+    doomed = [p.name for p in current if not p.deleting]
+    return ctx.decision(status, Reason.STARTUP_TIMEOUT, wake_after=min(timers + [ctx.timing.startup_retry]), delete_pods=doomed)
 
 
 def _own_reason(old: dict[str, Any]) -> str:

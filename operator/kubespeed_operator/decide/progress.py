@@ -26,6 +26,7 @@ class TrainerReading:
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
     checkpoint_step: int | None = None
+    in_place_restarts: int | None = None
 
 
 def _int(value: float | None) -> int | None:
@@ -41,6 +42,7 @@ def parse(text: str) -> TrainerReading:
         tokens_per_second=values.get("tokensPerSecond"),
         eta_seconds=values.get("etaSeconds"),
         checkpoint_step=_int(values.get("checkpointStep")),
+        in_place_restarts=_int(values.get("inPlaceRestarts")),
     )
 
 

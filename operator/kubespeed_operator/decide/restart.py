@@ -1,9 +1,16 @@
 """When an attempt ends in failure, and whether the gang restarts or the job fails.
 
-Any pod failure ends the whole attempt (a DeepSpeed gang cannot lose a rank
-and go on). Whether a new attempt can help depends on the restart policy and
-the trainer's exit code (`wiring.PERMANENT_EXIT_CODES`), and the number of gang
-restarts is bounded by `runPolicy.backoffLimit`.
+A failed rank is first restarted in place by the pods' launchers; a pod fails
+only once they gave up (or could not help), and any pod failure ends the whole
+attempt (a DeepSpeed gang cannot lose a rank and go on). Whether a new attempt
+can help depends on the restart policy and the trainer's exit code
+(`wiring.PERMANENT_EXIT_CODES`).
+
+The retry budget rewards progress: `runPolicy.backoffLimit` bounds the failures
+in a row with no newer complete checkpoint seen between them
+(`status.consecutiveFailures`, which a newer checkpoint sets back to 0), so a
+long run that keeps saving is never failed by occasional crashes, while one that
+fails again and again at the same place stops.
 
 A disruption (the cluster took a pod away: preemption, eviction, a drained or
 lost node, the trainer's SIGTERM exit after its checkpoint) restarts the gang
@@ -26,6 +33,7 @@ EXIT_REASONS = {
     wiring.EXIT_CONFIG_ERROR.code: Reason.CONFIG_ERROR,
     wiring.EXIT_DATA_ERROR.code: Reason.DATA_ERROR,
     wiring.EXIT_NO_GPU.code: Reason.NO_GPU_VISIBLE,
+    wiring.EXIT_IN_PLACE_FAILED.code: Reason.IN_PLACE_RECOVERY_FAILED,
 }
 EXIT_MEANINGS = {e.code: e.meaning for e in wiring.EXIT_CODES}
 # How much of the failing rank's own line (the container's termination message) a message quotes.
@@ -46,7 +54,7 @@ HOPELESS_WAITING = {
 
 @dataclass(frozen=True)
 class Failure:
-    """The first sign that an attempt cannot go on."""
+    """The first sign that an attempt cannot go on: a pod's (`pod`), or the whole gang's (`pod` empty)."""
 
     pod: str
     reason: str
@@ -56,7 +64,7 @@ class Failure:
     disruption: bool = False
 
     def describe(self) -> str:
-        return f"pod {self.pod} {self.detail}"
+        return f"pod {self.pod} {self.detail}" if self.pod else self.detail
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,8 @@ def _pod_failure(pod: PodView) -> Failure:
         detail = f"exited with code {pod.exit_code}: {why}" if why else f"exited with code {pod.exit_code} ({meaning})"
         permanent = pod.exit_code in wiring.PERMANENT_EXIT_CODES
         disruption = pod.disrupted or pod.exit_code == wiring.EXIT_PREEMPTED.code
-        reason = EXIT_REASONS.get(pod.exit_code, Reason.PERMANENT_EXIT_CODE) if permanent else (Reason.POD_DISRUPTED if disruption else EXIT_REASONS.get(pod.exit_code, Reason.POD_FAILED))
+        reason = (EXIT_REASONS.get(pod.exit_code, Reason.PERMANENT_EXIT_CODE) if permanent
+                  else Reason.POD_DISRUPTED if disruption else EXIT_REASONS.get(pod.exit_code, Reason.POD_FAILED))
         return Failure(pod.name, reason, detail, pod.exit_code, retryable=not permanent, disruption=disruption and not permanent)
     # Failed with no container exit: evicted, node lost, or the pod's own deadline.
     why = pod.reason or PodPhase.FAILED
@@ -118,10 +127,10 @@ def attempt_failure(pods: list[PodView], nodes: int, job: str) -> Failure | None
     return None
 
 
-def verdict(failure: Failure, policy: RunPolicy, counted: int, attempt: int) -> Verdict:
+def verdict(failure: Failure, policy: RunPolicy, failures: int, attempt: int) -> Verdict:
     """Restart the gang as the next attempt, or fail the job, and why (for the condition and the Event).
 
-    `counted`: the gang restarts so far that count against backoffLimit (those after failures).
+    `failures`: the failures in a row before this one with no newer complete checkpoint seen (status.consecutiveFailures).
     """
     what = failure.describe()
     if policy.restartPolicy == "Never":
@@ -132,14 +141,16 @@ def verdict(failure: Failure, policy: RunPolicy, counted: int, attempt: int) -> 
         return Verdict(False, failure.reason, f"{what}; {NO_GPU_HINT}")
     if failure.disruption:
         return Verdict(True, failure.reason, f"{what}; restarting the gang as attempt {attempt + 1} (a disruption: not counted against runPolicy.backoffLimit)")
-    if counted >= policy.backoffLimit:
+    if failures >= policy.backoffLimit:
         return Verdict(
             False,
             Reason.BACKOFF_LIMIT_EXCEEDED,
-            f"{what}; the gang was restarted {counted} times after failures, runPolicy.backoffLimit is {policy.backoffLimit}",
+            f"{what}; {failures + 1} failures in a row with no newer complete checkpoint between them, "
+            f"runPolicy.backoffLimit is {policy.backoffLimit}",
         )
     return Verdict(
         True,
         failure.reason,
-        f"{what}; restarting the gang as attempt {attempt + 1} (restart {counted + 1} of {policy.backoffLimit})",
+        f"{what}; restarting the gang as attempt {attempt + 1} (failure {failures + 1} in a row without a newer "
+        f"checkpoint; runPolicy.backoffLimit is {policy.backoffLimit})",
     )

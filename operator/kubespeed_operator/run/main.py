@@ -74,6 +74,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resync", type=float, default=Timing.resync, help="seconds between timer reconciles of a quiet job")
     parser.add_argument("--stall-seconds", type=float, default=DEFAULT_STALL_SECONDS,
                         help="/healthz fails when the pod watch, or while jobs are live the reconciling, is silent this long")
+    parser.add_argument("--startup-retry", type=float, default=Timing.startup_retry,
+                        help="seconds before a gang that did not start within runPolicy.startupTimeoutSeconds is created again")
     cluster.add_flags(parser, os.environ.get("POD_NAMESPACE") or wiring.OPERATOR_NAMESPACE)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
     args = parser.parse_args(argv)
@@ -102,7 +104,7 @@ async def run(args: argparse.Namespace, credentials: Credentials) -> int:
             acquiring.cancel()
             return 0
         health.lead()
-        timing = Timing(progress_interval=args.progress_interval, resync=args.resync)
+        timing = Timing(progress_interval=args.progress_interval, resync=args.resync, startup_retry=args.startup_retry)
         reconciler = Reconciler(kube, jobs, metrics, timing, args.identity, http, may_act=lease.held, cluster=cluster.from_flags(args))
         workers = Workers(reconciler.reconcile, on_error=metrics.reconcile_errors.inc)
         handler = Operator(reconciler, workers)

@@ -1,6 +1,6 @@
 """The operator's own Prometheus metrics and its liveness endpoint.
 
-    curl localhost:8080/metrics   # jobs by phase, reconcile durations, gang restarts, API requests, leader
+    curl localhost:8080/metrics   # jobs by phase, reconcile durations, gang and in-place restarts, API requests, leader
     curl localhost:8081/healthz   # 200 while the operator does its work (health.py), else 503 and why
 """
 
@@ -50,6 +50,7 @@ class OperatorMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.restarts = Counter("kubespeed_operator_gang_restarts", "Gang restarts started.", registry=self.registry)
+        self.in_place_restarts = Counter("kubespeed_operator_in_place_restarts", "In-place restarts of ranks seen.", registry=self.registry)
         self.api_requests = Counter(
             "kubespeed_operator_api_requests", "Requests to the API server by verb and HTTP code.", ["verb", "code"], registry=self.registry
         )

@@ -36,6 +36,7 @@ from kubespeed_operator.build.children import Cluster
 from kubespeed_operator.decide.lifecycle import Decision, Timing, decide, run_policy
 from kubespeed_operator.decide.observed import PodView, view
 from kubespeed_operator.decide.progress import TrainerReading, rank0_to_read
+from kubespeed_operator.decide.recovery import read_interval
 from kubespeed_operator.decide.status import Event, diff, timestamp
 from kubespeed_operator.run.create import Creator
 from kubespeed_operator.run.expectations import Expectations
@@ -73,7 +74,7 @@ class Reconciler:
         self.expectations = Expectations()
         self.pods_first = PodsFirst(self.expectations)
         self.creator = Creator(kube)
-        self.progress = ProgressReader(http, timing.progress_interval)
+        self.progress = ProgressReader(http)
         # Deletions of the pods of jobs that went (job_gone), running on their own.
         self._deleting: set[asyncio.Task] = set()
 
@@ -169,7 +170,7 @@ class Reconciler:
         spec = self.jobs.spec(job)
         pods = await self._confirm_missing(job, spec, watched + self.expectations.unseen(key))
         now = _now()
-        progress = await self._read_progress(key, job, pods, now)
+        progress = await self._read_progress(key, job, spec, pods, now)
         decision = decide(job, pods, now, self.timing, progress=progress, spec=spec)
         if decision.create_attempt is not None and spec is not None:
             async with self.pods_first.creating():
@@ -216,11 +217,14 @@ class Reconciler:
                 pods.append(seen)
         return pods
 
-    async def _read_progress(self, key: Key, job: dict[str, Any], pods: list[PodView], now: datetime) -> TrainerReading | None:
-        rank0 = rank0_to_read(job.get("status") or {}, pods, now, self.timing.progress_interval)
+    async def _read_progress(
+        self, key: Key, job: dict[str, Any], spec: LMTrainingJobSpec | None, pods: list[PodView], now: datetime
+    ) -> TrainerReading | None:
+        interval = read_interval(self.timing.progress_interval, run_policy(job, spec))
+        rank0 = rank0_to_read(job.get("status") or {}, pods, now, interval)
         if rank0 is None or rank0.ip is None:
             return None
-        return await self.progress.read(key, rank0.ip)
+        return await self.progress.read(key, rank0.ip, interval)
 
     async def _write_status(self, job: dict[str, Any], decision: Decision) -> None:
         meta = job["metadata"]
@@ -237,6 +241,9 @@ class Reconciler:
             )
         if (decision.status.get("restarts") or 0) > (old.get("restarts") or 0):
             self.metrics.restarts.inc()
+        in_place = (decision.status.get("inPlaceRestarts") or 0) - (old.get("inPlaceRestarts") or 0)
+        if in_place > 0:
+            self.metrics.in_place_restarts.inc(in_place)
         for event in decision.events:
             await self._post_event(job, event)
 

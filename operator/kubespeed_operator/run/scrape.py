@@ -31,18 +31,17 @@ async def read(session: aiohttp.ClientSession, pod_ip: str) -> TrainerReading | 
 
 
 class ProgressReader:
-    """Reads each job's rank 0 at most once per `interval`, however often the job is reconciled."""
+    """Reads each job's rank 0 at most once per its read interval, however often the job is reconciled."""
 
-    def __init__(self, session: aiohttp.ClientSession, interval: float) -> None:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
-        self.interval = interval
         # Monotonic time of the next read per job: a rate limit, not state.
         self._next_read: dict[tuple[str, str], float] = {}
 
-    async def read(self, job: tuple[str, str], pod_ip: str) -> TrainerReading | None:
+    async def read(self, job: tuple[str, str], pod_ip: str, interval: float) -> TrainerReading | None:
         if time.monotonic() < self._next_read.get(job, 0.0):
             return None
-        self._next_read[job] = time.monotonic() + self.interval
+        self._next_read[job] = time.monotonic() + interval
         return await read(self.session, pod_ip)
 
     def forget(self, job: tuple[str, str]) -> None:

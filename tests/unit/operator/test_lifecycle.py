@@ -18,7 +18,7 @@ from kubespeed_operator.decide.progress import TrainerReading
 from kubespeed_operator.decide.status import timestamp
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=timezone.utc)
-EARLIER = timestamp(NOW - timedelta(minutes=10))
+EARLIER = timestamp(NOW - timedelta(minutes=5))
 
 
 def pod(rank: int, attempt: int = 1, phase: str = "Running", **kw: Any) -> PodView:
@@ -127,7 +127,7 @@ FAILED_1 = dict(phase="Failed", exit_code=1, reason="Error")
     ],
 )
 def test_a_failed_pod_ends_the_attempt(make_job, policy, exit_code, restarts, want_phase, want_reason):
-    job = with_status(make_job(nodes=2, runPolicy=policy), running_status(restarts=restarts))
+    job = with_status(make_job(nodes=2, runPolicy=policy), running_status(restarts=restarts, consecutiveFailures=restarts))
     pods = [pod(0), pod(1, phase="Failed", exit_code=exit_code, reason="Error")]
     d = decide(job, pods, NOW)
     assert (d.status["phase"], d.reason) == (want_phase, want_reason)
@@ -200,12 +200,38 @@ def test_a_disruption_restarts_the_gang_without_spending_the_backoff_limit(make_
     assert "not counted against runPolicy.backoffLimit" in d.events[0].message
 
 
-def test_failures_still_spend_the_backoff_limit_beside_disruptions(make_job):
-    # 3 restarts, 2 of them disruptions: 1 failure restart spent of backoffLimit 1.
-    job = with_status(make_job(nodes=2, runPolicy={"backoffLimit": 1}), running_status(restarts=3, disruptions=2))
+def test_failures_in_a_row_without_a_newer_checkpoint_spend_the_backoff_limit_beside_disruptions(make_job):
+    # 3 restarts, 2 of them disruptions: the other was a failure, and no checkpoint came after it.
+    job = with_status(make_job(nodes=2, runPolicy={"backoffLimit": 1}), running_status(restarts=3, disruptions=2, consecutiveFailures=1))
     d = decide(job, [pod(0), pod(1, **FAILED_1)], NOW)
     assert (d.status["phase"], d.reason) == ("Failed", "BackoffLimitExceeded")
-    assert "restarted 1 times after failures" in d.status["message"]
+    assert "2 failures in a row with no newer complete checkpoint" in d.status["message"]
+
+
+@pytest.mark.parametrize(
+    "checkpoint_before, checkpoint_now, want_phase, want_failures",
+    [(100, 120, "Restarting", 1), (100, 100, "Failed", 2), (None, 20, "Restarting", 1)],
+    ids=["a-newer-checkpoint-gives-the-budget-back", "the-same-checkpoint-does-not", "a-first-checkpoint-does"],
+)
+def test_a_newer_checkpoint_seen_before_a_failure_gives_the_budget_back(make_job, checkpoint_before, checkpoint_now, want_phase, want_failures):
+    status = running_status(restarts=1, consecutiveFailures=1)
+    if checkpoint_before is not None:
+        status["checkpoint"] = {"step": checkpoint_before, "path": f"step{checkpoint_before:08d}", "time": EARLIER}
+    job = with_status(make_job(nodes=2, runPolicy={"backoffLimit": 1}), status)
+    d = decide(job, [pod(0), pod(1, **FAILED_1)], NOW, progress=TrainerReading(step=130, checkpoint_step=checkpoint_now))
+    assert (d.status["phase"], d.status.get("consecutiveFailures")) == (want_phase, want_failures)
+
+
+def test_a_newer_checkpoint_while_running_sets_the_failure_count_back_to_0(make_job):
+    status = running_status(restarts=2, consecutiveFailures=2, checkpoint={"step": 40, "path": "step00000040", "time": EARLIER})
+    d = decide(with_status(make_job(nodes=2), status), gang(2), NOW, progress=TrainerReading(step=61, checkpoint_step=60))
+    assert "consecutiveFailures" not in d.status and d.status["checkpoint"]["step"] == 60 and d.status["restarts"] == 2
+
+
+def test_in_place_recovery_that_gave_up_recreates_the_gang_as_a_failure(make_job):
+    job = with_status(make_job(nodes=2), running_status())
+    d = decide(job, [pod(0), pod(1, phase="Failed", exit_code=wiring.EXIT_IN_PLACE_FAILED.code, reason="Error")], NOW)
+    assert (d.status["phase"], d.reason, d.status["consecutiveFailures"]) == ("Restarting", "InPlaceRecoveryFailed", 1)
 
 
 def test_a_rank_deleted_while_training_is_a_disruption(make_job):
@@ -346,7 +372,7 @@ def test_the_deadline_fails_the_job_and_stops_every_pod(make_job):
 def test_before_the_deadline_the_job_wakes_up_at_it(make_job):
     job = with_status(make_job(nodes=2, runPolicy={"activeDeadlineSeconds": 900}), running_status())
     d = decide(job, gang(2), NOW, Timing(progress_interval=1000, resync=1000))
-    assert d.status["phase"] == "Running" and d.wake_after == pytest.approx(300)
+    assert d.status["phase"] == "Running" and d.wake_after == pytest.approx(600)
 
 
 @pytest.mark.parametrize(
@@ -407,7 +433,7 @@ def test_progress_from_rank_0_lands_in_status(make_job):
     d = decide(with_status(make_job(nodes=2), running_status()), gang(2), NOW, progress=reading)
     assert d.status["progress"] == {
         "step": 120, "totalSteps": 1000, "loss": "2.3457", "tokensPerSecond": "15234", "eta": "1h02m",
-        "updateTime": timestamp(NOW),
+        "updateTime": timestamp(NOW), "lastAdvanceTime": timestamp(NOW),
     }
     assert d.status["checkpoint"] == {"step": 100, "path": "step00000100", "time": timestamp(NOW)}
 

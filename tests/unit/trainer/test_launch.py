@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from kubespeed import wiring
+from kubespeed.spec.job import RunPolicy
 from kubespeed_trainer.commands import launch
 
 WIRING_ENV = ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "WORLD_SIZE",
-              "KUBESPEED_JOB", "KUBESPEED_TRAINER_CONFIG")
+              "KUBESPEED_JOB", "KUBESPEED_TRAINER_CONFIG", "KUBESPEED_MAX_RESTARTS", "KUBESPEED_RENDEZVOUS_TIMEOUT",
+              "KUBESPEED_STEP_TIMEOUT")
 
 
 @pytest.fixture
@@ -26,14 +28,21 @@ def pod_env(monkeypatch):
 def test_launch_reads_the_pod_wiring_from_the_environment(pod_env):
     pod_env(MASTER_ADDR="job-0.job", MASTER_PORT="29501", NNODES="3", NODE_RANK="2", NPROC_PER_NODE="4",
             WORLD_SIZE="12", KUBESPEED_JOB="job", KUBESPEED_TRAINER_CONFIG="/etc/kubespeed/trainer.yaml")
-    node, train_args = launch.parse_args([])
+    node, recovery, train_args = launch.parse_args([])
     assert node == launch.NodeWiring("job-0.job", 29501, 3, 2, 4, "job")
     assert train_args == ["/etc/kubespeed/trainer.yaml"]
+    assert recovery == launch.Recovery(RunPolicy().maxInPlaceRestarts, RunPolicy().startupTimeoutSeconds, None)
+
+
+def test_launch_reads_the_recovery_policy_from_the_environment(pod_env):
+    pod_env(KUBESPEED_MAX_RESTARTS="5", KUBESPEED_RENDEZVOUS_TIMEOUT="120", KUBESPEED_STEP_TIMEOUT="45")
+    _, recovery, _ = launch.parse_args([])
+    assert recovery == launch.Recovery(max_restarts=5, rendezvous_timeout=120, step_timeout=45)
 
 
 def test_flags_override_the_environment_and_pass_the_rest_to_train(pod_env):
     pod_env(NNODES="3", NODE_RANK="2")
-    node, train_args = launch.parse_args(["--nnodes", "2", "--node-rank", "1", "--", "c.yaml", "--max-steps-this-run", "3"])
+    node, _, train_args = launch.parse_args(["--nnodes", "2", "--node-rank", "1", "--", "c.yaml", "--max-steps-this-run", "3"])
     assert (node.nnodes, node.node_rank, node.master_port) == (2, 1, wiring.MASTER_PORT)
     assert train_args == ["c.yaml", "--max-steps-this-run", "3"]
 
@@ -43,6 +52,9 @@ def test_flags_override_the_environment_and_pass_the_rest_to_train(pod_env):
     [
         ("node rank outside the gang", ["--nnodes", "2", "--node-rank", "2"], {}),
         ("world size disagrees with nodes x procs", ["--nnodes", "2", "--nproc-per-node", "2"], {"WORLD_SIZE": "3"}),
+        ("negative in-place restarts", ["--max-restarts", "-1"], {}),
+        ("a rendezvous that cannot wait", [], {"KUBESPEED_RENDEZVOUS_TIMEOUT": "0"}),
+        ("a step watchdog of no time", ["--step-timeout", "0"], {}),
     ],
 )
 def test_inconsistent_wiring_is_refused(pod_env, name, argv, env):
@@ -52,22 +64,41 @@ def test_inconsistent_wiring_is_refused(pod_env, name, argv, env):
 
 
 @pytest.mark.parametrize(
-    "name, failures, terminated, code",
+    "name, failures, terminated, in_place, code",
     [
-        ("every rank finished", {}, False, 0),
-        ("a rank found the config invalid", {0: 64, 1: -15}, False, 64),
-        ("a rank could not read the data", {1: 65}, False, 65),
-        ("a rank saw no GPU", {0: 69, 1: -15}, False, 69),
-        ("SIGTERM and the ranks checkpointed", {0: 143, 1: 143}, True, 143),
-        ("SIGTERM and one rank checkpointed before the agent stopped the other", {0: 143, 1: -15}, True, 143),
-        ("143 without a SIGTERM to this pod is not a preemption", {0: 143}, False, 75),
-        ("a rank crashed", {0: 1}, False, 75),
-        ("a rank was killed", {1: -9}, True, 75),
+        ("every rank finished", {}, False, True, 0),
+        ("a rank found the config invalid", {0: 64, 1: -15}, False, True, 64),
+        ("a rank could not read the data", {1: 65}, False, True, 65),
+        ("a rank saw no GPU", {0: 69, 1: -15}, False, True, 69),
+        ("SIGTERM and the ranks checkpointed", {0: 143, 1: 143}, True, True, 143),
+        ("SIGTERM and one rank checkpointed before the agent stopped the other", {0: 143, 1: -15}, True, False, 143),
+        ("143 without a SIGTERM to this pod is not a preemption", {0: 143}, False, False, 75),
+        ("a rank crashed with no in-place restarts to spend", {0: 1}, False, False, 75),
+        ("a rank was killed", {1: -9}, True, False, 75),
+        ("a rank crashed once more than the in-place restarts allow", {0: 1}, False, True, 76),
     ],
 )
-def test_exit_code_tells_whether_a_retry_can_help(name, failures, terminated, code):
-    assert launch.exit_code(failures, terminated) == code, name
+def test_exit_code_tells_whether_a_retry_can_help(name, failures, terminated, in_place, code):
+    assert launch.exit_code(failures, terminated, in_place) == code, name
     assert code in {e.code for e in wiring.EXIT_CODES}
+
+
+@pytest.mark.parametrize("nnodes", [2, 3, 12, 1024])
+def test_rendezvous_names_sort_in_node_rank_order_with_node_0_at_the_master_address(nnodes):
+    # torch's c10d rendezvous ranks the nodes by sorting these names.
+    nodes = [launch.NodeWiring("job-0.job", 29500, nnodes, rank, 2, "job") for rank in range(nnodes)]
+    names = [node.rendezvous_name for node in nodes]
+    assert sorted(names) == names and len(set(names)) == nnodes
+    assert names[0] == "job-0.job"
+
+
+def test_the_rendezvous_is_c10d_hosted_by_node_0_with_the_specs_timeouts():
+    recovery = launch.Recovery(max_restarts=2, rendezvous_timeout=90, step_timeout=None)
+    configs = [launch.launch_config(launch.NodeWiring("127.0.0.1", 29500, 2, rank, 1, "job"), recovery) for rank in range(2)]
+    assert [c.rdzv_configs["is_host"] for c in configs] == [True, False]
+    for config in configs:
+        assert (config.rdzv_backend, config.max_restarts) == ("c10d", 2)
+        assert config.rdzv_configs["join_timeout"] == 90
 
 
 @pytest.mark.parametrize("nproc, cpus, threads", [(2, 2, 1), (1, 16, 16), (4, 16, 4), (8, 2, 1), (3, 8, 2)])

@@ -12,18 +12,41 @@ environment, for local use and tests; two "nodes" on one machine:
 Arguments after `--` go to `kubespeed train` in every rank.
 
 The ranks are started by torch's elastic launcher (the machinery behind
-`torchrun`) with static rendezvous: node rank 0 hosts the rendezvous store at
-MASTER_ADDR:MASTER_PORT, and global rank = node rank x NPROC_PER_NODE + local
-rank. (The DeepSpeed hostfile at KUBESPEED_HOSTFILE is for DeepSpeed's own
-launcher and for people; static rendezvous needs only the master's address.)
-There are no restarts inside a pod (`max_restarts=0`): a failed rank fails
-the pod, and the operator restarts the whole gang, which resumes from the
-newest complete checkpoint.
+`torchrun`) with its c10d rendezvous: node rank 0's launcher hosts the
+rendezvous store at MASTER_ADDR:MASTER_PORT (told so, not guessed from host
+names), and global rank = node rank x NPROC_PER_NODE + local rank. (The
+DeepSpeed hostfile at KUBESPEED_HOSTFILE is for DeepSpeed's own launcher and for
+people; the rendezvous needs only the master's address.)
+
+Recovery is in place first. When a rank fails (crashes, is killed, or freezes
+past KUBESPEED_STEP_TIMEOUT and is killed by the step watchdog), every node's
+launcher stops its ranks, the launchers meet again in a new rendezvous round,
+and new ranks resume from the newest complete checkpoint: the pods stay. Up to
+KUBESPEED_MAX_RESTARTS times (runPolicy.maxInPlaceRestarts) per pod; after that,
+or when a peer gave up, the launcher exits 76 and the operator recreates the
+gang. A rendezvous round waits KUBESPEED_RENDEZVOUS_TIMEOUT seconds
+(runPolicy.startupTimeoutSeconds) for every node.
+
+Two settings make the restarts reliable (measured: without them, 2 of 6
+restarts in a row of two nodes failed in gloo's connectFullMesh):
+- TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: by default the ranks' process group
+  uses the rendezvous store the launchers share for every round, so restarted
+  ranks read the last round's keys (the addresses of ranks that are gone) and
+  connect to dead ports. With it, rank 0 hosts a fresh store for each round.
+- `local_addr`: c10d numbers the nodes by sorting their `local_addr` and
+  publishes rank 0's as the address of that store. Node rank 0 gives
+  MASTER_ADDR (where its peers reach it, in a pod and under `kubespeed local`),
+  every other node a name that sorts after it in node-rank order and is never
+  dialled. So rank 0, which serves the metrics the operator reads, is always in
+  pod 0, whatever the host names are.
 
 SIGTERM (pod deletion, preemption, suspend) is not handled by the elastic agent,
 which would kill the ranks after a fixed 30 s: the launcher forwards it to its
 ranks and waits, and each rank checkpoints at its next step boundary and exits
-143. The pod's terminationGracePeriodSeconds bounds the wait.
+143. The pod's terminationGracePeriodSeconds bounds the wait. The ranks' exits
+then end the launcher, never an in-place restart. Each rank dies with its
+launcher (torch starts ranks in sessions of their own, so a signal to the
+launcher's process group does not reach them).
 
 Exit codes (kubespeed.wiring.EXIT_CODES; the operator restarts only when a retry can help):
 
@@ -34,6 +57,7 @@ Exit codes (kubespeed.wiring.EXIT_CODES; the operator restarts only when a retry
 | 65   | a data source or tokenizer is missing or unreadable (any rank exited 65) | no |
 | 69   | the pod sees fewer GPUs than ranks (any rank exited 69)        | on another node |
 | 143  | stopped by SIGTERM after writing a checkpoint                  | yes (resumes) |
+| 76   | ranks failed and in-place restarts are spent (or a peer gave up) | yes (a new gang) |
 | 75   | anything else: a crashed or killed rank, a failed rendezvous   | yes         |
 
 Why it failed, in the failing rank's own words, goes to the pod's termination log
@@ -44,20 +68,27 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from dataclasses import dataclass
 from types import FrameType
 
 import psutil
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.rendezvous import RendezvousClosedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from kubespeed import wiring
+from kubespeed.spec.job import RunPolicy
+from kubespeed_trainer import elastic
 from kubespeed_trainer.commands import failure
 
 TRAIN_MODULE = "kubespeed_trainer.commands.train"
+# Node ranks are below 1024 (spec.nodes), so four digits keep the names in node-rank order.
+NODE_RANK_DIGITS = 4
 
 
 @dataclass(frozen=True)
@@ -73,19 +104,36 @@ class NodeWiring:
     def world_size(self) -> int:
         return self.nnodes * self.nproc_per_node
 
+    @property
+    def rendezvous_name(self) -> str:
+        """This node's `local_addr` in torch's c10d rendezvous (see the module docstring)."""
+        if self.node_rank == 0:
+            return self.master_addr
+        return f"{self.master_addr}~{self.node_rank:0{NODE_RANK_DIGITS}d}"
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """runPolicy, as the pod's launcher applies it."""
+
+    max_restarts: int
+    rendezvous_timeout: int
+    step_timeout: int | None
+
 
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value else default
 
 
-def parse_args(argv: list[str]) -> tuple[NodeWiring, list[str]]:
-    """The node's wiring (flags over env over single-node defaults) and the arguments for `kubespeed train`."""
+def parse_args(argv: list[str]) -> tuple[NodeWiring, Recovery, list[str]]:
+    """The node's wiring and recovery (flags over env over single-node defaults) and the arguments for `kubespeed train`."""
     if "--" in argv:
         cut = argv.index("--")
         own, train_args = argv[:cut], argv[cut + 1:]
     else:
         own, train_args = argv, []
+    defaults = RunPolicy()
     parser = argparse.ArgumentParser(prog="kubespeed launch", description="Start this node's training ranks from the pod wiring.")
     parser.add_argument("--master-addr", default=_env(wiring.ENV_MASTER_ADDR, "127.0.0.1"))
     parser.add_argument("--master-port", type=int, default=int(_env(wiring.ENV_MASTER_PORT, str(wiring.MASTER_PORT))))
@@ -93,6 +141,13 @@ def parse_args(argv: list[str]) -> tuple[NodeWiring, list[str]]:
     parser.add_argument("--node-rank", type=int, default=int(_env(wiring.ENV_NODE_RANK, "0")))
     parser.add_argument("--nproc-per-node", type=int, default=int(_env(wiring.ENV_NPROC_PER_NODE, "1")))
     parser.add_argument("--job", default=_env(wiring.ENV_JOB_NAME, "kubespeed"), help="rendezvous run id")
+    parser.add_argument("--max-restarts", type=int, default=int(_env(wiring.ENV_MAX_RESTARTS, str(defaults.maxInPlaceRestarts))),
+                        help="in-place restarts of the ranks before the launcher gives up (0: none)")
+    parser.add_argument("--rendezvous-timeout", type=int,
+                        default=int(_env(wiring.ENV_RENDEZVOUS_TIMEOUT, str(defaults.startupTimeoutSeconds))),
+                        help="seconds a rendezvous round waits for every node")
+    parser.add_argument("--step-timeout", type=int, default=_env(wiring.ENV_STEP_TIMEOUT),
+                        help="seconds a rank may spend on one step before the watchdog kills it (default: no watchdog)")
     args = parser.parse_args(own)
     node = NodeWiring(args.master_addr, args.master_port, args.nnodes, args.node_rank, args.nproc_per_node, args.job)
     if not 0 <= node.node_rank < node.nnodes:
@@ -100,13 +155,20 @@ def parse_args(argv: list[str]) -> tuple[NodeWiring, list[str]]:
     expected = _env(wiring.ENV_WORLD_SIZE)
     if expected and int(expected) != node.world_size:
         parser.error(f"{wiring.ENV_WORLD_SIZE}={expected} but NNODES x NPROC_PER_NODE = {node.world_size}")
+    if args.max_restarts < 0 or args.rendezvous_timeout <= 0 or (args.step_timeout is not None and args.step_timeout <= 0):
+        parser.error("--max-restarts must be 0 or more, --rendezvous-timeout and --step-timeout more than 0")
+    recovery = Recovery(args.max_restarts, args.rendezvous_timeout, args.step_timeout)
     if not train_args:
         train_args = [_env(wiring.ENV_TRAINER_CONFIG, wiring.TRAINER_CONFIG_PATH) or wiring.TRAINER_CONFIG_PATH]
-    return node, train_args
+    return node, recovery, train_args
 
 
-def exit_code(failures: dict[int, int], terminated: bool) -> int:
-    """The pod's exit code from its ranks' failed exit codes (empty: all succeeded)."""
+def exit_code(failures: dict[int, int], terminated: bool, in_place: bool = False) -> int:
+    """The pod's exit code from its ranks' failed exit codes (empty: all succeeded).
+
+    `in_place`: the ranks had in-place restarts to spend, so a failure that ends
+    the launcher means they are spent.
+    """
     codes = set(failures.values())
     if not codes:
         return wiring.EXIT_SUCCESS.code
@@ -116,11 +178,11 @@ def exit_code(failures: dict[int, int], terminated: bool) -> int:
     if terminated and wiring.EXIT_PREEMPTED.code in codes:
         # A rank exits 143 only after every rank agreed to stop and the checkpoint is complete.
         return wiring.EXIT_PREEMPTED.code
-    return wiring.EXIT_RETRYABLE.code
+    return wiring.EXIT_IN_PLACE_FAILED.code if in_place else wiring.EXIT_RETRYABLE.code
 
 
 class _Forwarder:
-    """Passes SIGTERM (and SIGINT) on to the ranks, which are this process's children."""
+    """Passes SIGTERM (and SIGINT) on to the ranks, which are this process's children, and ends the launcher with them."""
 
     def __init__(self) -> None:
         self.terminated = False
@@ -133,13 +195,19 @@ class _Forwarder:
         self.terminated = True
         children = psutil.Process().children()
         if not children:
-            # Still in rendezvous: there is no rank to checkpoint, so stop here.
+            # In a rendezvous or between restarts: there is no rank to checkpoint, so stop here.
             raise SystemExit(wiring.EXIT_RETRYABLE.code)
         for child in children:
             try:
                 child.send_signal(signal.SIGTERM)
             except psutil.NoSuchProcess:
                 pass
+        # Waiting here, where the signal interrupted the elastic agent's monitor loop, keeps
+        # the agent from taking the ranks' exits for failures and restarting them in place:
+        # a pod told to stop stops, with the code its ranks exit with.
+        ended, _ = psutil.wait_procs(children)
+        failures = {index: proc.returncode for index, proc in enumerate(ended) if proc.returncode}
+        raise SystemExit(exit_code(failures, terminated=True))
 
 
 def threads_per_rank(nproc_per_node: int, cpus: int) -> int:
@@ -147,46 +215,78 @@ def threads_per_rank(nproc_per_node: int, cpus: int) -> int:
     return max(1, cpus // nproc_per_node)
 
 
-def launch(node: NodeWiring, train_args: list[str]) -> int:
-    config = LaunchConfig(
+def launch_config(node: NodeWiring, recovery: Recovery) -> LaunchConfig:
+    return LaunchConfig(
         min_nodes=node.nnodes,
         max_nodes=node.nnodes,
         nproc_per_node=node.nproc_per_node,
         run_id=node.job,
-        rdzv_backend="static",
+        rdzv_backend="c10d",
         rdzv_endpoint=f"{node.master_addr}:{node.master_port}",
-        rdzv_configs={"rank": node.node_rank},
-        max_restarts=0,
+        rdzv_configs={
+            # torch would guess by matching MASTER_ADDR against this machine's names, which
+            # fails in a pod (`<job>-0.<job>` is not its host name) and is true on every
+            # node under `kubespeed local` (127.0.0.1).
+            "is_host": node.node_rank == 0,
+            "join_timeout": recovery.rendezvous_timeout,
+            # Also how long a node waits to reach node rank 0's store, which may start later.
+            "read_timeout": recovery.rendezvous_timeout,
+        },
+        local_addr=node.rendezvous_name,
+        max_restarts=recovery.max_restarts,
         monitor_interval=0.5,
         start_method="spawn",
         # SIGTERM goes to _Forwarder instead (see the module docstring); the agent keeps the rest.
         signals_to_handle="SIGHUP,SIGQUIT",
         logs_specs=DefaultLogsSpecs(),
     )
+
+
+def launch(node: NodeWiring, recovery: Recovery, train_args: list[str]) -> int:
+    config = launch_config(node, recovery)
     # Each rank would otherwise start one OpenMP thread per CPU, and NPROC_PER_NODE
     # ranks oversubscribe the CPUs: spinning threads make small CPU ops (an LSTM's
     # time steps) ten times slower on 2 cores. torchrun sets 1; the elastic API we
     # call does not. A value the pod sets (spec.env) wins.
     os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_rank(node.nproc_per_node, len(os.sched_getaffinity(0)))))
+    os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    launch_dir = tempfile.mkdtemp(prefix="kubespeed-launch-")
+    watchdog = None
+    if recovery.step_timeout is not None:
+        os.environ[wiring.ENV_STEP_TIMEOUT] = str(recovery.step_timeout)
+        os.environ[wiring.ENV_RENDEZVOUS_TIMEOUT] = str(recovery.rendezvous_timeout)
+        watchdog = elastic.RankWatchdog.start_in(launch_dir, node.job)
+    os.environ.update(elastic.launcher_env(os.getpid(), launch_dir, watchdog))
     forwarder = _Forwarder()
     forwarder.install()
+    in_place = recovery.max_restarts > 0
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", TRAIN_MODULE, *train_args)
     except ChildFailedError as err:
-        code = exit_code({rank: failed.exitcode for rank, failed in err.failures.items()}, forwarder.terminated)
+        code = exit_code({local: failed.exitcode for local, failed in err.failures.items()}, forwarder.terminated, in_place)
         failure.write_termination_message(failure.pick(err.failures, code))
         return code
+    except RendezvousClosedError as err:
+        # Another node's launcher gave up (its restarts spent) or was stopped.
+        message = f"kubespeed launch: {type(err).__name__}: {err}"
+        print(message, file=sys.stderr)
+        failure.write_termination_message(message)
+        return wiring.EXIT_IN_PLACE_FAILED.code if in_place else wiring.EXIT_RETRYABLE.code
     except Exception as err:  # rendezvous timeout, store errors: retryable by definition
         message = f"kubespeed launch: {type(err).__name__}: {err}"
         print(message, file=sys.stderr)
         failure.write_termination_message(message)
         return wiring.EXIT_RETRYABLE.code
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+        shutil.rmtree(launch_dir, ignore_errors=True)
     return wiring.EXIT_SUCCESS.code
 
 
 def main(argv: list[str]) -> int:
-    node, train_args = parse_args(argv)
-    return launch(node, train_args)
+    node, recovery, train_args = parse_args(argv)
+    return launch(node, recovery, train_args)
 
 
 if __name__ == "__main__":

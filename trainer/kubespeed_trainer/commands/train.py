@@ -36,6 +36,7 @@ from pathlib import Path
 
 from kubespeed import deepspeed_config, wiring
 from kubespeed.spec import SpecError
+from kubespeed_trainer import elastic
 from kubespeed_trainer.commands import failure
 from kubespeed_trainer.config import load_config
 from kubespeed_trainer.engine import device
@@ -69,6 +70,10 @@ def fail(code: wiring.ExitCode, message: str) -> int:
 
 
 def main(argv: list[str]) -> int:
+    elastic.die_with_launcher()
+    elastic.StepWatchdog().arm_for_startup()
+    # Counted as the process starts, so a restart that fails while loading still counts.
+    in_place_restarts = elastic.count_start() if os.environ.get("RANK") == "0" else 0
     args = parse_args(argv)
     # A job's config is its spec's training sections: errors name the spec's fields.
     in_job = bool(os.environ.get(wiring.ENV_JOB_NAME))
@@ -95,7 +100,7 @@ def main(argv: list[str]) -> int:
     directory = args.checkpoint_dir or Path(os.environ.get(wiring.ENV_CHECKPOINT_DIR) or config.checkpoint.mountPath)
     options = trainer.RunOptions(checkpoint_dir=directory, metrics_port=args.metrics_port,
                                  max_steps_this_run=args.max_steps_this_run,
-                                 attempt=_env_int(wiring.ENV_ATTEMPT) or 0, gpu=gpu)
+                                 attempt=_env_int(wiring.ENV_ATTEMPT) or 0, in_place_restarts=in_place_restarts, gpu=gpu)
     try:
         return trainer.run(config, options)
     except SpecError as err:

@@ -20,7 +20,7 @@ from kubespeed.metrics import GAUGES
 class Metrics:
     """Rank 0's sink: appends JSON lines and keeps the Prometheus gauges current."""
 
-    def __init__(self, jsonl_path: str | Path, *, port: int | None, attempt: int, total_steps: int) -> None:
+    def __init__(self, jsonl_path: str | Path, *, port: int | None, attempt: int, total_steps: int, in_place_restarts: int = 0) -> None:
         self.path = Path(jsonl_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.registry = CollectorRegistry()
@@ -31,7 +31,7 @@ class Metrics:
         if port is not None:
             # Bound on all interfaces: the operator scrapes it through the pod's IP.
             self.server, _ = start_http_server(port, registry=self.registry)
-        self.update(attempt=attempt, totalSteps=total_steps, finished=0)
+        self.update(attempt=attempt, totalSteps=total_steps, finished=0, inPlaceRestarts=in_place_restarts)
 
     def update(self, **values: Any) -> None:
         for key, value in values.items():

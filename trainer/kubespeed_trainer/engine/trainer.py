@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from kubespeed import checkpoints, deepspeed_config, wiring
 from kubespeed.spec import TrainerConfig, to_dict
-from kubespeed_trainer import data, models
+from kubespeed_trainer import data, elastic, models
 from kubespeed_trainer.engine import accelerator, build, checkpoint, checkpoint_weights, device, objectives
 from kubespeed_trainer.engine.metrics import Metrics
 from kubespeed_trainer.engine.signals import StopRequest
@@ -44,6 +44,8 @@ class RunOptions:
     metrics_port: int | None = None
     max_steps_this_run: int | None = None
     attempt: int = 0
+    # Times the launcher restarted the ranks in place before this run, in this attempt.
+    in_place_restarts: int = 0
     gpu: bool = False
 
 
@@ -78,10 +80,12 @@ class Trainer:
         self.position = Position()
         self.own_grad_norm: float | None = None
         self.stop = StopRequest().install()
+        self.watchdog = elastic.StepWatchdog()
         self.metrics = None
         if self.is_rank0:
             self.metrics = Metrics(self.directory / checkpoints.METRICS_FILE, port=options.metrics_port,
-                                   attempt=options.attempt, total_steps=config.training.steps)
+                                   attempt=options.attempt, total_steps=config.training.steps,
+                                   in_place_restarts=options.in_place_restarts)
         self._build_data()
 
     # ------------------------------------------------------------ set-up
@@ -209,7 +213,8 @@ class Trainer:
         if self.metrics:
             self.metrics.record("start", step=self.position.step, parameters=self.parameters, worldSize=self.world,
                                 device=torch.cuda.get_device_name() if options.gpu else "cpu",
-                                gradientAccumulation=self.engine.gradient_accumulation_steps())
+                                gradientAccumulation=self.engine.gradient_accumulation_steps(),
+                                attempt=options.attempt, inPlaceRestarts=options.in_place_restarts)
         self.resume()
         tokens_per_step = training.globalBatchSize * training.seqLength
         flops_per_token = self._flops_per_token()
@@ -220,6 +225,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         saved_at = start_step if start_step else None
         while self.position.step < training.steps:
+            # Covers the step and what may follow it (evaluation, a checkpoint, the stop agreement).
+            self.watchdog.arm()
             step = self.position.step
             logged = (step + 1) % training.logInterval == 0 or step + 1 == training.steps
             loss_sum += self.train_step(step, measure_grad_norm=logged)
@@ -256,6 +263,7 @@ class Trainer:
                 return wiring.EXIT_PREEMPTED.code
             if options.max_steps_this_run and ran >= options.max_steps_this_run and done < training.steps:
                 return wiring.EXIT_SUCCESS.code
+        self.watchdog.disarm()
         self._eval_and_record()
         if saved_at != self.position.step:
             self.save()
