@@ -129,10 +129,12 @@ class Reconciler:
         """
         meta = job["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        pods = [p for p in self.pods_of(namespace, name) if p.owner == meta.get("uid") and not p.deleting]
+        # Pods already being deleted (the collector may have got there first) are deleted again,
+        # a request each: what the operator does then never depends on that race.
+        pods = [p for p in self.pods_of(namespace, name) if p.owner == meta.get("uid")]
         self.forget(namespace, name)
         dependents_go = not meta.get("deletionTimestamp") or FOREGROUND_FINALIZER in (meta.get("finalizers") or [])
-        if not pods or not dependents_go or not self.may_act():
+        if not pods or not dependents_go:
             return
         grace = run_policy(job, None).terminationGracePeriodSeconds
         task = asyncio.create_task(self._delete_pods(namespace, pods, grace), name=f"delete pods of {namespace}/{name}")
@@ -145,6 +147,10 @@ class Reconciler:
         await asyncio.gather(*self._deleting, return_exceptions=True)
 
     async def _delete_pods(self, namespace: str, pods: list[PodView], grace: int) -> None:
+        # The job's DELETED event comes once: a Lease not fresh at that moment (a busy API
+        # server) delays the deletes until it is renewed instead of leaving them to the collector.
+        while not self.may_act():
+            await asyncio.sleep(LEASE_WAIT_SECONDS)
         results = await asyncio.gather(
             *(self.kube.delete(path("v1", "Pod", namespace, pod.name), grace_seconds=grace, uid=pod.uid) for pod in pods),
             return_exceptions=True,

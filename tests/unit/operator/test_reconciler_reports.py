@@ -1,5 +1,6 @@
 """Pods before reports: a starting job's status waits while other jobs still create their pods
-and the pod watch has not shown the pods created.
+and the pod watch has not shown the pods created. And a deleted job's pods are deleted even
+when the Lease is stale at the moment the job goes.
 
 The reconciler runs here against an in-memory stand-in for the API that records
 every call, can hold one job's creates at a gate, and plays the pod watch when
@@ -166,5 +167,30 @@ def test_a_lone_job_reports_in_the_pass_that_creates_its_pods(make_job: Callable
         await reconciler.reconcile(NAMESPACE, "a")
         assert kube.status_writes("a") == ["Pending"]
         assert [c for c in kube.calls if c[1] == "Event"] == [("create", "Event", "PodsStarting")]
+
+    asyncio.run(scenario())
+
+
+def test_pods_of_a_job_deleted_while_the_lease_is_stale_are_deleted_once_it_is_renewed(make_job: Callable[..., dict[str, Any]]) -> None:
+    async def scenario() -> None:
+        kube = RecordingKube()
+        job = _named(make_job, "gone")
+        reconciler = _reconciler(kube, job)
+        await reconciler.reconcile(NAMESPACE, "gone")
+        kube.watch_shows_pods(reconciler)
+        fresh = False
+        reconciler.may_act = lambda: fresh
+        reconciler.job_gone(job)
+        await asyncio.sleep(0.05)
+        assert not [call for call in kube.calls if call[0] == "delete"]
+        fresh = True
+
+        async def deleted() -> list[str]:
+            while not (urls := [url for verb, url, _ in kube.calls if verb == "delete"]):
+                await asyncio.sleep(0.05)
+            return sorted(url.rsplit("/", 1)[1] for url in urls)
+
+        assert await asyncio.wait_for(deleted(), timeout=5) == ["gone-0"]
+        await reconciler.close()
 
     asyncio.run(scenario())
