@@ -77,7 +77,7 @@ class Trainer:
         self.dp_rank, self.dp_size = self._data_parallel_coords()
         self.position = Position()
         self.own_grad_norm: float | None = None
-        self.stop = StopRequest().install()
+        self.stop = StopRequest().install().join()
         self.metrics = None
         if self.is_rank0:
             self.metrics = Metrics(self.directory / checkpoints.METRICS_FILE, port=options.metrics_port,
@@ -245,7 +245,7 @@ class Trainer:
             if training.evalInterval and done % training.evalInterval == 0 and done < training.steps:
                 self._eval_and_record()
                 window_start = time.perf_counter()
-            stop = self.stop.agreed(self.device)
+            stop = self.stop.agreed()
             ran = done - start_step
             if stop or done % self.config.checkpoint.interval == 0 or (options.max_steps_this_run and ran >= options.max_steps_this_run):
                 if saved_at != done:
