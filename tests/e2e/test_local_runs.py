@@ -86,6 +86,10 @@ def test_quickstart_trains_reports_and_leaves_nothing_running(run_dir):
     assert summary["outcome"] == "succeeded" and summary["step"] == 20
     assert summary["final_loss"] < summary["first_loss"], "the loss falls"
     assert summary["eval_loss"] is not None and summary["seconds_to_first_step"] > 0 and summary["steps_per_second"] > 0
+    startup = summary["startup_seconds"]
+    assert list(startup) == ["launch", "imports", "processGroup", "data", "engine", "firstStep"]
+    assert all(seconds >= 0 for seconds in startup.values())
+    assert sum(startup.values()) == pytest.approx(summary["seconds_to_first_step"], abs=0.05)
     assert Path(summary["loss_plot"]).read_bytes()[:4] == b"\x89PNG"
     assert Path(summary["checkpoint"]).exists() and Path(summary["export"]).exists()
     assert summary["sample_command"] in done.stdout

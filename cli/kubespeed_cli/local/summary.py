@@ -6,7 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kubespeed.metrics import STARTUP_PHASES
 from kubespeed_cli.local.progress import format_seconds
+
+# How people read each start-up phase, `launch` first: kubespeed local itself and the pod's
+# launcher, until rank 0's process started; the rest are rank 0's (kubespeed.metrics).
+PHASE_NAMES = {"launch": "launch", "imports": "imports", "processGroup": "ranks joined", "data": "data",
+               "engine": "engine", "firstStep": "first step"}
 
 
 def history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -26,6 +32,19 @@ def _first(records: list[dict[str, Any]], key: str) -> Any:
     return next((r[key] for r in records if r.get(key) is not None), None)
 
 
+def startup(records: list[dict[str, Any]], started: float) -> dict[str, float] | None:
+    """Seconds per start-up phase of the run that began at Unix time `started`, up to its first step.
+
+    From the first `startup` line written after `started` (a gang restart writes
+    another; the run's first step is the first attempt's); None before one exists.
+    """
+    line = next((r for r in records if r.get("kind") == "startup" and r["time"] >= started), None)
+    if line is None:
+        return None
+    phases = {"launch": line["processStart"] - started, **{p: line["seconds"][p] for p in STARTUP_PHASES}}
+    return {phase: round(seconds, 2) for phase, seconds in phases.items()}
+
+
 def build_summary(
     *,
     job: str,
@@ -33,6 +52,7 @@ def build_summary(
     records: list[dict[str, Any]],
     wall_seconds: float,
     seconds_to_first_step: float | None,
+    startup_seconds: dict[str, float] | None,
     steps_per_second: float | None,
     restarts: int,
     checkpoint: Path | None,
@@ -51,6 +71,7 @@ def build_summary(
         "eval_perplexity": _last(steps, "evalPerplexity"),
         "wall_seconds": round(wall_seconds, 2),
         "seconds_to_first_step": None if seconds_to_first_step is None else round(seconds_to_first_step, 2),
+        "startup_seconds": startup_seconds,
         "steps_per_second": None if steps_per_second is None else round(steps_per_second, 3),
         "restarts": restarts,
         "checkpoint": str(checkpoint) if checkpoint else None,
@@ -77,6 +98,9 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  eval loss       {num(s['eval_loss'], '.4f')}  (perplexity {num(s['eval_perplexity'], '.2f')})",
         f"  wall time       {format_seconds(s['wall_seconds'])}  (first step after {num(s['seconds_to_first_step'], '.1f')} s, {num(s['steps_per_second'], '.2f')} steps/s)",
     ]
+    if s["startup_seconds"]:
+        phases = ", ".join(f"{PHASE_NAMES[p]} {v:.1f}" for p, v in s["startup_seconds"].items())
+        lines.append(f"  start-up (s)    {phases}")
     if s["restarts"]:
         lines.append(f"  gang restarts   {s['restarts']}")
     if s["checkpoint"]:

@@ -37,7 +37,7 @@ from pathlib import Path
 from kubespeed import deepspeed_config, wiring
 from kubespeed.spec import SpecError
 from kubespeed_trainer.config import load_config
-from kubespeed_trainer.engine import device
+from kubespeed_trainer.engine import device, startup
 
 
 def _env_int(name: str) -> int | None:
@@ -61,6 +61,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
+    clock = startup.StartupClock()
     args = parse_args(argv)
     try:
         config = load_config(args.config)
@@ -79,6 +80,7 @@ def main(argv: list[str]) -> int:
     # deepspeed picks its accelerator when first imported, and these modules import it: only after the line above.
     from kubespeed_trainer.engine import accelerator, build, trainer
 
+    clock.mark("imports")
     precision = deepspeed_config.resolve_precision(config.deepspeed.precision, gpu, device.bf16_supported(gpu))
     refused = accelerator.unsupported_precision(precision)
     if refused is not None:
@@ -88,7 +90,7 @@ def main(argv: list[str]) -> int:
     directory = args.checkpoint_dir or Path(os.environ.get(wiring.ENV_CHECKPOINT_DIR) or config.checkpoint.mountPath)
     options = trainer.RunOptions(checkpoint_dir=directory, metrics_port=args.metrics_port,
                                  max_steps_this_run=args.max_steps_this_run,
-                                 attempt=_env_int(wiring.ENV_ATTEMPT) or 0, gpu=gpu)
+                                 attempt=_env_int(wiring.ENV_ATTEMPT) or 0, gpu=gpu, startup=clock)
     try:
         return trainer.run(config, options)
     except SpecError as err:

@@ -18,6 +18,7 @@ Importing this module imports deepspeed: import it only after `device.select_acc
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import resource
@@ -36,6 +37,7 @@ from kubespeed_trainer import data, models
 from kubespeed_trainer.engine import accelerator, build, checkpoint, checkpoint_weights, device, objectives
 from kubespeed_trainer.engine.metrics import Metrics
 from kubespeed_trainer.engine.signals import StopRequest
+from kubespeed_trainer.engine.startup import StartupClock
 
 
 @dataclass(kw_only=True)
@@ -45,6 +47,7 @@ class RunOptions:
     max_steps_this_run: int | None = None
     attempt: int = 0
     gpu: bool = False
+    startup: StartupClock = dataclasses.field(default_factory=StartupClock)
 
 
 @dataclass
@@ -67,6 +70,7 @@ class Trainer:
         self.ds_config = deepspeed_config.resolve_deepspeed_config(
             config, self.world, options.gpu, bf16_supported=device.bf16_supported(options.gpu))
         self.prepared, self.tokenizer = build.prepare_data(config, self.directory)
+        options.startup.mark("data")
         if self.is_rank0:
             build.write_run_files(self.directory, config, self.ds_config, self.tokenizer)
             build.compare_with_operator_config(self.ds_config)
@@ -211,6 +215,7 @@ class Trainer:
                                 device=torch.cuda.get_device_name() if options.gpu else "cpu",
                                 gradientAccumulation=self.engine.gradient_accumulation_steps())
         self.resume()
+        options.startup.mark("engine")
         tokens_per_step = training.globalBatchSize * training.seqLength
         flops_per_token = self._flops_per_token()
         peak = device.peak_flops(options.gpu)
@@ -227,6 +232,10 @@ class Trainer:
             self.position.tokens += tokens_per_step
             window_steps += 1
             done = self.position.step
+            if done == start_step + 1:
+                options.startup.mark("firstStep")
+                if self.metrics:
+                    self.metrics.record("startup", step=done, **options.startup.record())
             if self.metrics:
                 self.metrics.update(step=done)
             if logged:
@@ -316,6 +325,7 @@ def _mean_over_ranks(value: torch.Tensor) -> float:
 
 def run(config: TrainerConfig, options: RunOptions) -> int:
     accelerator.init_distributed(options.gpu)
+    options.startup.mark("processGroup")
     try:
         trainer = Trainer(config, options)
         try:
