@@ -8,7 +8,7 @@ is unlabelled; a value not yet known is absent from the JSON line and NaN in
 Prometheus. `GAUGES` names them: each one's JSON key, Prometheus gauge and meaning.
 
 Each JSON line also has `time` (Unix seconds) and `kind`: `start` (parameters,
-worldSize, device, gradientAccumulation), `resume` (the checkpoint's
+worldSize, device, gradientAccumulation, compiled), `resume` (the checkpoint's
 step and tag), `startup` (after the first step of each attempt: `processStart`,
 rank 0's process start in Unix seconds, and `seconds`, how long each of
 `STARTUP_PHASES` took from there), `train` (every `training.logInterval` steps;

@@ -21,9 +21,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "manifests" / "examples" / "quickstart.yaml"
-# Few steps, frequent logs and evals: the behaviour of a full run, in CI time.
+# Few steps, frequent logs and evals: the behaviour of a full run, in CI time (uncompiled: a
+# few steps do not repay compiling).
 SHORT = ["--set", "training.logInterval=2", "--set", "training.evalInterval=10", "--set", "training.evalBatches=2",
-         "--set", "training.schedule.warmupSteps=2", "--set", "checkpoint.interval=10"]
+         "--set", "training.schedule.warmupSteps=2", "--set", "checkpoint.interval=10", "--set", "deepspeed.compile=false"]
 
 
 def local(run_dir: Path, *args: str) -> list[str]:

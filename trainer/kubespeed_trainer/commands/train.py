@@ -37,7 +37,7 @@ from pathlib import Path
 from kubespeed import deepspeed_config, wiring
 from kubespeed.spec import SpecError
 from kubespeed_trainer.config import load_config
-from kubespeed_trainer.engine import device, startup
+from kubespeed_trainer.engine import compilation, device, startup
 
 
 def _env_int(name: str) -> int | None:
@@ -76,6 +76,8 @@ def main(argv: list[str]) -> int:
         code, message = problem
         print(f"kubespeed train: {message}", file=sys.stderr)
         return code.code
+    directory = args.checkpoint_dir or Path(os.environ.get(wiring.ENV_CHECKPOINT_DIR) or config.checkpoint.mountPath)
+    compilation.keep_kernels_in(directory, config)
     device.select_accelerator(gpu)
     # deepspeed picks its accelerator when first imported, and these modules import it: only after the line above.
     from kubespeed_trainer.engine import accelerator, build, trainer
@@ -87,7 +89,6 @@ def main(argv: list[str]) -> int:
         print(f"kubespeed train: {args.config}: deepspeed.precision: {refused}", file=sys.stderr)
         return wiring.EXIT_CONFIG_ERROR.code
 
-    directory = args.checkpoint_dir or Path(os.environ.get(wiring.ENV_CHECKPOINT_DIR) or config.checkpoint.mountPath)
     options = trainer.RunOptions(checkpoint_dir=directory, metrics_port=args.metrics_port,
                                  max_steps_this_run=args.max_steps_this_run,
                                  attempt=_env_int(wiring.ENV_ATTEMPT) or 0, gpu=gpu, startup=clock)

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from kubespeed import checkpoints, deepspeed_config, wiring
 from kubespeed.spec import TrainerConfig, to_dict
 from kubespeed_trainer import data, models
-from kubespeed_trainer.engine import accelerator, build, checkpoint, checkpoint_weights, device, objectives
+from kubespeed_trainer.engine import accelerator, build, checkpoint, checkpoint_weights, compilation, device, objectives
 from kubespeed_trainer.engine.metrics import Metrics
 from kubespeed_trainer.engine.signals import StopRequest
 from kubespeed_trainer.engine.startup import StartupClock
@@ -76,6 +76,7 @@ class Trainer:
             build.compare_with_operator_config(self.ds_config)
         init_state = build.initial_weights(config)
         self.engine, self.parameters = build.build_engine(config, self.ds_config, self.tokenizer.vocab_size, init_state)
+        self.compiled = compilation.compile_engine(self.engine, config, options.gpu)
         self.pipelined = config.deepspeed.pipelineStages > 1
         self.device = self.engine.device
         self.dp_rank, self.dp_size = self._data_parallel_coords()
@@ -158,8 +159,14 @@ class Trainer:
         return None if norm is None else float(norm)
 
     @torch.no_grad()
+    @torch.compiler.set_stance("force_eager")
     def evaluate(self) -> float | None:
-        """Mean validation loss over `training.evalBatches` micro batches per data-parallel rank, all ranks averaged."""
+        """Mean validation loss over `training.evalBatches` micro batches per data-parallel rank, all ranks averaged.
+
+        A compiled model evaluates eagerly: evaluation mode without gradients is a
+        graph of its own, and compiling it would cost a training run's compile
+        again for a few batches.
+        """
         training = self.config.training
         if len(self.val_set) < training.microBatchSize * self.dp_size:
             return None
@@ -213,7 +220,7 @@ class Trainer:
         if self.metrics:
             self.metrics.record("start", step=self.position.step, parameters=self.parameters, worldSize=self.world,
                                 device=torch.cuda.get_device_name() if options.gpu else "cpu",
-                                gradientAccumulation=self.engine.gradient_accumulation_steps())
+                                gradientAccumulation=self.engine.gradient_accumulation_steps(), compiled=self.compiled)
         self.resume()
         options.startup.mark("engine")
         tokens_per_step = training.globalBatchSize * training.seqLength
