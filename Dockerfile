@@ -39,7 +39,7 @@ ENTRYPOINT ["kubespeed", "operator"]
 # torch 2.13.0's wheel on PyPI is built for CUDA 13.0 (it pulls the CUDA 13 runtime,
 # cuBLAS, cuDNN and NCCL as nvidia-* wheels). DeepSpeed compiles its ops with nvcc
 # against that torch and requires the same CUDA major.minor, so the build stage is
-# the CUDA 13.0 devel image; the final stage needs no compiler and takes the small
+# the CUDA 13.0 devel image; the final stage needs no nvcc and takes the small
 # CUDA base image, which carries the NVIDIA container toolkit settings.
 # Ubuntu 24.04 ships Python 3.12 (kubespeed needs >= 3.11).
 FROM nvidia/cuda:13.0.2-devel-ubuntu24.04 AS trainer-build
@@ -74,8 +74,10 @@ RUN pip install ".[trainer]"
 
 FROM nvidia/cuda:13.0.2-base-ubuntu24.04 AS trainer
 ENV DEBIAN_FRONTEND=noninteractive
+# deepspeed.compile (on by default): TorchInductor builds its CPU kernels with g++,
+# and Triton builds its GPU launcher with the C compiler, both against Python.h.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.12 \
+    && apt-get install -y --no-install-recommends python3.12 python3.12-dev g++ \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=trainer-build /opt/kubespeed /opt/kubespeed
 # The image's stock `ubuntu` user holds uid 1000; the trainer user takes its place.

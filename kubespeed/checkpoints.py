@@ -11,6 +11,7 @@ Layout of a checkpoint directory (`checkpoint.mountPath`, or `--checkpoint-dir`)
                                    and last `complete`
     latest                         the tag of the newest complete checkpoint
     export/                        the final weights as safetensors (checkpoint.exportWeights)
+    compile-cache/                 TorchInductor's compiled kernels (deepspeed.compile), reused by the next run
 
 The trainer writes it (kubespeed_trainer's checkpoint module: a checkpoint is
 complete once `complete` is in its tag and `latest` names it); the operator names
@@ -32,6 +33,7 @@ TOKENIZER_DIR = "tokenizer"
 DATA_DIR = "data"
 METRICS_FILE = "metrics.jsonl"
 EXPORT_DIR = "export"
+COMPILE_CACHE_DIR = "compile-cache"
 _TAG = re.compile(r"step(\d+)")
 
 

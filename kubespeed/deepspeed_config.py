@@ -72,7 +72,11 @@ def _optimizer(config: TrainerConfig, gpu: bool) -> dict[str, Any]:
     if not gpu:
         # DeepSpeed's FusedAdam is a CUDA kernel (on the CPU accelerator it would be
         # compiled at start-up); torch's AdamW is the well-kept CPU implementation.
+        # Its fused CPU kernel updates each tensor in one vectorized pass, where the
+        # default runs a handful of elementwise ops per tensor: a tenth of a small
+        # model's step. DeepSpeed passes the key through to torch.optim.AdamW.
         params["torch_adam"] = True
+        params["fused"] = True
     return {"type": "AdamW" if opt.type == "adamw" else "Adam", "params": params}
 
 

@@ -8,9 +8,12 @@ is unlabelled; a value not yet known is absent from the JSON line and NaN in
 Prometheus. `GAUGES` names them: each one's JSON key, Prometheus gauge and meaning.
 
 Each JSON line also has `time` (Unix seconds) and `kind`: `start` (parameters,
-worldSize, device, gradientAccumulation, attempt, inPlaceRestarts), `resume` (the checkpoint's step and
-tag), `train` (every `training.logInterval` steps; also `tokens` seen), `eval`,
-`checkpoint`, or `end` (peakRssMb of rank 0, and peakGpuMemoryGb on a GPU).
+worldSize, device, gradientAccumulation, compiled, attempt, inPlaceRestarts), `resume`
+(the checkpoint's step and tag), `startup` (after the first step of each start of the
+ranks: `processStart`, rank 0's process start in Unix seconds, and `seconds`, how long
+each of `STARTUP_PHASES` took from there), `train` (every `training.logInterval` steps;
+also `tokens` seen), `eval`, `checkpoint`, or `end` (peakRssMb of rank 0, and
+peakGpuMemoryGb on a GPU).
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ GAUGES: dict[str, tuple[str, str]] = {
     "inPlaceRestarts": ("kubespeed_in_place_restarts", "Times the ranks were restarted in place during this attempt."),
     "finished": ("kubespeed_finished", "1 once the last step is done and saved."),
 }
+
+# A rank's start-up, phase by phase, each ending where the next begins (the `startup` line):
+# imports (Python, torch, DeepSpeed, the trainer), joining the process group, preparing
+# the data, building the engine (and resuming), and the first optimizer step.
+STARTUP_PHASES = ("imports", "processGroup", "data", "engine", "firstStep")
 
 # JSON key by Prometheus name, for reading the endpoint back.
 KEYS = {name: key for key, (name, _) in GAUGES.items()}

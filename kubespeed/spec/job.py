@@ -193,6 +193,10 @@ class DeepSpeedSpec:
     offload: OffloadSpec = field("Optimizer and parameter offload to host memory.", OffloadSpec())
     activationCheckpointing: bool = field("Recompute activations in the backward pass to save memory (gpt, hf).", False)
     pipelineStages: int = field("Pipeline-parallel stages (built-in gpt only); data-parallel size = nodes x procsPerNode / pipelineStages.", 1, minimum=1, maximum=64)
+    compile: bool = field("Compile the model with torch.compile (TorchInductor) for faster steps: gpt and hf models without pipeline stages; the LSTM and pipeline stages run as they are. "
+                          "Compiling costs seconds to a minute at the first step; the kernels are cached in the checkpoint volume (`compile-cache/`), so a resumed run, a gang restart or a re-run reuses them. "
+                          "Needs a C/C++ compiler and Python's headers where the trainer runs (the kubespeed trainer image has them); without them the trainer warns and trains uncompiled. "
+                          "Off by default: on a CPU the first step of a small model takes tens of CPU-seconds more, which only runs of thousands of steps repay.", False)
     overrides: dict[str, Any] = field("Raw DeepSpeed config merged over the resolved one, last; for settings kubespeed does not name.", {})
 
     __cel__ = (

@@ -21,9 +21,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "manifests" / "examples" / "quickstart.yaml"
-# Few steps, frequent logs and evals: the behaviour of a full run, in CI time.
+# Few steps, frequent logs and evals: the behaviour of a full run, in CI time (uncompiled: a
+# few steps do not repay compiling).
 SHORT = ["--set", "training.logInterval=2", "--set", "training.evalInterval=10", "--set", "training.evalBatches=2",
-         "--set", "training.schedule.warmupSteps=2", "--set", "checkpoint.interval=10"]
+         "--set", "training.schedule.warmupSteps=2", "--set", "checkpoint.interval=10", "--set", "deepspeed.compile=false"]
 
 
 def local(run_dir: Path, *args: str) -> list[str]:
@@ -86,6 +87,10 @@ def test_quickstart_trains_reports_and_leaves_nothing_running(run_dir):
     assert summary["outcome"] == "succeeded" and summary["step"] == 20
     assert summary["final_loss"] < summary["first_loss"], "the loss falls"
     assert summary["eval_loss"] is not None and summary["seconds_to_first_step"] > 0 and summary["steps_per_second"] > 0
+    startup = summary["startup_seconds"]
+    assert list(startup) == ["launch", "imports", "processGroup", "data", "engine", "firstStep"]
+    assert all(seconds >= 0 for seconds in startup.values())
+    assert sum(startup.values()) == pytest.approx(summary["seconds_to_first_step"], abs=0.05)
     assert Path(summary["loss_plot"]).read_bytes()[:4] == b"\x89PNG"
     assert Path(summary["checkpoint"]).exists() and Path(summary["export"]).exists()
     assert summary["sample_command"] in done.stdout

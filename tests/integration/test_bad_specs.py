@@ -87,6 +87,7 @@ BAD_SPECS = [
     ("ranks not a multiple of pipeline stages", bad(nodes=3, training__globalBatchSize=24, deepspeed__pipelineStages=2), "spec.deepspeed.pipelineStages"),
     ("pipeline on an LSTM", bad(nodes=2, training__globalBatchSize=16, model__type="lstm", deepspeed__pipelineStages=2), "spec.deepspeed.pipelineStages"),
     ("pipeline with offload", bad(nodes=2, training__globalBatchSize=16, deepspeed={"pipelineStages": 2, "zeroStage": 1, "offload": {"optimizer": "cpu"}}), "spec.deepspeed.offload"),
+    ("compile as a string", bad(deepspeed__compile="yes"), "spec.deepspeed.compile"),
     ("activation checkpointing on an LSTM", bad(model__type="lstm", deepspeed__activationCheckpointing=True), "spec.deepspeed.activationCheckpointing"),
     ("optimizer offload with sgd", bad(training__optimizer={"type": "sgd"}, deepspeed={"zeroStage": 1, "offload": {"optimizer": "cpu"}}), "spec.deepspeed.offload.optimizer"),
     ("both an existing claim and a claim to make", bad(checkpoint={"claimName": "ckpt", "volumeClaim": {}}), "spec.checkpoint.volumeClaim"),

@@ -31,14 +31,17 @@ RUN_TIMEOUT_S = 240
 
 
 def tiny_config(data: Path, **sections: dict) -> dict:
-    """12 steps of a 2-layer GPT on 32-character sequences; sections merge over these defaults."""
+    """12 steps of a 2-layer GPT on 32-character sequences; sections merge over these defaults.
+
+    Uncompiled: compiling costs more than 12 steps save (test_training.py has a compiled run).
+    """
     config = {
         "model": {"type": "gpt", "size": "tiny"},
         "data": {"train": str(data), "tokenizer": {"type": "char"}},
         "training": {"steps": 12, "globalBatchSize": 8, "microBatchSize": 2, "seqLength": 32, "logInterval": 1,
                      "evalInterval": 0, "evalBatches": 2, "seed": 7,
                      "optimizer": {"lr": 3e-3}, "schedule": {"warmupSteps": 2, "minLr": 3e-4}},
-        "deepspeed": {"zeroStage": 0, "precision": "fp32"},
+        "deepspeed": {"zeroStage": 0, "precision": "fp32", "compile": False},
         "checkpoint": {"interval": 100, "keep": 2, "exportWeights": False},
     }
     for name, values in sections.items():

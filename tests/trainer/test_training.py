@@ -16,6 +16,7 @@ import signal
 import urllib.request
 
 import pytest
+import safetensors.torch
 import torch
 
 from kubespeed import checkpoints, wiring
@@ -90,6 +91,22 @@ def test_bf16_trains_on_the_cpu(trainer_job):
     assert_loss_falls(result.losses())
     config = json.loads((result.run_dir / "deepspeed.json").read_text())
     assert config["bf16"] == {"enabled": True}
+
+
+def test_compiled_model_trains_resumes_and_keeps_its_kernels_beside_the_checkpoints(trainer_job):
+    # One rank: two would compile the same graphs side by side on a small machine.
+    job = trainer_job(deepspeed={"compile": True}, checkpoint={"exportWeights": True})
+    first = job.launch(ranks=1, extra=("--max-steps-this-run", str(STOP_AT)))
+    assert first.code == 0, first.output[-3000:]
+    assert [r["compiled"] for r in first.metrics("start")] == [True]
+    assert any((job.run_dir / checkpoints.COMPILE_CACHE_DIR).rglob("*.so")), "no compiled kernels in the cache"
+    second = job.launch(ranks=1)
+    assert second.code == 0, second.output[-3000:]
+    assert [r["step"] for r in second.metrics("resume")] == [STOP_AT]
+    assert_loss_falls(second.losses())
+    # Compiling leaves the state dict's names as they were: the export is the plain model's.
+    exported = safetensors.torch.load_file(job.run_dir / "export" / "model.safetensors")
+    assert exported and not any("_orig_mod" in name for name in exported)
 
 
 def test_fp16_dynamic_loss_scale_halves_on_overflow_and_training_goes_on(trainer_job, cpu_fp16_refused):

@@ -262,7 +262,7 @@ def test_a_failed_pod_says_why_as_the_kubelet_would(tmp_path, name, script, mess
 
 def test_a_run_that_never_stepped_reports_why_instead_of_empty_losses():
     s = summary.build_summary(job="demo", outcome="failed: demo-0 exited 65", records=[], wall_seconds=20.0,
-                              seconds_to_first_step=None, steps_per_second=None, restarts=0, in_place_restarts=0, checkpoint=None,
+                              seconds_to_first_step=None, startup_seconds=None, steps_per_second=None, restarts=0, in_place_restarts=0, checkpoint=None,
                               export=None, sample_command=None, loss_plot=None, reason="rank 0: spec.data: data source x does not exist")
     assert summary.format_summary(s).splitlines() == [
         "demo: failed: demo-0 exited 65 before the first step",
@@ -430,14 +430,28 @@ def test_summary_follows_the_run_the_weights_came_from(tmp_path):
     records = read_jsonl(metrics)
     assert [r["step"] for r in summary.history(records)] == [10, 20, 30, 40]
     s = summary.build_summary(job="demo", outcome="succeeded", records=records, wall_seconds=12.345,
-                              seconds_to_first_step=3.21, steps_per_second=2.5, restarts=1, in_place_restarts=2,
-                              checkpoint=None, export=None, sample_command=None, loss_plot=None)
+                              seconds_to_first_step=3.21, startup_seconds={"launch": 1.0, "firstStep": 2.21},
+                              steps_per_second=2.5, restarts=1, in_place_restarts=2, checkpoint=None, export=None,
+                              sample_command=None, loss_plot=None)
     assert (s["step"], s["first_loss"], s["final_loss"], s["eval_loss"]) == (40, 3.0, 2.6, 3.2)
     assert s["eval_perplexity"] == 24.53
     summary.write_summary(s, tmp_path / "summary.json")
     assert json.loads((tmp_path / "summary.json").read_text()) == s
     text = summary.format_summary(s)
     assert "3.0000 -> 2.6000" in text and "gang restarts   1" in text and "in place        2 restarts of the ranks" in text
+    assert "start-up (s)    launch 1.0, first step 2.2" in text
+
+
+def test_startup_is_the_runs_first_attempt_from_launch_to_first_step():
+    seconds = {"imports": 2.5, "processGroup": 0.25, "data": 1.0, "engine": 0.75, "firstStep": 0.5}
+    records = [
+        {"kind": "startup", "time": 90.0, "processStart": 85.0, "seconds": seconds},  # an earlier run of the job
+        {"kind": "train", "time": 104.0, "step": 10, "loss": 3.0},
+        {"kind": "startup", "time": 106.0, "processStart": 101.0, "seconds": seconds},
+        {"kind": "startup", "time": 130.0, "processStart": 125.0, "seconds": seconds},  # after a gang restart
+    ]
+    assert summary.startup(records, started=100.0) == {"launch": 1.0, **seconds}
+    assert summary.startup(records[:2], started=100.0) is None
 
 
 def test_loss_plot_is_a_png(tmp_path):

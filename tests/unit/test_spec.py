@@ -39,6 +39,7 @@ def test_minimal_spec_gets_every_default():
         ("hf model without config", with_(model__type="hf"), "spec.model.hfConfig"),
         ("negative lr", with_(training__optimizer={"lr": -1.0}), "spec.training.optimizer.lr"),
         ("fractional minimum loss scale", with_(deepspeed__lossScale={"minScale": 0.5}), "spec.deepspeed.lossScale.minScale"),
+        ("compile not a boolean", with_(deepspeed__compile="yes"), "spec.deepspeed.compile"),
         ("claim retention not a boolean", with_(checkpoint__volumeClaim={"deleteWithJob": "yes"}), "spec.checkpoint.volumeClaim.deleteWithJob"),
         ("both claim and template", with_(checkpoint__claimName="c", checkpoint__volumeClaim={}), "spec.checkpoint.volumeClaim"),
         ("negative in-place restarts", with_(runPolicy__maxInPlaceRestarts=-1), "spec.runPolicy.maxInPlaceRestarts"),

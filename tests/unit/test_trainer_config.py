@@ -102,9 +102,10 @@ def test_zero_stage_offload_clipping_and_optimizer_come_from_the_spec():
 
 
 @pytest.mark.parametrize("offload", [{}, {"optimizer": "cpu", "parameters": "cpu"}])
-def test_cpu_runs_torch_adamw_and_has_nothing_to_offload(offload):
+def test_cpu_runs_torch_fused_adamw_and_has_nothing_to_offload(offload):
     resolved = deepspeed_config.resolve_deepspeed_config(config(deepspeed__zeroStage=3, deepspeed__offload=offload), 1, gpu=False)
     assert resolved["optimizer"]["params"]["torch_adam"] is True
+    assert resolved["optimizer"]["params"]["fused"] is True
     assert resolved["zero_optimization"] == {"stage": 3}
 
 

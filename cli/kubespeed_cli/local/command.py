@@ -192,12 +192,16 @@ def report(name: str, outcome: str, folder: rewire.RunFolder, clock: progress.St
     drew = plot_loss(summary.history(records), folder.loss_plot, f"{name}: loss")
     tag = checkpoints.latest_complete(folder.checkpoints)
     export = folder.checkpoints / checkpoints.EXPORT_DIR
+    wall_seconds = time.monotonic() - clock.started
+    phases = summary.startup(records, started=time.time() - wall_seconds)
     result = summary.build_summary(
         job=name,
         outcome=outcome,
         records=records,
-        wall_seconds=time.monotonic() - clock.started,
-        seconds_to_first_step=clock.seconds_to_first_step,
+        wall_seconds=wall_seconds,
+        # The trainer's own clock when it wrote one: the bar's polling sees the first step late.
+        seconds_to_first_step=sum(phases.values()) if phases else clock.seconds_to_first_step,
+        startup_seconds=phases,
         steps_per_second=clock.steps_per_second,
         restarts=restarts,
         in_place_restarts=in_place_restarts,

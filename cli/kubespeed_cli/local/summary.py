@@ -6,7 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kubespeed.metrics import STARTUP_PHASES
 from kubespeed_cli.local.progress import format_seconds
+
+# How people read each start-up phase, `launch` first: kubespeed local itself and the pod's
+# launcher, until rank 0's process started; the rest are rank 0's (kubespeed.metrics).
+PHASE_NAMES = {"launch": "launch", "imports": "imports", "processGroup": "ranks joined", "data": "data",
+               "engine": "engine", "firstStep": "first step"}
 
 
 def history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -31,6 +37,19 @@ def in_place_restarts(records: list[dict[str, Any]]) -> int:
     return sum(1 for r in records if r.get("kind") == "start" and r.get("inPlaceRestarts"))
 
 
+def startup(records: list[dict[str, Any]], started: float) -> dict[str, float] | None:
+    """Seconds per start-up phase of the run that began at Unix time `started`, up to its first step.
+
+    From the first `startup` line written after `started` (a gang restart writes
+    another; the run's first step is the first attempt's); None before one exists.
+    """
+    line = next((r for r in records if r.get("kind") == "startup" and r["time"] >= started), None)
+    if line is None:
+        return None
+    phases = {"launch": line["processStart"] - started, **{p: line["seconds"][p] for p in STARTUP_PHASES}}
+    return {phase: round(seconds, 2) for phase, seconds in phases.items()}
+
+
 def build_summary(
     *,
     job: str,
@@ -38,6 +57,7 @@ def build_summary(
     records: list[dict[str, Any]],
     wall_seconds: float,
     seconds_to_first_step: float | None,
+    startup_seconds: dict[str, float] | None,
     steps_per_second: float | None,
     restarts: int,
     in_place_restarts: int,
@@ -59,6 +79,7 @@ def build_summary(
         "eval_perplexity": _last(steps, "evalPerplexity"),
         "wall_seconds": round(wall_seconds, 2),
         "seconds_to_first_step": None if seconds_to_first_step is None else round(seconds_to_first_step, 2),
+        "startup_seconds": startup_seconds,
         "steps_per_second": None if steps_per_second is None else round(steps_per_second, 3),
         "restarts": restarts,
         "in_place_restarts": in_place_restarts,
@@ -92,6 +113,9 @@ def format_summary(s: dict[str, Any]) -> str:
         ]
     else:
         lines.append(f"  wall time       {format_seconds(s['wall_seconds'])}")
+    if s.get("startup_seconds"):
+        phases = ", ".join(f"{PHASE_NAMES[p]} {v:.1f}" for p, v in s["startup_seconds"].items())
+        lines.append(f"  start-up (s)    {phases}")
     if s["in_place_restarts"]:
         lines.append(f"  in place        {s['in_place_restarts']} restarts of the ranks")
     if s["restarts"]:

@@ -122,3 +122,14 @@ def test_hf_model_from_a_local_directory(tmp_path, tokenizer_vocab, expected_row
     tokens = torch.randint(0, min(VOCAB, tokenizer_vocab), (1, SEQ))
     with torch.no_grad():
         torch.testing.assert_close(loaded(tokens)[..., :VOCAB], saved(tokens))
+
+
+def test_gelu_written_for_the_compiler_is_the_same_function_as_torchs(monkeypatch):
+    x = torch.linspace(-8.0, 8.0, 2001, dtype=torch.float64, requires_grad=True)
+    eager = gpt.gelu_tanh(x)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    compiled_form = gpt.gelu_tanh(x)
+    torch.testing.assert_close(compiled_form, eager, rtol=1e-12, atol=1e-12)
+    (eager_grad,) = torch.autograd.grad(eager.sum(), x)
+    (compiled_grad,) = torch.autograd.grad(compiled_form.sum(), x)
+    torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-10, atol=1e-10)

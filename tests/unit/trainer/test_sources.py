@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kubespeed_trainer.data import sources
+from kubespeed_trainer.data import builtin, sources
 from kubespeed_trainer.data.builtin import BUILTINS, python_docs
 
 
@@ -72,6 +72,23 @@ def test_python_docs_are_stdlib_docstrings_and_deterministic():
     json_doc = first[0]
     assert "JSON (JavaScript Object Notation)" in json_doc
     assert "dumps(obj, *, skipkeys=False" in json_doc
+
+
+def test_python_docs_are_parsed_once_per_machine_then_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    builtin._all_python_docs.cache_clear()
+    parsed = list(python_docs())
+    assert [p.name for p in (tmp_path / "kubespeed").iterdir()] == [builtin._cache_file().name]
+
+    def no_parsing():
+        raise AssertionError("parsed the standard library again")
+
+    monkeypatch.setattr(builtin, "_parse_python_docs", no_parsing)
+    builtin._all_python_docs.cache_clear()
+    try:
+        assert list(python_docs()) == parsed
+    finally:
+        builtin._all_python_docs.cache_clear()
 
 
 def test_fingerprint_changes_when_a_file_changes(tmp_path, data_spec):

@@ -39,7 +39,7 @@ from kubespeed.spec import SpecError
 from kubespeed_trainer import elastic
 from kubespeed_trainer.commands import failure
 from kubespeed_trainer.config import load_config
-from kubespeed_trainer.engine import device
+from kubespeed_trainer.engine import compilation, device, startup
 
 
 def _env_int(name: str) -> int | None:
@@ -70,6 +70,7 @@ def fail(code: wiring.ExitCode, message: str) -> int:
 
 
 def main(argv: list[str]) -> int:
+    clock = startup.StartupClock()
     elastic.die_with_launcher()
     elastic.StepWatchdog().arm_for_startup()
     # Counted as the process starts, so a restart that fails while loading still counts.
@@ -87,20 +88,23 @@ def main(argv: list[str]) -> int:
     problem = device.check_gpu() if gpu else None
     if problem is not None:
         return fail(*problem)
+    directory = args.checkpoint_dir or Path(os.environ.get(wiring.ENV_CHECKPOINT_DIR) or config.checkpoint.mountPath)
+    compilation.keep_kernels_in(directory, config)
     device.select_accelerator(gpu)
     # deepspeed picks its accelerator when first imported, and these modules import it: only after the line above.
     from kubespeed_trainer.engine import accelerator, build, trainer
 
+    clock.mark("imports")
     precision = deepspeed_config.resolve_precision(config.deepspeed.precision, gpu, device.bf16_supported(gpu))
     refused = accelerator.unsupported_precision(precision)
     if refused is not None:
         field = "spec.deepspeed.precision" if in_job else f"{args.config}: deepspeed.precision"
         return fail(wiring.EXIT_CONFIG_ERROR, f"{field}: {refused}")
 
-    directory = args.checkpoint_dir or Path(os.environ.get(wiring.ENV_CHECKPOINT_DIR) or config.checkpoint.mountPath)
     options = trainer.RunOptions(checkpoint_dir=directory, metrics_port=args.metrics_port,
                                  max_steps_this_run=args.max_steps_this_run,
-                                 attempt=_env_int(wiring.ENV_ATTEMPT) or 0, in_place_restarts=in_place_restarts, gpu=gpu)
+                                 attempt=_env_int(wiring.ENV_ATTEMPT) or 0, in_place_restarts=in_place_restarts, gpu=gpu,
+                                 startup=clock)
     try:
         return trainer.run(config, options)
     except SpecError as err:

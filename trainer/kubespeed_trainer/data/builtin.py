@@ -7,7 +7,10 @@
   method that has a docstring, pydoc style (`name(signature)` and the indented
   docstring). Test suites (`test`, `tests`, `idle_test`) and site-packages are
   left out. The text depends only on the interpreter's version: about
-  2 MB (635 modules) on CPython 3.11.
+  2 MB (635 modules) on CPython 3.11. Parsing the standard library takes
+  seconds, so the text is kept in the user's cache directory
+  ($XDG_CACHE_HOME/kubespeed, else ~/.cache/kubespeed), keyed by the
+  interpreter and by this module's source, and a later run reads it from there.
 
 There is deliberately no `builtin:shakespeare`: that text is test data, kept
 outside the package.
@@ -16,11 +19,16 @@ outside the package.
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
+import os
 import sys
 import sysconfig
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
+
+from kubespeed import checkpoints
 
 SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
@@ -61,7 +69,30 @@ def python_docs(modules: set[str] | None = None) -> Iterator[str]:
 
 @lru_cache(maxsize=1)
 def _all_python_docs() -> tuple[tuple[str, str], ...]:
-    """Parsed once per process (a few seconds): a learned tokenizer reads the text, then tokenizing reads it again."""
+    """Read once per process (a learned tokenizer reads the text, then tokenizing reads it again), parsed once per machine."""
+    cache = _cache_file()
+    try:
+        return tuple((name, document) for name, document in json.loads(cache.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        pass
+    documents = _parse_python_docs()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        checkpoints.write_atomically(cache, json.dumps(documents))
+    except OSError:
+        pass  # a read-only home: parse again next time
+    return documents
+
+
+def _cache_file() -> Path:
+    """Named by the interpreter and by this file's source, so a new Python or a change to the rendering misses it."""
+    renderer = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    key = hashlib.sha256(f"{python_docs_fingerprint()}\0{renderer}".encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "kubespeed" / f"python-docs-{key}.json"
+
+
+def _parse_python_docs() -> tuple[tuple[str, str], ...]:
     root = stdlib_dir()
     documents = []
     for path in stdlib_sources(root):

@@ -97,6 +97,13 @@ def build_engine(config: TrainerConfig, ds_config: dict[str, Any], vocab_size: i
         # A `scheduler` in deepspeed.overrides replaces ours; DeepSpeed prefers a client one.
         lr_scheduler=None if "scheduler" in ds_config else lr_scheduler,
     )
+    if ds_config["zero_optimization"]["stage"] == 0 and config.deepspeed.pipelineStages == 1 and dist.get_world_size() == 1:
+        # ZeRO 0's engine averages the gradients over the data-parallel ranks after each
+        # backward even when there is only one: it flattens them into one buffer,
+        # all-reduces that over a group of one and copies it back, a twentieth of a
+        # small model's step for nothing. DeepSpeed's own pipeline engine turns the
+        # averaging off the same way when it reduces gradients itself.
+        engine.enable_backward_allreduce = False
     return engine, parameters
 
 

@@ -18,6 +18,7 @@ Importing this module imports deepspeed: import it only after `device.select_acc
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import resource
@@ -33,9 +34,10 @@ import torch.distributed as dist
 from kubespeed import checkpoints, deepspeed_config, wiring
 from kubespeed.spec import TrainerConfig, to_dict
 from kubespeed_trainer import data, elastic, models
-from kubespeed_trainer.engine import accelerator, build, checkpoint, checkpoint_weights, device, objectives
+from kubespeed_trainer.engine import accelerator, build, checkpoint, checkpoint_weights, compilation, device, objectives
 from kubespeed_trainer.engine.metrics import Metrics
 from kubespeed_trainer.engine.signals import StopRequest
+from kubespeed_trainer.engine.startup import StartupClock
 
 
 @dataclass(kw_only=True)
@@ -47,6 +49,7 @@ class RunOptions:
     # Times the launcher restarted the ranks in place before this run, in this attempt.
     in_place_restarts: int = 0
     gpu: bool = False
+    startup: StartupClock = dataclasses.field(default_factory=StartupClock)
 
 
 @dataclass
@@ -69,17 +72,19 @@ class Trainer:
         self.ds_config = deepspeed_config.resolve_deepspeed_config(
             config, self.world, options.gpu, bf16_supported=device.bf16_supported(options.gpu))
         self.prepared, self.tokenizer = build.prepare_data(config, self.directory)
+        options.startup.mark("data")
         if self.is_rank0:
             build.write_run_files(self.directory, config, self.ds_config, self.tokenizer)
             build.compare_with_operator_config(self.ds_config)
         init_state = build.initial_weights(config)
         self.engine, self.parameters = build.build_engine(config, self.ds_config, self.tokenizer.vocab_size, init_state)
+        self.compiled = compilation.compile_engine(self.engine, config, options.gpu)
         self.pipelined = config.deepspeed.pipelineStages > 1
         self.device = self.engine.device
         self.dp_rank, self.dp_size = self._data_parallel_coords()
         self.position = Position()
         self.own_grad_norm: float | None = None
-        self.stop = StopRequest().install()
+        self.stop = StopRequest().install().join()
         self.watchdog = elastic.StepWatchdog()
         self.metrics = None
         if self.is_rank0:
@@ -158,8 +163,14 @@ class Trainer:
         return None if norm is None else float(norm)
 
     @torch.no_grad()
+    @torch.compiler.set_stance("force_eager")
     def evaluate(self) -> float | None:
-        """Mean validation loss over `training.evalBatches` micro batches per data-parallel rank, all ranks averaged."""
+        """Mean validation loss over `training.evalBatches` micro batches per data-parallel rank, all ranks averaged.
+
+        A compiled model evaluates eagerly: evaluation mode without gradients is a
+        graph of its own, and compiling it would cost a training run's compile
+        again for a few batches.
+        """
         training = self.config.training
         if len(self.val_set) < training.microBatchSize * self.dp_size:
             return None
@@ -213,9 +224,10 @@ class Trainer:
         if self.metrics:
             self.metrics.record("start", step=self.position.step, parameters=self.parameters, worldSize=self.world,
                                 device=torch.cuda.get_device_name() if options.gpu else "cpu",
-                                gradientAccumulation=self.engine.gradient_accumulation_steps(),
+                                gradientAccumulation=self.engine.gradient_accumulation_steps(), compiled=self.compiled,
                                 attempt=options.attempt, inPlaceRestarts=options.in_place_restarts)
         self.resume()
+        options.startup.mark("engine")
         tokens_per_step = training.globalBatchSize * training.seqLength
         flops_per_token = self._flops_per_token()
         peak = device.peak_flops(options.gpu)
@@ -234,6 +246,10 @@ class Trainer:
             self.position.tokens += tokens_per_step
             window_steps += 1
             done = self.position.step
+            if done == start_step + 1:
+                options.startup.mark("firstStep")
+                if self.metrics:
+                    self.metrics.record("startup", step=done, **options.startup.record())
             if self.metrics:
                 self.metrics.update(step=done)
             if logged:
@@ -252,7 +268,7 @@ class Trainer:
             if training.evalInterval and done % training.evalInterval == 0 and done < training.steps:
                 self._eval_and_record()
                 window_start = time.perf_counter()
-            stop = self.stop.agreed(self.device)
+            stop = self.stop.agreed()
             ran = done - start_step
             if stop or done % self.config.checkpoint.interval == 0 or (options.max_steps_this_run and ran >= options.max_steps_this_run):
                 if saved_at != done:
@@ -324,6 +340,7 @@ def _mean_over_ranks(value: torch.Tensor) -> float:
 
 def run(config: TrainerConfig, options: RunOptions) -> int:
     accelerator.init_distributed(options.gpu)
+    options.startup.mark("processGroup")
     try:
         trainer = Trainer(config, options)
         try:
