@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import re
 import types
 import typing
@@ -23,6 +24,11 @@ MISSING = dataclasses.MISSING
 # A Kubernetes resource quantity (`8`, `500m`, `64Gi`), as the API server's own schema for
 # resource.Quantity accepts it: an integer, or a string of this form.
 QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+
+
+def rule(expression: str, message: str, field_path: str) -> dict[str, str]:
+    """A CEL validation rule of the CRD; `field_path` (relative to the object) names the field in the error."""
+    return {"rule": expression, "message": message, "fieldPath": field_path, "reason": "FieldValueInvalid"}
 
 
 class Quantity(str):
@@ -44,8 +50,15 @@ def field(
     embedded_resource: bool = False,
     int_or_string: bool = False,
     list_map_keys: tuple[str, ...] | None = None,
+    crd_default: bool = True,
 ) -> Any:
-    """A spec field. A mutable default (list, dict, dataclass) is copied per instance."""
+    """A spec field. A mutable default (list, dict, dataclass) is copied per instance.
+
+    `crd_default=False`: the CRD lists no default, so a field the user left out stays
+    absent in the stored object and a CEL rule can tell (`has()`); the parser still
+    fills the default, and leaves the field out of what the rules see, as the API
+    server does.
+    """
     meta = {
         "description": description,
         "enum": enum,
@@ -59,6 +72,7 @@ def field(
         "embedded_resource": embedded_resource,
         "int_or_string": int_or_string,
         "list_map_keys": list_map_keys,
+        "crd_default": crd_default,
     }
     if default is MISSING:
         return dataclasses.field(metadata=meta)
@@ -129,9 +143,14 @@ def _type_schema(tp: Any, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _json_default(value: Any) -> Any:
+    """A default as the CRD lists it: fields declared with crd_default=False left out."""
     if dataclasses.is_dataclass(value):
-        return to_dict(value)
-    return value
+        return {
+            f.name: _json_default(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if getattr(value, f.name) is not None and f.metadata.get("crd_default", True)
+        }
+    return to_dict(value)
 
 
 def field_schema(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
@@ -142,11 +161,14 @@ def field_schema(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
         schema["x-kubernetes-preserve-unknown-fields"] = True
     if meta.get("embedded_resource"):
         schema["x-kubernetes-embedded-resource"] = True
-    schema = {"description": meta["description"], **schema}
+    description = meta["description"]
+    default = _default_of(f)
+    if not meta.get("crd_default", True) and not dataclasses.is_dataclass(default):
+        description += f" Default: {json.dumps(default)}."
+    schema = {"description": description, **schema}
     if "items" in schema and "description" not in schema["items"]:
         schema["items"] = {"description": f"An entry of {f.name}.", **schema["items"]}
-    default = _default_of(f)
-    if default is not MISSING and default is not None and not optional:
+    if default is not MISSING and default is not None and not optional and meta.get("crd_default", True):
         # An empty object default is left to the nested defaults, which the API
         # server applies once the object exists; listing it here keeps them applied
         # when the user leaves the whole section out.
@@ -164,7 +186,7 @@ def field_schema(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
         # checks the whole value, as the parser does.
         schema["pattern"] = f"^(?:{meta['pattern']})$"
     if meta.get("min_length") is not None:
-        schema["minLength"] = meta["min_length"]
+        schema["minItems" if schema.get("type") == "array" else "minLength"] = meta["min_length"]
     if meta.get("list_map_keys"):
         # The API server refuses two entries with the same keys (e.g. two env vars of one name).
         schema["x-kubernetes-list-type"] = "map"
@@ -294,7 +316,7 @@ def _from_dict(cls: type, data: dict[str, Any] | None, path: str) -> tuple[Any, 
             value = _default_of(f)
             if value is MISSING:
                 raise SpecError(sub, "is required")
-            plain_value = to_dict(value)
+            plain_value = _json_default(value) if f.metadata.get("crd_default", True) else None
         _check_bounds(value, f.metadata, sub)
         values[f.name] = value
         if plain_value is not None:

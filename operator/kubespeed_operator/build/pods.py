@@ -16,6 +16,7 @@ from kubespeed import wiring
 from kubespeed.spec import LMTrainingJobSpec, to_dict
 from kubespeed_operator.build.meta import child_metadata, labels
 from kubespeed_operator.build.podgroup import gang_annotations, gang_labels
+from kubespeed_operator.build.program import host_command, host_installer, program_env
 from kubespeed_operator.build.volumes import pod_volumes, volume_mounts, volume_specs
 
 GPU_TOLERATION = {"key": wiring.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -64,6 +65,9 @@ def recovery_env(spec: LMTrainingJobSpec) -> dict[str, str]:
 
 def container_env(job_name: str, spec: LMTrainingJobSpec, node_rank: int, attempt: int) -> list[dict[str, str]]:
     env = {**(NCCL_ENV if spec.gpu else {}), **wiring_env(job_name, spec, node_rank, attempt)}
+    if spec.program is not None:
+        del env[wiring.ENV_TRAINER_CONFIG], env[wiring.ENV_DEEPSPEED_CONFIG]
+        env.update(program_env(spec))
     # The user's variables come last so they can tune NCCL; the spec refuses
     # names that would rewire the pod (see EnvVar in kubespeed.spec.job).
     env.update({var.name: var.value for var in spec.env})
@@ -114,8 +118,8 @@ def training_pod(job: dict[str, Any], spec: LMTrainingJobSpec, node_rank: int, a
         "name": wiring.TRAINER_CONTAINER_NAME,
         "image": spec.image,
         "imagePullPolicy": spec.imagePullPolicy,
-        "command": list(wiring.TRAINER_ENTRYPOINT),
-        "workingDir": wiring.WORK_DIR,
+        # A program runs in the working directory of its own image.
+        **({"command": host_command(spec)} if spec.program else {"command": list(wiring.TRAINER_ENTRYPOINT), "workingDir": wiring.WORK_DIR}),
         "env": container_env(job_name, spec, node_rank, attempt),
         "ports": [
             {"name": "rendezvous", "containerPort": wiring.MASTER_PORT, "protocol": "TCP"},
@@ -136,6 +140,7 @@ def training_pod(job: dict[str, Any], spec: LMTrainingJobSpec, node_rank: int, a
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": spec.runPolicy.terminationGracePeriodSeconds,
         "securityContext": dict(POD_SECURITY_CONTEXT),
+        **({"initContainers": [host_installer(spec, CONTAINER_SECURITY_CONTEXT)]} if spec.program else {}),
         "containers": [container],
         "volumes": volume_specs(volumes),
     }

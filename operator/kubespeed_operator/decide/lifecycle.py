@@ -319,7 +319,9 @@ def _active(
 
     if len(current) == nodes and all(p.phase == PodPhase.SUCCEEDED for p in current):
         message = f"training finished: all {nodes} pods of attempt {attempt} exited 0"
-        final = progress_mod.finished_status(spec.training.steps, ctx.old.get("progress"), ctx.old.get("checkpoint"), timestamp(ctx.now))
+        # A program's last steps are known only as far as its endpoint was read: its progress stays as last seen.
+        final = {} if spec.program else progress_mod.finished_status(
+            spec.training.steps, ctx.old.get("progress"), ctx.old.get("checkpoint"), timestamp(ctx.now))
         return _end(ctx, Phase.SUCCEEDED, Reason.SUCCEEDED, message, **final)
 
     fields["startTime"] = ctx.old.get("startTime") or min((p.created for p in current if p.created), default=None)

@@ -47,7 +47,7 @@ class Creator:
         """Create the job's children and the attempt's pods of `ranks`: a Blocker says why not,
         else the pods that this call created (not those that were there already)."""
         meta = job["metadata"]
-        for field_path, claim in (("spec.checkpoint.claimName", spec.checkpoint.claimName), ("spec.data.claimName", spec.data.claimName)):
+        for field_path, claim in (("spec.checkpoint.claimName", spec.checkpoint.claimName), ("spec.data.claimName", spec.data.claimName if spec.data else None)):
             if claim and not await self._claim_exists(meta["namespace"], claim):
                 return Blocker(
                     Reason.CLAIM_NOT_FOUND,
