@@ -5,7 +5,7 @@ Python's standard library only, nothing of kubespeed: it runs on the image's own
 (`python -m kubespeed.program_host --install DIR`), and the program container runs
 
     python3 /opt/kubespeed-host/program_host.py --launcher deepspeed [--module] \\
-        [--config-argument --deepspeed_config] [--deepspeed-monitor] [--total-steps N] -- train.py --epochs 3
+        [--config-argument=--deepspeed_config] [--deepspeed-monitor] [--total-steps N] -- train.py --epochs 3
 
 with the pod's wiring in its environment (kubespeed/wiring.py). It
 
@@ -352,13 +352,16 @@ def install(directory: str) -> int:
 
 def run(argv: list[str]) -> int:
     args, program = parse_args(argv)
-    os.makedirs(RUN_DIR, exist_ok=True)
     environ = os.environ
+    # The host's files live beside the progress file: the pod's /tmp, or a folder of its own under `kubespeed local`.
+    progress_file = env("KUBESPEED_PROGRESS_FILE", os.path.join(RUN_DIR, "progress.jsonl"))
+    run_dir = os.path.dirname(progress_file)
+    os.makedirs(run_dir, exist_ok=True)
     world_size = int(env("WORLD_SIZE", "1"))
     config: dict = {}
     source = env("KUBESPEED_DEEPSPEED_CONFIG")
     if source:
-        path, config = prepare_config(source, args.deepspeed_monitor, RUN_DIR)
+        path, config = prepare_config(source, args.deepspeed_monitor, run_dir)
         environ["KUBESPEED_DEEPSPEED_CONFIG"] = path
         if args.config_argument:
             program = [*program, args.config_argument, path]
@@ -372,8 +375,8 @@ def run(argv: list[str]) -> int:
         environ.setdefault("OMP_NUM_THREADS", str(max(1, cpus // int(env("NPROC_PER_NODE", "1")))))
         # Ranks restarted in place get a fresh store rather than the last round's keys (see kubespeed launch).
         environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
-    progress = Progress(monitor_dir(config), env("KUBESPEED_PROGRESS_FILE", os.path.join(RUN_DIR, "progress.jsonl")),
-                        batch_size(config, world_size), args.total_steps, checkpoint_dir, env("KUBESPEED_ATTEMPT"))  # fmt: skip
+    progress = Progress(monitor_dir(config), progress_file, batch_size(config, world_size), args.total_steps, checkpoint_dir,
+                        env("KUBESPEED_ATTEMPT"))  # fmt: skip
     server = serve(progress, int(env("KUBESPEED_METRICS_PORT", "9400")))
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1)
     argv_ = launcher_argv(args.launcher, args.module, program, sys.executable, dict(environ))

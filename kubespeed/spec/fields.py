@@ -7,12 +7,14 @@ of a plain dict with errors that name the field (`from_dict`), and the defaults.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
 import re
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from kubespeed.spec import rules
@@ -51,6 +53,7 @@ def field(
     int_or_string: bool = False,
     list_map_keys: tuple[str, ...] | None = None,
     crd_default: bool = True,
+    schema: Callable[[], dict[str, Any]] | None = None,
 ) -> Any:
     """A spec field. A mutable default (list, dict, dataclass) is copied per instance.
 
@@ -58,6 +61,9 @@ def field(
     absent in the stored object and a CEL rule can tell (`has()`); the parser still
     fills the default, and leaves the field out of what the rules see, as the API
     server does.
+
+    `schema`: the field's OpenAPI schema comes from elsewhere (Kubernetes' own types, see
+    spec.podtemplate); the API server validates it, the parser takes the value as it is.
     """
     meta = {
         "description": description,
@@ -73,6 +79,7 @@ def field(
         "int_or_string": int_or_string,
         "list_map_keys": list_map_keys,
         "crd_default": crd_default,
+        "schema": schema,
     }
     if default is MISSING:
         return dataclasses.field(metadata=meta)
@@ -117,6 +124,8 @@ def _default_of(f: dataclasses.Field) -> Any:
 # ---------------------------------------------------------------- OpenAPI schema
 
 def _type_schema(tp: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    if meta.get("schema") is not None:
+        return copy.deepcopy(meta["schema"]())
     if meta.get("int_or_string"):
         return {"x-kubernetes-int-or-string": True}
     if dataclasses.is_dataclass(tp):
@@ -165,7 +174,8 @@ def field_schema(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
     default = _default_of(f)
     if not meta.get("crd_default", True) and not dataclasses.is_dataclass(default):
         description += f" Default: {json.dumps(default)}."
-    schema = {"description": description, **schema}
+    # Ours over a description that came with a schema from elsewhere (the PodSpec's own says nothing of merging).
+    schema = {"description": description, **{k: v for k, v in schema.items() if k != "description"}}
     if "items" in schema and "description" not in schema["items"]:
         schema["items"] = {"description": f"An entry of {f.name}.", **schema["items"]}
     if default is not MISSING and default is not None and not optional and meta.get("crd_default", True):
@@ -228,6 +238,9 @@ def _parse(tp: Any, value: Any, path: str, meta: dict[str, Any]) -> tuple[Any, A
         if optional:
             return None, None
         raise SpecError(path, "must be set (got null)")
+    if meta.get("schema") is not None:
+        check_schema(value, meta["schema"](), path)
+        return value, value
     if meta.get("int_or_string") or inner is Quantity:
         if not isinstance(value, (int, str)) or isinstance(value, bool):
             raise SpecError(path, f"must be an integer or a string, got {value!r}")
@@ -261,6 +274,40 @@ def _parse(tp: Any, value: Any, path: str, meta: dict[str, Any]) -> tuple[Any, A
     if not isinstance(value, inner) or (inner is not bool and isinstance(value, bool)):
         raise SpecError(path, f"must be {_type_word(inner)}, got {value!r}")
     return value, value
+
+
+_SCHEMA_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "integer": int, "number": (int, float)}
+
+
+def check_schema(value: Any, schema: dict[str, Any], path: str) -> None:
+    """What the API server checks of a value under a structural schema: types, required fields, enums,
+    unknown fields (refused, as strict field validation does); the pattern and format checks are its alone."""
+    if schema.get("x-kubernetes-int-or-string"):
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise SpecError(path, f"must be an integer or a string, got {value!r}")
+        return
+    kind = schema.get("type")
+    if kind is not None:
+        wanted = _SCHEMA_TYPES[kind]
+        if not isinstance(value, wanted) or (kind in ("integer", "number") and isinstance(value, bool)):
+            raise SpecError(path, f"must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, got {value!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        raise SpecError(path, f"must be one of {', '.join(map(str, schema['enum']))}; got {value!r}")
+    if isinstance(value, dict):
+        properties = schema.get("properties")
+        for name in schema.get("required", []):
+            if name not in value:
+                raise SpecError(f"{path}.{name}", "is required")
+        for name, item in value.items():
+            if properties is not None:
+                if name not in properties:
+                    raise SpecError(f"{path}.{name}", f"unknown field (known: {', '.join(sorted(properties))})")
+                check_schema(item, properties[name], f"{path}.{name}")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                check_schema(item, schema["additionalProperties"], f"{path}.{name}")
+    if isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            check_schema(item, schema["items"], f"{path}[{index}]")
 
 
 def _type_word(tp: Any) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from kubespeed import wiring
 from kubespeed.spec.fields import Quantity, field, rule
+from kubespeed.spec.podtemplate import PodTemplate, check_template
 from kubespeed.spec.program import ProgramSpec, check_deepspeed_config
 
 GPT_SIZES = ("tiny", "mini", "small", "gpt-125m", "gpt-350m", "gpt-760m", "gpt-1b")
@@ -433,6 +434,11 @@ class LMTrainingJobSpec:
     checkpoint: CheckpointSpec = field("Checkpoints and resume.", CheckpointSpec(), immutable=True)
     runPolicy: RunPolicy = field("Recovery, deadlines, cleanup and suspension.", RunPolicy())
     scheduling: SchedulingSpec = field("Placement, gang scheduling and queues.", SchedulingSpec())
+    podTemplate: PodTemplate = field(
+        "What the cluster needs on the training pods (labels, env from Secrets, volumes, sidecars, affinity, "
+        "runtimeClassName, capabilities, ...), merged onto the pod the operator builds; applies from the next attempt.",
+        PodTemplate(),
+    )
 
     @property
     def world_size(self) -> int:
@@ -444,7 +450,8 @@ class LMTrainingJobSpec:
         return TrainerConfig(model=self.model, data=self.data, training=self.training, deepspeed=self.deepspeed, checkpoint=self.checkpoint)
 
     def check(self, path: str = "spec") -> LMTrainingJobSpec:
-        """What only Python can judge, after the schema and its rules: a program's DeepSpeed batch sizes."""
+        """What only Python can judge, after the schema and its rules: a program's DeepSpeed batch sizes, the pod template's training container."""
         if self.program is not None and self.program.deepspeedConfig is not None:
             check_deepspeed_config(self.program.deepspeedConfig, self.world_size, f"{path}.program.deepspeedConfig")
+        check_template(self.podTemplate, f"{path}.podTemplate")
         return self

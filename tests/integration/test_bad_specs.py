@@ -128,6 +128,23 @@ BAD_SPECS += [
     ("a program on several nodes without a shared checkpoint volume", program(nodes=2), "spec.checkpoint"),
 ]
 
+# The pod template: Kubernetes' own PodSpec schema, and what the wiring owns.
+BAD_SPECS += [
+    ("template runtimeClassName that is not a string", bad(podTemplate__spec={"runtimeClassName": 5}), "spec.podTemplate.spec.runtimeClassName"),
+    ("template toleration with an unknown effect", bad(podTemplate__spec={"tolerations": [{"key": "a", "effect": "Sometimes"}]}),
+     "spec.podTemplate.spec.tolerations[0].effect"),
+    ("template sidecar port that is not a number", bad(podTemplate__spec={"containers": [{"name": "proxy", "ports": [{"containerPort": "http"}]}]}),
+     "spec.podTemplate.spec.containers[0].ports[0].containerPort"),
+    ("template env from a secret whose key is not a string", bad(podTemplate__spec={"containers": [{"name": "trainer", "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "s", "key": 1}}}]}]}),
+     "spec.podTemplate.spec.containers[0].env[0].valueFrom.secretKeyRef.key"),
+    ("template memory limit that is not a quantity", bad(podTemplate__spec={"containers": [{"name": "trainer", "resources": {"limits": {"memory": True}}}]}),
+     "spec.podTemplate.spec.containers[0].resources.limits.memory"),
+    ("template hostname", bad(podTemplate__spec={"hostname": "elsewhere"}), "spec.podTemplate.spec.hostname"),
+    ("template restartPolicy", bad(podTemplate__spec={"restartPolicy": "Always"}), "spec.podTemplate.spec.restartPolicy"),
+    ("template grace period (runPolicy has it)", bad(podTemplate__spec={"terminationGracePeriodSeconds": 5}), "spec.podTemplate.spec.terminationGracePeriodSeconds"),
+    ("template label of the operator's", bad(podTemplate__metadata={"labels": {"kubespeed.io/job": "other"}}), "spec.podTemplate.metadata.labels"),
+]
+
 # Fields that cannot change once the job exists: (field, a valid new spec).
 IMMUTABLE_CHANGES = [
     ("spec.nodes", bad(nodes=2, training__globalBatchSize=16)),

@@ -135,6 +135,28 @@ def test_bad_program_spec_is_refused_naming_the_field(name, spec, field):
     assert err.value.path == field, (name, str(err.value))
 
 
+@pytest.mark.parametrize(
+    "name, template, field",
+    [
+        ("command of the training container", {"spec": {"containers": [{"name": "trainer", "command": ["sh"]}]}}, "spec.podTemplate.spec.containers[0].command"),
+        ("image of the training container", {"spec": {"containers": [{"name": "sidecar", "image": "a"}, {"name": "trainer", "image": "b"}]}},
+         "spec.podTemplate.spec.containers[1].image"),
+        ("env that rewires the pod", {"spec": {"containers": [{"name": "trainer", "env": [{"name": "A", "value": "1"}, {"name": "NODE_RANK", "value": "0"}]}]}},
+         "spec.podTemplate.spec.containers[0].env[1].name"),
+        ("a volume named like the operator's", {"spec": {"volumes": [{"name": "scratch", "emptyDir": {}}, {"name": "shm", "emptyDir": {}}]}},
+         "spec.podTemplate.spec.volumes[1].name"),
+        ("a field Kubernetes does not know", {"spec": {"nodeSelectr": {"a": "b"}}}, "spec.podTemplate.spec.nodeSelectr"),
+        ("a capability that is not a string", {"spec": {"containers": [{"name": "trainer", "securityContext": {"capabilities": {"add": [1]}}}]}},
+         "spec.podTemplate.spec.containers[0].securityContext.capabilities.add[0]"),
+    ],
+)
+def test_bad_pod_template_is_refused_by_the_parser_naming_the_field(name, template, field):
+    # The API server refuses the last two too; the others it cannot afford to (a CEL rule over every list entry exceeds its cost budget).
+    with pytest.raises(SpecError) as err:
+        parse_job_spec(with_(podTemplate=template))
+    assert err.value.path == field, (name, str(err.value))
+
+
 def test_hugging_face_auto_batch_sizes_are_left_to_the_trainer():
     config = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto"}
     assert parse_job_spec(program(program__deepspeedConfig=config)).program.deepspeedConfig == config

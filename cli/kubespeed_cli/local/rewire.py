@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from kubespeed import wiring
+from kubespeed import program_host, wiring
 from kubespeed.spec.job import BUILTIN_DATA_PREFIX
 
 
@@ -165,7 +165,8 @@ def localize_pod(
     - every pod reaches node rank 0 at 127.0.0.1 (no headless Service here), on a
       free port, and serves metrics on its own free port (all pods share one host);
     - env values that are paths inside a volume point at that volume's local folder;
-    - `kubespeed` runs as this Python's module, so an unactivated venv works;
+    - `kubespeed` runs as this Python's module, so an unactivated venv works; a user's
+      program runs with this Python too, from the folder `kubespeed local` runs in;
     - without a GPU here the trainer is told to use the CPU (gloo), as `gpu: false` would.
     """
     container = pod["spec"]["containers"][0]
@@ -176,9 +177,15 @@ def localize_pod(
     if not gpu_available:
         env[wiring.ENV_USE_GPU] = "0"
     argv = [*container.get("command", []), *container.get("args", [])]
-    if argv[:1] == ["kubespeed"]:
-        argv = [sys.executable, "-m", "kubespeed_cli", *argv[1:]]
     name = pod["metadata"]["name"]
     workdir = container.get("workingDir")
     cwd = Path(_local_path(workdir, mounts)) if workdir else folder.pod_dir(name)
+    if argv[:1] == ["kubespeed"]:
+        argv = [sys.executable, "-m", "kubespeed_cli", *argv[1:]]
+    elif argv[1:2] == [wiring.HOST_PATH]:
+        # A user's program: this machine plays the user's image (this Python, which has torch and
+        # DeepSpeed), with the program's files where `kubespeed local` runs; the program host is this
+        # installation's, which the init container would have copied into the pod.
+        argv = [sys.executable, program_host.__file__, *argv[2:]]
+        cwd = Path.cwd()
     return LocalPod(name=name, argv=argv, env=env, cwd=cwd, log=folder.logs / f"{name}.log", metrics_port=metrics_port)

@@ -17,6 +17,7 @@ from kubespeed.spec import LMTrainingJobSpec, to_dict
 from kubespeed_operator.build.meta import child_metadata, labels
 from kubespeed_operator.build.podgroup import gang_annotations, gang_labels
 from kubespeed_operator.build.program import host_command, host_installer, program_env
+from kubespeed_operator.build.template import apply_template
 from kubespeed_operator.build.volumes import pod_volumes, volume_mounts, volume_specs
 
 GPU_TOLERATION = {"key": wiring.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -157,4 +158,4 @@ def training_pod(job: dict[str, Any], spec: LMTrainingJobSpec, node_rank: int, a
         pod_spec["priorityClassName"] = scheduling.priorityClassName
     if scheduling.schedulerName:
         pod_spec["schedulerName"] = scheduling.schedulerName
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+    return apply_template({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}, spec.podTemplate)

@@ -36,7 +36,8 @@ def host_command(spec: LMTrainingJobSpec) -> list[str]:
     if program.module:
         argv.append("--module")
     if config_source(program) is not None and program.deepspeedConfigArgument:
-        argv += ["--config-argument", program.deepspeedConfigArgument]
+        # One token: argparse would take a separate `--deepspeed_config` for an option of its own.
+        argv.append(f"--config-argument={program.deepspeedConfigArgument}")
     if program.deepspeedMonitor:
         argv.append("--deepspeed-monitor")
     if program.totalSteps is not None:

@@ -28,7 +28,7 @@ def test_the_program_container_runs_the_host_in_the_users_image_with_the_users_c
     pod = attempt_pods(program_job(make_job, deepspeedConfig={"train_micro_batch_size_per_gpu": 1}), attempt=1)[1]
     main = container(pod)
     assert main["image"] == "me/train:1"
-    assert main["command"] == ["python3", wiring.HOST_PATH, "--launcher", "deepspeed", "--config-argument", "--deepspeed_config",
+    assert main["command"] == ["python3", wiring.HOST_PATH, "--launcher", "deepspeed", "--config-argument=--deepspeed_config",
                                "--deepspeed-monitor", "--", "train.py", "--epochs", "2"]  # fmt: skip
     # The image's own working directory: the program's files are there, not under an emptyDir.
     assert "workingDir" not in main
@@ -50,7 +50,7 @@ def test_an_init_container_from_the_trainer_image_installs_the_host(make_job):
         ({"launcher": "torchrun", "module": True}, ["--launcher", "torchrun", "--module", "--deepspeed-monitor"]),
         ({"launcher": "none", "deepspeedMonitor": False}, ["--launcher", "none"]),
         ({"deepspeedConfigPath": "/app/ds.json", "deepspeedConfigArgument": "--deepspeed"},
-         ["--launcher", "deepspeed", "--config-argument", "--deepspeed", "--deepspeed-monitor"]),
+         ["--launcher", "deepspeed", "--config-argument=--deepspeed", "--deepspeed-monitor"]),
         ({"deepspeedConfig": {}, "deepspeedConfigArgument": ""}, ["--launcher", "deepspeed", "--deepspeed-monitor"]),
         ({"totalSteps": 500}, ["--launcher", "deepspeed", "--deepspeed-monitor", "--total-steps", "500"]),
     ],
