@@ -35,8 +35,9 @@ with the pod's wiring in its environment (kubespeed/wiring.py). It
    subreaper) and exits 143. With launcher none, SIGTERM goes to the command.
 
 Exit codes, for the operator's restartPolicy: 0 (the program succeeded), 64 and 65
-(the program's own: a retry cannot help), 143 (stopped by SIGTERM), 75 (anything else:
-a crashed or killed rank, a failed rendezvous; the gang is recreated).
+(the program's own: a retry cannot help; Python's usage error 2, a bad argument or a
+script that is not there, becomes 64), 143 (stopped by SIGTERM), 75 (anything else: a
+crashed or killed rank, a failed rendezvous; the gang is recreated).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 EXIT_SUCCESS, EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_PREEMPTED, EXIT_RETRYABLE = 0, 64, 65, 143, 75
+PYTHON_USAGE_ERROR = 2
 RUN_DIR = "/tmp/kubespeed"
 MONITOR_JOB = "kubespeed"
 # DeepSpeed's CSV monitor file for the learning rate, written at every optimizer step by global rank 0.
@@ -157,8 +159,11 @@ def launcher_argv(launcher: str, module: bool, program: list[str], python: str, 
 
 
 def exit_code(returncode: int, terminated: bool) -> int:
+    """Python exits 2 for a usage error (argparse, a script that is not there): like 64, a retry cannot help."""
     if terminated:
         return EXIT_PREEMPTED
+    if returncode == PYTHON_USAGE_ERROR:
+        return EXIT_CONFIG_ERROR
     if returncode in (EXIT_SUCCESS, EXIT_CONFIG_ERROR, EXIT_DATA_ERROR):
         return returncode
     return EXIT_RETRYABLE

@@ -65,8 +65,8 @@ def test_the_launcher_command_comes_from_the_pod_wiring(launcher, module, expect
 
 @pytest.mark.parametrize(
     "returncode, terminated, code",
-    [(0, False, 0), (64, False, 64), (65, False, 65), (1, False, 75), (-9, False, 75), (247, False, 75), (1, True, 143), (0, True, 143)],
-    ids=["success", "the program's config error", "the program's data error", "an exception", "killed",
+    [(0, False, 0), (64, False, 64), (65, False, 65), (2, False, 64), (1, False, 75), (-9, False, 75), (247, False, 75), (1, True, 143), (0, True, 143)],
+    ids=["success", "the program's config error", "the program's data error", "a usage error or no such script", "an exception", "killed",
          "a rank killed, through DeepSpeed's launcher", "stopped by SIGTERM", "stopped by SIGTERM, exiting 0"],
 )
 def test_exit_codes_tell_the_operator_whether_a_retry_can_help(returncode, terminated, code):
