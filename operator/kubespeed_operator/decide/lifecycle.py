@@ -286,7 +286,8 @@ def _active(
     whole = len(current) == nodes and all(p.phase in (PodPhase.RUNNING, PodPhase.SUCCEEDED) for p in current)
     watched = None
     if whole or progress is not None:
-        watched = recovery.watch(ctx.old, progress, ctx.now, started=whole and ctx.old.get("phase") != Phase.RUNNING)
+        watched = recovery.watch(ctx.old, progress, ctx.now, started=whole and ctx.old.get("phase") != Phase.RUNNING,
+                                 trainer_layout=spec.program is None)  # fmt: skip
     # Past the retry time of a released gang: its next attempt is under way.
     fields: dict[str, Any] = {"nextAttemptTime": None} if retry_at is not None else {}
     if watched is not None:
