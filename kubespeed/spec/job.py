@@ -13,7 +13,7 @@ from typing import Any
 
 from kubespeed import wiring
 from kubespeed.spec.fields import Quantity, field, rule
-from kubespeed.spec.podtemplate import PodTemplate, check_template
+from kubespeed.spec.podtemplate import RESERVED_ENV, PodTemplate, check_template
 from kubespeed.spec.program import ProgramSpec, check_deepspeed_config
 
 GPT_SIZES = ("tiny", "mini", "small", "gpt-125m", "gpt-350m", "gpt-760m", "gpt-1b")
@@ -47,8 +47,6 @@ BUILTIN_DATA_PREFIX = "builtin:"
 JOB_NAME_PATTERN = r"[a-z]([-a-z0-9]*[a-z0-9])?"
 JOB_NAME_MAX_LENGTH = 58
 
-# Env the pod wiring sets; a user's `env` may not replace it.
-RESERVED_ENV = tuple(sorted(value for name, value in vars(wiring).items() if name.startswith("ENV_")))
 GPU_RESOURCE = wiring.GPU_RESOURCE
 
 

@@ -35,6 +35,7 @@ OWNED_POD_FIELDS = {
 OWNED_CONTAINER_FIELDS = ("image", "command", "args")
 # Volumes the operator mounts; a template volume of the same name would replace one.
 OWNED_VOLUMES = ("config", "checkpoints", "data", "shm", "tmp", "workspace", "program-host")
+# Env the pod wiring sets; neither spec.env nor the template may replace it.
 RESERVED_ENV = tuple(sorted(value for name, value in vars(wiring).items() if name.startswith("ENV_")))
 
 
