@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kubespeed import __version__
+
 API_GROUP = "kubespeed.io"
 API_VERSION = "v1alpha1"
 KIND = "LMTrainingJob"
@@ -66,6 +68,18 @@ TRAINER_CONTAINER_NAME = "trainer"
 TRAINER_UID = 1000
 TRAINER_GID = 1000
 
+# A user's program (spec.program) runs in the user's image under kubespeed's program host
+# (kubespeed/program_host.py, standard library only), which an init container from the
+# trainer image copies into a volume at HOST_DIR.
+HELPER_IMAGE = f"ghcr.io/kubespeed/kubespeed-trainer:{__version__}"
+HOST_CONTAINER_NAME = "program-host"
+HOST_DIR = "/opt/kubespeed-host"
+HOST_SCRIPT = "program_host.py"
+HOST_PATH = f"{HOST_DIR}/{HOST_SCRIPT}"
+# Where a program's ranks append progress as JSON lines (see README), and the host's own files.
+PROGRAM_RUN_DIR = "/tmp/kubespeed"
+PROGRESS_FILE = f"{PROGRAM_RUN_DIR}/progress.jsonl"
+
 # Ports: rendezvous (torch.distributed store on node rank 0) and rank 0's metrics.
 MASTER_PORT = 29500
 METRICS_PORT = 9400
@@ -89,6 +103,10 @@ ENV_CHECKPOINT_DIR = "KUBESPEED_CHECKPOINT_DIR"
 ENV_METRICS_PORT = "KUBESPEED_METRICS_PORT"
 ENV_USE_GPU = "KUBESPEED_GPU"
 ENV_TERMINATION_LOG = "KUBESPEED_TERMINATION_LOG"
+# A user's program: the file its ranks append progress to, and the newest complete
+# checkpoint (DeepSpeed's `latest` tag in the checkpoint folder) when one exists.
+ENV_PROGRESS_FILE = "KUBESPEED_PROGRESS_FILE"
+ENV_LATEST_CHECKPOINT = "KUBESPEED_LATEST_CHECKPOINT"
 # Recovery, from runPolicy: in-place restarts per attempt (maxInPlaceRestarts), how long a
 # rendezvous waits and, under the watchdog, a rank's start-up may take (startupTimeoutSeconds),
 # and each step's watchdog (progressDeadlineSeconds; unset: none). Seconds, as whole numbers.

@@ -24,7 +24,7 @@ __all__ = [
 
 def parse_job_spec(spec: dict, path: str = "spec") -> LMTrainingJobSpec:
     """Parse and default a job's `spec`; raises SpecError naming the field."""
-    return from_dict(LMTrainingJobSpec, spec, path)
+    return from_dict(LMTrainingJobSpec, spec, path).check(path)
 
 
 def parse_trainer_config(config: dict, path: str = "config") -> TrainerConfig:

@@ -7,11 +7,14 @@ of a plain dict with errors that name the field (`from_dict`), and the defaults.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
+import json
 import re
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from kubespeed.spec import rules
@@ -45,8 +48,19 @@ def field(
     embedded_resource: bool = False,
     int_or_string: bool = False,
     list_map_keys: tuple[str, ...] | None = None,
+    crd_default: bool = True,
+    schema: Callable[[], dict[str, Any]] | None = None,
 ) -> Any:
-    """A spec field. A mutable default (list, dict, dataclass) is copied per instance."""
+    """A spec field. A mutable default (list, dict, dataclass) is copied per instance.
+
+    `crd_default=False`: the CRD lists no default, so a field the user left out stays
+    absent in the stored object and a CEL rule can tell (`has()`); the parser still
+    fills the default, and leaves the field out of what the rules see, as the API
+    server does.
+
+    `schema`: the field's OpenAPI schema comes from elsewhere (Kubernetes' own types, see
+    spec.podtemplate); the API server validates it, the parser takes the value as it is.
+    """
     meta = {
         "description": description,
         "enum": enum,
@@ -61,6 +75,8 @@ def field(
         "embedded_resource": embedded_resource,
         "int_or_string": int_or_string,
         "list_map_keys": list_map_keys,
+        "crd_default": crd_default,
+        "schema": schema,
     }
     if default is MISSING:
         return dataclasses.field(metadata=meta)
@@ -105,6 +121,8 @@ def _default_of(f: dataclasses.Field) -> Any:
 # ---------------------------------------------------------------- OpenAPI schema
 
 def _type_schema(tp: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    if meta.get("schema") is not None:
+        return copy.deepcopy(meta["schema"]())
     if meta.get("int_or_string"):
         return {"x-kubernetes-int-or-string": True}
     if dataclasses.is_dataclass(tp):
@@ -132,9 +150,14 @@ def _type_schema(tp: Any, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _json_default(value: Any) -> Any:
+    """A default as the CRD lists it: fields declared with crd_default=False left out."""
     if dataclasses.is_dataclass(value):
-        return to_dict(value)
-    return value
+        return {
+            f.name: _json_default(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if getattr(value, f.name) is not None and f.metadata.get("crd_default", True)
+        }
+    return to_dict(value)
 
 
 def field_schema(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
@@ -145,11 +168,15 @@ def field_schema(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
         schema["x-kubernetes-preserve-unknown-fields"] = True
     if meta.get("embedded_resource"):
         schema["x-kubernetes-embedded-resource"] = True
-    schema = {"description": meta["description"], **schema}
+    description = meta["description"]
+    default = _default_of(f)
+    if not meta.get("crd_default", True) and not dataclasses.is_dataclass(default):
+        description += f" Default: {json.dumps(default)}."
+    # Ours over a description that came with a schema from elsewhere (the PodSpec's own says nothing of merging).
+    schema = {"description": description, **{k: v for k, v in schema.items() if k != "description"}}
     if "items" in schema and "description" not in schema["items"]:
         schema["items"] = {"description": f"An entry of {f.name}.", **schema["items"]}
-    default = _default_of(f)
-    if default is not MISSING and default is not None and not optional:
+    if default is not MISSING and default is not None and not optional and meta.get("crd_default", True):
         # An empty object default is left to the nested defaults, which the API
         # server applies once the object exists; listing it here keeps them applied
         # when the user leaves the whole section out.
@@ -167,7 +194,7 @@ def field_schema(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
         # checks the whole value, as the parser does.
         schema["pattern"] = f"^(?:{meta['pattern']})$"
     if meta.get("min_length") is not None:
-        schema["minLength"] = meta["min_length"]
+        schema["minItems" if schema.get("type") == "array" else "minLength"] = meta["min_length"]
     if meta.get("max_properties") is not None:
         # A bound on a map keeps the cost the API server estimates for its CEL rules within budget.
         schema["maxProperties"] = meta["max_properties"]
@@ -212,6 +239,9 @@ def _parse(tp: Any, value: Any, path: str, meta: dict[str, Any]) -> tuple[Any, A
         if optional:
             return None, None
         raise SpecError(path, "must be set (got null)")
+    if meta.get("schema") is not None:
+        check_schema(value, meta["schema"](), path)
+        return value, value
     if meta.get("int_or_string") or inner is Quantity:
         if not isinstance(value, (int, str)) or isinstance(value, bool):
             raise SpecError(path, f"must be an integer or a string, got {value!r}")
@@ -245,6 +275,40 @@ def _parse(tp: Any, value: Any, path: str, meta: dict[str, Any]) -> tuple[Any, A
     if not isinstance(value, inner) or (inner is not bool and isinstance(value, bool)):
         raise SpecError(path, f"must be {_type_word(inner)}, got {value!r}")
     return value, value
+
+
+_SCHEMA_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "integer": int, "number": (int, float)}
+
+
+def check_schema(value: Any, schema: dict[str, Any], path: str) -> None:
+    """What the API server checks of a value under a structural schema: types, required fields, enums,
+    unknown fields (refused, as strict field validation does); the pattern and format checks are its alone."""
+    if schema.get("x-kubernetes-int-or-string"):
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise SpecError(path, f"must be an integer or a string, got {value!r}")
+        return
+    kind = schema.get("type")
+    if kind is not None:
+        wanted = _SCHEMA_TYPES[kind]
+        if not isinstance(value, wanted) or (kind in ("integer", "number") and isinstance(value, bool)):
+            raise SpecError(path, f"must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, got {value!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        raise SpecError(path, f"must be one of {', '.join(map(str, schema['enum']))}; got {value!r}")
+    if isinstance(value, dict):
+        properties = schema.get("properties")
+        for name in schema.get("required", []):
+            if name not in value:
+                raise SpecError(f"{path}.{name}", "is required")
+        for name, item in value.items():
+            if properties is not None:
+                if name not in properties:
+                    raise SpecError(f"{path}.{name}", f"unknown field (known: {', '.join(sorted(properties))})")
+                check_schema(item, properties[name], f"{path}.{name}")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                check_schema(item, schema["additionalProperties"], f"{path}.{name}")
+    if isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            check_schema(item, schema["items"], f"{path}[{index}]")
 
 
 def _type_word(tp: Any) -> str:
@@ -302,7 +366,7 @@ def _from_dict(cls: type, data: dict[str, Any] | None, path: str) -> tuple[Any, 
             value = _default_of(f)
             if value is MISSING:
                 raise SpecError(sub, "is required")
-            plain_value = to_dict(value)
+            plain_value = _json_default(value) if f.metadata.get("crd_default", True) else None
         _check_bounds(value, f.metadata, sub)
         values[f.name] = value
         if plain_value is not None:

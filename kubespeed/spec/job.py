@@ -13,6 +13,8 @@ from typing import Any
 
 from kubespeed import wiring
 from kubespeed.spec.fields import field
+from kubespeed.spec.podtemplate import RESERVED_ENV, PodTemplate, check_template
+from kubespeed.spec.program import ProgramSpec, check_deepspeed_config
 from kubespeed.spec.resources import Resources
 from kubespeed.spec.rules import rule
 
@@ -36,6 +38,9 @@ SHARED_CHECKPOINT_MESSAGE = (
 )
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 DNS_SUBDOMAIN = rf"{DNS_LABEL}(\.{DNS_LABEL})*"
+# Said of a field that configures the built-in trainer: a job with `program` refuses it, so
+# the CRD lists no default for it (a default would be indistinguishable from a value set).
+TRAINER_ONLY = "the built-in trainer's, default applied by kubespeed; refused with `program`."
 # `data.train: builtin:<name>` names text the installation carries instead of a path.
 BUILTIN_DATA_PREFIX = "builtin:"
 
@@ -45,8 +50,6 @@ BUILTIN_DATA_PREFIX = "builtin:"
 JOB_NAME_PATTERN = r"[a-z]([-a-z0-9]*[a-z0-9])?"
 JOB_NAME_MAX_LENGTH = 58
 
-# Env the pod wiring sets; a user's `env` may not replace it.
-RESERVED_ENV = tuple(sorted(value for name, value in vars(wiring).items() if name.startswith("ENV_")))
 
 
 def _cel_list(values: tuple[str, ...]) -> str:
@@ -226,10 +229,10 @@ class CheckpointSpec:
     claimName: str | None = field("An existing PersistentVolumeClaim for checkpoints (ReadWriteMany for several nodes). Without it or `volumeClaim`, checkpoints live in the pod (lost with it), which only a one-node job may do.", None, pattern=DNS_LABEL)
     volumeClaim: VolumeClaimTemplate | None = field("Ask the operator to create the checkpoint claim.", None)
     mountPath: str = field("Where the checkpoint volume is mounted in every pod.", wiring.CHECKPOINT_DIR_DEFAULT, pattern=r"/.*")
-    interval: int = field("Save every this many steps (and on SIGTERM, and at the end).", 100, minimum=1)
-    keep: int = field("Complete checkpoints kept; older ones are deleted.", 3, minimum=1, maximum=1000)
-    resume: str = field("`auto` (resume from the latest complete checkpoint if one exists), `never` (always start fresh), `required` (fail if none exists).", "auto", enum=RESUME_POLICIES)
-    exportWeights: bool = field("At the end, export the final weights as safetensors with a Hugging Face config.", True)
+    interval: int = field(f"Save every this many steps (and on SIGTERM, and at the end); {TRAINER_ONLY}", 100, minimum=1, crd_default=False)
+    keep: int = field(f"Complete checkpoints kept; older ones are deleted; {TRAINER_ONLY}", 3, minimum=1, maximum=1000, crd_default=False)
+    resume: str = field(f"`auto` (resume from the latest complete checkpoint if one exists), `never` (always start fresh), `required` (fail if none exists); {TRAINER_ONLY}", "auto", enum=RESUME_POLICIES, crd_default=False)
+    exportWeights: bool = field(f"At the end, export the final weights as safetensors with a Hugging Face config; {TRAINER_ONLY}", True, crd_default=False)
 
     __cel__ = (rule("!has(self.claimName) || !has(self.volumeClaim)", "set either claimName or volumeClaim, not both", ".volumeClaim"),)
 
@@ -323,6 +326,9 @@ class EnvVar:
 
 # ---------------------------------------------------------------- the job
 
+# The sections a job may leave out, in which case their defaults apply.
+SECTION_CLASSES: dict[str, type] = {"model": ModelSpec, "training": TrainingSpec, "deepspeed": DeepSpeedSpec}
+
 # Rules across the training sections; they hold for a job's spec and for a trainer config alike.
 TRAINING_RULES = (
     rule("self.deepspeed.pipelineStages == 1 || self.model.type == 'gpt'", "pipeline parallelism needs model type gpt", ".deepspeed.pipelineStages"),
@@ -333,6 +339,19 @@ TRAINING_RULES = (
         ".deepspeed.offload.optimizer",
     ),
 )
+
+
+def _value(section: str, name: str) -> str:
+    """CEL for a training section's field, its default when the section is left out (the CRD does not default it)."""
+    default = getattr(SECTION_CLASSES[section](), name)
+    return f"(has(self.{section}) ? self.{section}.{name} : {default!r})"
+
+
+def _when_set(training_rule: dict[str, str]) -> dict[str, str]:
+    """A rule across training sections, for the job: a section left out holds its defaults, which every such rule accepts."""
+    sections = [name for name in SECTION_CLASSES if f"self.{name}." in training_rule["rule"]]
+    guard = " || ".join(f"!has(self.{name})" for name in sections)
+    return {**training_rule, "rule": f"{guard} || ({training_rule['rule']})"}
 
 
 @dataclass(kw_only=True)
@@ -357,16 +376,16 @@ class LMTrainingJobSpec:
 
     __cel__ = (
         rule(
-            "(self.nodes * self.procsPerNode) % self.deepspeed.pipelineStages == 0",
+            f"(self.nodes * self.procsPerNode) % {_value('deepspeed', 'pipelineStages')} == 0",
             "nodes x procsPerNode must be a multiple of deepspeed.pipelineStages",
             ".deepspeed.pipelineStages",
         ),
         rule(
-            "self.training.globalBatchSize % (self.training.microBatchSize * (self.nodes * self.procsPerNode / self.deepspeed.pipelineStages)) == 0",
+            f"{_value('training', 'globalBatchSize')} % ({_value('training', 'microBatchSize')} * (self.nodes * self.procsPerNode / {_value('deepspeed', 'pipelineStages')})) == 0",
             "training.globalBatchSize must be a multiple of training.microBatchSize x data-parallel size (nodes x procsPerNode / deepspeed.pipelineStages)",
             ".training.globalBatchSize",
         ),
-        *TRAINING_RULES,
+        *(_when_set(r) for r in TRAINING_RULES),
         rule(
             "!has(self.checkpoint.volumeClaim) || self.nodes == 1 || self.checkpoint.volumeClaim.accessMode == 'ReadWriteMany'",
             "a job of several nodes needs a ReadWriteMany checkpoint volume: every node writes its shard",
@@ -376,6 +395,20 @@ class LMTrainingJobSpec:
             "self.nodes == 1 || has(self.checkpoint.claimName) || has(self.checkpoint.volumeClaim)",
             SHARED_CHECKPOINT_MESSAGE,
             ".checkpoint",
+        ),
+        rule("has(self.program) || has(self.data)", "data is required: the built-in trainer's training text (or set program to run your own)", ".data"),
+        *(
+            rule(f"!has(self.program) || !has(self.{section})", f"{section} configures the built-in trainer and does not apply to a program; leave it out", f".{section}")
+            for section in ("model", "data", "training", "deepspeed")
+        ),
+        # Adding or removing a section escapes the immutability rule on the section itself, which compares two values.
+        *(
+            rule(f"has(self.{section}) == has(oldSelf.{section})", f"{section} cannot change once the job exists", f".{section}")
+            for section in ("program", "model", "data", "training", "deepspeed")
+        ),
+        *(
+            rule(f"!has(self.program) || !has(self.checkpoint.{name})", f"checkpoint.{name} configures the built-in trainer; a program saves and resumes as it chooses (see README)", f".checkpoint.{name}")
+            for name in ("interval", "keep", "resume", "exportWeights")
         ),
     )
 
@@ -392,17 +425,32 @@ class LMTrainingJobSpec:
         "the GPUs; unset: the operator's default (the chart's trainer.runtimeClassName), else the node's default runtime.",
         None, pattern=DNS_SUBDOMAIN,
     )  # fmt: skip
-    model: ModelSpec = field("The model.", ModelSpec(), immutable=True)
-    data: DataSpec = field("The data.", immutable=True)
-    training: TrainingSpec = field("The training run.", TrainingSpec(), immutable=True)
-    deepspeed: DeepSpeedSpec = field("DeepSpeed engine settings.", DeepSpeedSpec(), immutable=True)
+    program: ProgramSpec | None = field("Run your own program in your own image instead of the built-in trainer (see README, \"Your own program\").", None, immutable=True)
+    model: ModelSpec = field(f"The model; {TRAINER_ONLY}", ModelSpec(), immutable=True, crd_default=False)
+    data: DataSpec | None = field("The data; required for the built-in trainer, refused with `program`.", None, immutable=True)
+    training: TrainingSpec = field(f"The training run; {TRAINER_ONLY}", TrainingSpec(), immutable=True, crd_default=False)
+    deepspeed: DeepSpeedSpec = field(f"DeepSpeed engine settings; {TRAINER_ONLY} A program's DeepSpeed config is program.deepspeedConfig.", DeepSpeedSpec(), immutable=True, crd_default=False)
     checkpoint: CheckpointSpec = field("Checkpoints and resume.", CheckpointSpec(), immutable=True)
     runPolicy: RunPolicy = field("Recovery, deadlines, cleanup and suspension.", RunPolicy())
     scheduling: SchedulingSpec = field("Placement, gang scheduling and queues.", SchedulingSpec())
+    podTemplate: PodTemplate = field(
+        "What the cluster needs on the training pods (labels, env from Secrets, volumes, sidecars, affinity, "
+        "runtimeClassName, capabilities, ...), merged onto the pod the operator builds; applies from the next attempt.",
+        PodTemplate(),
+    )
 
     @property
     def world_size(self) -> int:
         return self.nodes * self.procsPerNode
 
     def trainer_config(self) -> TrainerConfig:
+        if self.data is None:
+            raise ValueError("a job that runs a program has no trainer config")
         return TrainerConfig(model=self.model, data=self.data, training=self.training, deepspeed=self.deepspeed, checkpoint=self.checkpoint)
+
+    def check(self, path: str = "spec") -> LMTrainingJobSpec:
+        """What only Python can judge, after the schema and its rules: a program's DeepSpeed batch sizes, the pod template's training container."""
+        if self.program is not None and self.program.deepspeedConfig is not None:
+            check_deepspeed_config(self.program.deepspeedConfig, self.world_size, f"{path}.program.deepspeedConfig")
+        check_template(self.podTemplate, f"{path}.podTemplate")
+        return self

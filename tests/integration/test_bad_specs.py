@@ -120,6 +120,50 @@ BAD_SPECS = [
     ("unknown PodGroup API", bad(scheduling__gang={"enabled": True, "apiVersion": "scheduling.example.com/v1"}), "spec.scheduling.gang.apiVersion"),
 ]
 
+PROGRAM = {"image": "me/train:1", "program": {"command": ["train.py"]}}
+
+
+def program(**changes: Any) -> dict[str, Any]:
+    return overridden(PROGRAM, **changes)
+
+
+# A user's program (spec.program): its own fields, and the built-in trainer's, which do not apply to it.
+BAD_SPECS += [
+    ("program without a command", program(program__command=DROP), "spec.program.command"),
+    ("program with an empty command", program(program__command=[]), "spec.program.command"),
+    ("unknown launcher", program(program__launcher="mpirun"), "spec.program.launcher"),
+    ("module with launcher none", program(program__launcher="none", program__module=True), "spec.program.module"),
+    ("inline DeepSpeed config and a path", program(program__deepspeedConfig={}, program__deepspeedConfigPath="/ds.json"), "spec.program.deepspeedConfigPath"),
+    ("relative DeepSpeed config path", program(program__deepspeedConfigPath="ds.json"), "spec.program.deepspeedConfigPath"),
+    ("config argument that is not an option", program(program__deepspeedConfigArgument="deepspeed config"), "spec.program.deepspeedConfigArgument"),
+    ("inline DeepSpeed config that is not an object", program(program__deepspeedConfig=[1]), "spec.program.deepspeedConfig"),
+    ("zero total steps", program(program__totalSteps=0), "spec.program.totalSteps"),
+    ("model with a program", program(model={"type": "gpt"}), "spec.model"),
+    ("data with a program", program(data={"train": "x"}), "spec.data"),
+    ("training with a program", program(training={"steps": 10}), "spec.training"),
+    ("deepspeed section with a program", program(deepspeed={"zeroStage": 2}), "spec.deepspeed"),
+    ("checkpoint interval with a program", program(checkpoint__interval=10), "spec.checkpoint.interval"),
+    ("checkpoint resume policy with a program", program(checkpoint__resume="never"), "spec.checkpoint.resume"),
+    ("a program on several nodes without a shared checkpoint volume", program(nodes=2), "spec.checkpoint"),
+]
+
+# The pod template: Kubernetes' own PodSpec schema, and what the wiring owns.
+BAD_SPECS += [
+    ("template runtimeClassName that is not a string", bad(podTemplate__spec={"runtimeClassName": 5}), "spec.podTemplate.spec.runtimeClassName"),
+    ("template toleration with an unknown effect", bad(podTemplate__spec={"tolerations": [{"key": "a", "effect": "Sometimes"}]}),
+     "spec.podTemplate.spec.tolerations[0].effect"),
+    ("template sidecar port that is not a number", bad(podTemplate__spec={"containers": [{"name": "proxy", "ports": [{"containerPort": "http"}]}]}),
+     "spec.podTemplate.spec.containers[0].ports[0].containerPort"),
+    ("template env from a secret whose key is not a string", bad(podTemplate__spec={"containers": [{"name": "trainer", "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "s", "key": 1}}}]}]}),
+     "spec.podTemplate.spec.containers[0].env[0].valueFrom.secretKeyRef.key"),
+    ("template memory limit that is not a quantity", bad(podTemplate__spec={"containers": [{"name": "trainer", "resources": {"limits": {"memory": True}}}]}),
+     "spec.podTemplate.spec.containers[0].resources.limits.memory"),
+    ("template hostname", bad(podTemplate__spec={"hostname": "elsewhere"}), "spec.podTemplate.spec.hostname"),
+    ("template restartPolicy", bad(podTemplate__spec={"restartPolicy": "Always"}), "spec.podTemplate.spec.restartPolicy"),
+    ("template grace period (runPolicy has it)", bad(podTemplate__spec={"terminationGracePeriodSeconds": 5}), "spec.podTemplate.spec.terminationGracePeriodSeconds"),
+    ("template label of the operator's", bad(podTemplate__metadata={"labels": {"kubespeed.io/job": "other"}}), "spec.podTemplate.metadata.labels"),
+]
+
 # Fields that cannot change once the job exists: (field, a valid new spec).
 IMMUTABLE_CHANGES = [
     ("spec.nodes", bad(nodes=2, training__globalBatchSize=16)),
@@ -130,6 +174,7 @@ IMMUTABLE_CHANGES = [
     ("spec.training", bad(training__steps=5)),
     ("spec.deepspeed", bad(deepspeed__zeroStage=1)),
     ("spec.checkpoint", bad(checkpoint__mountPath="/elsewhere")),
+    ("spec.program", {"image": "me/train:1", "program": {"command": ["train.py"]}}),
 ]
 
 # Fields a running job may change: the next attempt or the operator picks them up.

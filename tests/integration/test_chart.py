@@ -22,6 +22,7 @@ import yaml
 from kubernetes import client
 
 from kubespeed import wiring
+from kubespeed.spec import load_job
 from kubespeed_cli.dev.cluster import ControlPlane
 from chart_fixture import CHART, MODE_IDS, MODES, REPO, SYNC, documents, ok, render, run, template
 from operator_fixture import JobClient, OperatorProcess, install_crd, job_manifest, run_all, shared_checkpoint_claim, wait_for
@@ -261,7 +262,7 @@ def test_example_jobs_use_the_charts_trainer_image_and_are_accepted(kubectl, clu
     examples = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
     assert examples
     for example in examples:
-        job = yaml.safe_load(example.read_text())
+        job = load_job(str(example))
         assert job["spec"]["image"] == trainer["image"], example.name
     ok(run([kubectl, "apply", "--dry-run=server", "-n", namespace, *(a for e in examples for a in ("-f", e))], cluster_ready))
 

@@ -24,6 +24,7 @@ from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
 from kubespeed import wiring
+from kubespeed.spec import load_job
 from kubespeed_cli.dev.cluster import ControlPlane
 from kubespeed_operator.build.children import attempt_pods, job_children
 from kubespeed_operator.build.cluster import Cluster, Scraper
@@ -132,7 +133,7 @@ def test_restricted_namespace_really_refuses_a_pod_that_breaks_it(control_plane,
 
 
 def example_job(path: Path, namespace: str) -> dict[str, Any]:
-    job = as_submitted(yaml.safe_load(path.read_text()), namespace)
+    job = as_submitted(load_job(str(path)), namespace)
     job["metadata"]["uid"] = "11111111-2222-3333-4444-555555555555"
     return job
 
@@ -146,6 +147,22 @@ def test_training_pods_are_admitted_and_run_as_non_root(control_plane, enforcing
         assert created["securityContext"]["runAsNonRoot"] is True
         assert created["securityContext"]["runAsUser"] == wiring.TRAINER_UID != 0
         assert created["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("level, admitted", [("restricted", False), ("baseline", False), ("privileged", True)])
+def test_a_capability_the_template_adds_needs_a_privileged_namespace(control_plane, enforcing, level, admitted):
+    # IPC_LOCK (pinned memory for RDMA) is outside both restricted's and baseline's short lists.
+    namespace = enforcing(level)
+    job = example_job(REPO / "manifests" / "examples" / "quickstart.yaml", namespace)
+    job["spec"]["podTemplate"] = {"spec": {"containers": [{"name": "trainer", "securityContext": {"capabilities": {"add": ["IPC_LOCK"]}}}]}}
+    (pod,) = attempt_pods(job, 1)
+    if admitted:
+        created = create_pod(control_plane, namespace, pod)["spec"]["containers"][0]["securityContext"]
+        assert created["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+        return
+    with pytest.raises(ApiException) as refused:
+        create_pod(control_plane, namespace, pod)
+    assert refused.value.status == 403 and "IPC_LOCK" in refused.value.body, refused.value.body
 
 
 # ---------------------------------------------------------------- a job's NetworkPolicy

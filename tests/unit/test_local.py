@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubespeed import wiring
+from kubespeed import program_host, wiring
 from kubespeed_cli.local import command, progress, recovery, rewire, runner, summary
 from kubespeed_cli.local.overrides import apply_overrides
 from kubespeed_cli.local.plot import plot_loss
+from kubespeed_operator.build.children import attempt_pods
 from kubespeed.metrics import read_jsonl
 from kubespeed.ports import free_port
 from kubespeed.spec import SpecError, load_job, parse_job_spec
@@ -466,12 +467,41 @@ def test_loss_plot_is_a_png(tmp_path):
 
 
 def test_there_are_examples():
-    assert {p.stem for p in EXAMPLES} >= {"quickstart", "llama-tiny", "lstm", "denoising-pretrain", "finetune"}
+    assert {p.stem for p in EXAMPLES} >= {"quickstart", "llama-tiny", "lstm", "denoising-pretrain", "finetune", "deepspeed-program", "hf-trainer"}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_is_a_valid_job_with_data_on_a_fresh_machine(path):
     job = load_job(str(path))
     spec = parse_job_spec(job["spec"])
-    assert spec.data.train.startswith("builtin:"), "examples need no download"
+    if spec.program is None:
+        assert spec.data.train.startswith("builtin:"), "examples need no download"
+    else:
+        # A program's files come in the same manifest, which `kubespeed local` reads too.
+        assert command.manifest_config_maps(str(path), spec), "the program's script travels with the example"
     assert spec.image == EXAMPLE_IMAGE
+
+
+def test_a_program_script_in_a_config_map_of_the_manifest_is_where_the_local_pod_runs_it(tmp_path):
+    path = REPO / "manifests" / "examples" / "deepspeed-program.yaml"
+    job, spec = command.load_local_job(str(path), [])
+    folder = rewire.RunFolder(tmp_path / job["metadata"]["name"])
+    rewire.write_manifest_config_maps(command.manifest_config_maps(str(path), spec), folder)
+    (pod,) = attempt_pods(job, 1)
+    local = rewire.localize_pod(pod, rewire.local_mounts(pod, spec.checkpoint.mountPath, folder), master_port=1, metrics_port=2,
+                                gpu_available=False, folder=folder)  # fmt: skip
+    script = Path(local.argv[local.argv.index("--") + 1])
+    assert script == folder.config_map("regression-script") / "train.py" and "deepspeed.initialize" in script.read_text()
+    assert local.argv[1] == program_host.__file__
+    assert Path(local.env[wiring.ENV_PROGRESS_FILE]).is_relative_to(folder.pod_dir(pod["metadata"]["name"]))
+    assert Path(local.env[wiring.ENV_DEEPSPEED_CONFIG]) == folder.config / wiring.DEEPSPEED_CONFIG_KEY
+
+
+def test_a_config_map_the_template_mounts_must_come_with_the_manifest_to_run_locally(tmp_path):
+    manifest = tmp_path / "job.yaml"
+    example = (REPO / "manifests" / "examples" / "deepspeed-program.yaml").read_text()
+    manifest.write_text(example.split("---\n", 1)[1])
+    job, spec = command.load_local_job(str(manifest), [])
+    with pytest.raises(SpecError) as err:
+        command.manifest_config_maps(str(manifest), spec)
+    assert err.value.path.endswith("spec.podTemplate.spec.volumes[0]") and "regression-script" in str(err.value)

@@ -101,6 +101,14 @@ def test_trainer_image_runs_the_launcher_the_operator_writes_into_pods():
     assert module == "kubespeed_trainer.commands.launch"
 
 
+def test_a_programs_host_comes_from_the_charts_trainer_image_whose_python_has_kubespeed():
+    values = yaml.safe_load((REPO / "charts" / "kubespeed" / "values.yaml").read_text())
+    assert wiring.HELPER_IMAGE == values["trainer"]["image"]
+    # The init container runs `python -m kubespeed.program_host` on the image's PATH; the venv's bin comes first there.
+    assert "PATH=/opt/kubespeed/bin:" in " ".join(STAGES["trainer"].all("ENV"))
+    assert not wiring.HOST_DIR.startswith("/opt/kubespeed/"), "the host's volume must not hide the trainer's venv"
+
+
 def test_trainer_image_user_is_the_pods_non_root_uid():
     stage = STAGES["trainer"]
     assert stage.last("USER") == f"{wiring.TRAINER_UID}:{wiring.TRAINER_GID}"

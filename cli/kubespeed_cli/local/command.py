@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from kubespeed import checkpoints, metrics, wiring
 from kubespeed.ports import free_port
 from kubespeed.spec import LMTrainingJobSpec, SpecError, load_job, parse_job_spec
@@ -46,6 +48,18 @@ def load_local_job(path: str, overrides: list[str]) -> tuple[dict[str, Any], LMT
     return as_submitted(job, "default"), spec
 
 
+def manifest_config_maps(path: str, spec: LMTrainingJobSpec) -> list[dict[str, Any]]:
+    """The ConfigMaps in the job's manifest file; each one the pod template mounts must be there (this machine has no other)."""
+    with open(path, encoding="utf-8") as handle:
+        found = [d for d in yaml.safe_load_all(handle) if isinstance(d, dict) and d.get("kind") == "ConfigMap"]
+    names = {d["metadata"]["name"] for d in found}
+    for index, volume in enumerate(spec.podTemplate.spec.get("volumes") or []):
+        wanted = (volume.get("configMap") or {}).get("name")
+        if wanted and wanted not in names:
+            raise SpecError(f"{path}: spec.podTemplate.spec.volumes[{index}]", f"ConfigMap {wanted!r} must be in the same file to run locally")
+    return found
+
+
 def visible_gpus() -> int:
     """NVIDIA GPUs this machine's driver shows, as far as CUDA_VISIBLE_DEVICES lets ranks see them.
 
@@ -69,12 +83,14 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         job, spec = load_local_job(args.job, args.overrides)
+        config_maps = manifest_config_maps(args.job, spec)
     except SpecError as err:
         print(f"kubespeed local: {err}", file=sys.stderr)
         return wiring.EXIT_CONFIG_ERROR.code
     folder = rewire.RunFolder(args.run_dir.resolve() / job["metadata"]["name"])
     if args.fresh and folder.root.exists():
         shutil.rmtree(folder.root)
+    rewire.write_manifest_config_maps(config_maps, folder)
     try:
         return run_job(job, spec, folder, plain=args.no_progress, job_path=args.job, started=started)
     except KeyboardInterrupt:  # Ctrl-C while loading, before any pod started
@@ -133,7 +149,8 @@ def run_job(job: dict[str, Any], spec: LMTrainingJobSpec, folder: rewire.RunFold
         outcome, code = f"failed: {result.failed_pod} exited {result.exit_code}", result.exit_code
     reason = reason_line(result.message) if code and not result.interrupted and not result.stalled else None
     in_place = summary.in_place_restarts(metrics.read_jsonl(metrics_file)[logged_before:])
-    report(name, outcome, folder, clock, restarts=attempt - FIRST_ATTEMPT, in_place_restarts=in_place, reason=reason)
+    records = metrics.read_jsonl(metrics_file) if spec.program is None else program_records(gang[0])
+    report(name, outcome, folder, clock, records, restarts=attempt - FIRST_ATTEMPT, in_place_restarts=in_place, reason=reason)
     if result.interrupted:
         print(f"resume with: kubespeed local {job_path}")
     elif code:
@@ -186,9 +203,14 @@ def sample_command(weights: Path) -> str:
     return f"kubespeed sample {shlex.quote(str(shown))} --tokens 200"
 
 
-def report(name: str, outcome: str, folder: rewire.RunFolder, clock: progress.StepClock, restarts: int, in_place_restarts: int,
-           reason: str | None) -> None:
-    records = metrics.read_jsonl(folder.checkpoints / checkpoints.METRICS_FILE)
+def program_records(rank0: rewire.LocalPod) -> list[dict[str, Any]]:
+    """What a program reported in pod 0's progress file (KUBESPEED_PROGRESS_FILE), as the trainer's `train` lines."""
+    records = metrics.read_jsonl(rank0.env[wiring.ENV_PROGRESS_FILE]) if wiring.ENV_PROGRESS_FILE in rank0.env else []
+    return [{"kind": "train", **record} for record in records if "step" in record]
+
+
+def report(name: str, outcome: str, folder: rewire.RunFolder, clock: progress.StepClock, records: list[dict[str, Any]],
+           restarts: int, in_place_restarts: int, reason: str | None) -> None:  # fmt: skip
     drew = plot_loss(summary.history(records), folder.loss_plot, f"{name}: loss")
     tag = checkpoints.latest_complete(folder.checkpoints)
     export = folder.checkpoints / checkpoints.EXPORT_DIR

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from kubespeed import wiring
+from kubespeed import program_host, wiring
 from kubespeed.spec.job import BUILTIN_DATA_PREFIX
 
 
@@ -49,6 +49,10 @@ class RunFolder:
     def pod_dir(self, pod: str) -> Path:
         return self.root / "pods" / pod
 
+    def config_map(self, name: str) -> Path:
+        """A ConfigMap of the manifest's own (a program's script, say), as the kubelet would project it."""
+        return self.root / "configmaps" / name
+
 
 @dataclass(frozen=True)
 class LocalPod:
@@ -62,6 +66,15 @@ class LocalPod:
     metrics_port: int
     # Where the pod's launcher writes why it failed (its terminationMessagePath, here).
     termination_log: Path | None = None
+
+
+def write_manifest_config_maps(config_maps: list[dict[str, Any]], folder: RunFolder) -> None:
+    """The ConfigMaps that came in the job's manifest file, each key a file, where pods mount them."""
+    for config_map in config_maps:
+        target = folder.config_map(config_map["metadata"]["name"])
+        target.mkdir(parents=True, exist_ok=True)
+        for key, text in (config_map.get("data") or {}).items():
+            (target / key).write_text(text, encoding="utf-8")
 
 
 def write_config_files(config_map: dict[str, Any], folder: RunFolder, shared: dict[str, Path], cwd: Path) -> None:
@@ -127,8 +140,10 @@ def local_mounts(pod: dict[str, Any], checkpoint_mount: str, folder: RunFolder) 
     for path, mount, volume in _mounted_volumes(pod):
         if path == checkpoint_mount:
             local = folder.checkpoints
-        elif "configMap" in volume:
+        elif "configMap" in volume and volume["configMap"]["name"] == wiring.config_map_name(pod["metadata"]["labels"][wiring.JOB_LABEL]):
             local = folder.config
+        elif "configMap" in volume:
+            local = folder.config_map(volume["configMap"]["name"])
         elif "persistentVolumeClaim" in volume:
             local = claim_dir(folder.root.parent, volume["persistentVolumeClaim"]["claimName"])
         elif path == wiring.SHM_DIR:
@@ -168,7 +183,8 @@ def localize_pod(
       free port, and serves metrics on its own free port (all pods share one host);
     - env values that are paths inside a volume point at that volume's local folder,
       and the termination log is a file in the pod's folder;
-    - `kubespeed` runs as this Python's module, so an unactivated venv works;
+    - `kubespeed` runs as this Python's module, so an unactivated venv works; a user's
+      program runs with this Python too, from the folder `kubespeed local` runs in;
     - without a GPU here the trainer is told to use the CPU (gloo), as `gpu: false` would.
     """
     container = pod["spec"]["containers"][0]
@@ -182,9 +198,16 @@ def localize_pod(
     if not gpu_available:
         env[wiring.ENV_USE_GPU] = "0"
     argv = [*container.get("command", []), *container.get("args", [])]
-    if argv[:1] == ["kubespeed"]:
-        argv = [sys.executable, "-m", "kubespeed_cli", *argv[1:]]
     workdir = container.get("workingDir")
     cwd = Path(_local_path(workdir, mounts)) if workdir else folder.pod_dir(name)
+    if argv[:1] == ["kubespeed"]:
+        argv = [sys.executable, "-m", "kubespeed_cli", *argv[1:]]
+    elif argv[1:2] == [wiring.HOST_PATH]:
+        # A user's program: this machine plays the user's image (this Python, which has torch and
+        # DeepSpeed), with the program's files where `kubespeed local` runs (or in a volume: its
+        # arguments are paths as this machine sees them); the program host is this installation's,
+        # which the init container would have copied into the pod.
+        argv = [sys.executable, program_host.__file__, *(_local_path(arg, mounts) for arg in argv[2:])]
+        cwd = Path.cwd()
     return LocalPod(name=name, argv=argv, env=env, cwd=cwd, log=folder.logs / f"{name}.log", metrics_port=metrics_port,
                     termination_log=termination_log)

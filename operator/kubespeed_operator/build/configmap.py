@@ -35,15 +35,22 @@ def deepspeed_config(spec: LMTrainingJobSpec) -> dict[str, Any]:
 
 
 def config_map(job: dict[str, Any], spec: LMTrainingJobSpec) -> dict[str, Any]:
+    """The hostfile always; then the built-in trainer's two configs, or a program's inline DeepSpeed config as written."""
     name = job["metadata"]["name"]
+    data = {wiring.HOSTFILE_KEY: hostfile(name, spec)}
+    if spec.program is None:
+        data[wiring.DEEPSPEED_CONFIG_KEY] = _json(deepspeed_config(spec))
+        # libyaml's dumper when pyyaml has it: the pure-Python one took 5% of the operator's CPU at scale.
+        data[wiring.TRAINER_CONFIG_KEY] = yaml.dump(to_dict(spec.trainer_config()), Dumper=SAFE_DUMPER, sort_keys=False)
+    elif spec.program.deepspeedConfig is not None:
+        data[wiring.DEEPSPEED_CONFIG_KEY] = _json(spec.program.deepspeedConfig)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": child_metadata(job, wiring.config_map_name(name), labels(name)),
-        "data": {
-            wiring.HOSTFILE_KEY: hostfile(name, spec),
-            wiring.DEEPSPEED_CONFIG_KEY: json.dumps(deepspeed_config(spec), indent=2, sort_keys=True) + "\n",
-            # libyaml's dumper when pyyaml has it: the pure-Python one took 5% of the operator's CPU at scale.
-            wiring.TRAINER_CONFIG_KEY: yaml.dump(to_dict(spec.trainer_config()), Dumper=SAFE_DUMPER, sort_keys=False),
-        },
+        "data": data,
     }
+
+
+def _json(config: dict[str, Any]) -> str:
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"

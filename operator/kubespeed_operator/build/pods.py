@@ -18,6 +18,8 @@ from kubespeed_operator.build.cluster import Cluster
 from kubespeed_operator.build.meta import child_metadata, labels
 from kubespeed_operator.build.podgroup import gang_annotations, gang_labels
 from kubespeed_operator.build.resources import container_resources
+from kubespeed_operator.build.program import host_command, host_installer, program_env
+from kubespeed_operator.build.template import apply_template
 from kubespeed_operator.build.volumes import pod_volumes, volume_mounts, volume_specs
 
 GPU_TOLERATION = {"key": wiring.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -67,6 +69,9 @@ def recovery_env(spec: LMTrainingJobSpec) -> dict[str, str]:
 
 def container_env(job_name: str, spec: LMTrainingJobSpec, node_rank: int, attempt: int) -> list[dict[str, str]]:
     env = {**(NCCL_ENV if spec.gpu else {}), **wiring_env(job_name, spec, node_rank, attempt)}
+    if spec.program is not None:
+        del env[wiring.ENV_TRAINER_CONFIG], env[wiring.ENV_DEEPSPEED_CONFIG]
+        env.update(program_env(spec))
     # The user's variables come last so they can tune NCCL; the spec refuses
     # names that would rewire the pod (see EnvVar in kubespeed.spec.job).
     env.update({var.name: var.value for var in spec.env})
@@ -109,8 +114,8 @@ def training_pod(job: dict[str, Any], spec: LMTrainingJobSpec, node_rank: int, a
         "name": wiring.TRAINER_CONTAINER_NAME,
         "image": spec.image,
         "imagePullPolicy": spec.imagePullPolicy,
-        "command": list(wiring.TRAINER_ENTRYPOINT),
-        "workingDir": wiring.WORK_DIR,
+        # A program runs in the working directory of its own image.
+        **({"command": host_command(spec)} if spec.program else {"command": list(wiring.TRAINER_ENTRYPOINT), "workingDir": wiring.WORK_DIR}),
         "env": container_env(job_name, spec, node_rank, attempt),
         "ports": [
             {"name": "rendezvous", "containerPort": wiring.MASTER_PORT, "protocol": "TCP"},
@@ -135,6 +140,7 @@ def training_pod(job: dict[str, Any], spec: LMTrainingJobSpec, node_rank: int, a
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": spec.runPolicy.terminationGracePeriodSeconds,
         "securityContext": dict(POD_SECURITY_CONTEXT),
+        **({"initContainers": [host_installer(spec, CONTAINER_SECURITY_CONTEXT)]} if spec.program else {}),
         "containers": [container],
         "volumes": volume_specs(volumes),
     }
@@ -154,4 +160,4 @@ def training_pod(job: dict[str, Any], spec: LMTrainingJobSpec, node_rank: int, a
         pod_spec["priorityClassName"] = scheduling.priorityClassName
     if scheduling.schedulerName:
         pod_spec["schedulerName"] = scheduling.schedulerName
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+    return apply_template({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}, spec.podTemplate)

@@ -12,6 +12,7 @@ from kubespeed import wiring
 from kubespeed.spec import LMTrainingJobSpec
 from kubespeed_operator.build.meta import child_metadata, labels
 from kubespeed_operator.build.resources import shm_size_limit
+from kubespeed_operator.build.program import HOST_VOLUME
 
 
 class Volume(NamedTuple):
@@ -59,7 +60,7 @@ def pod_volumes(job_name: str, spec: LMTrainingJobSpec) -> list[Volume]:
         Volume("config", {"configMap": {"name": wiring.config_map_name(job_name)}}, wiring.CONFIG_DIR, read_only=True),
         Volume("checkpoints", _checkpoint_source(job_name, spec), spec.checkpoint.mountPath),
     ]
-    if spec.data.claimName:
+    if spec.data is not None and spec.data.claimName:
         volumes.append(
             Volume("data", {"persistentVolumeClaim": {"claimName": spec.data.claimName, "readOnly": True}}, wiring.DATA_DIR, read_only=True)
         )
@@ -73,8 +74,12 @@ def pod_volumes(job_name: str, spec: LMTrainingJobSpec) -> list[Volume]:
         # against the pod's memory, so its size is bounded by what the pod requests.
         Volume("shm", {"emptyDir": shm}, wiring.SHM_DIR),
         Volume("tmp", {"emptyDir": {}}, wiring.TMP_DIR),
-        Volume("workspace", {"emptyDir": {}}, wiring.WORK_DIR),
     ]
+    if spec.program is None:
+        volumes.append(Volume("workspace", {"emptyDir": {}}, wiring.WORK_DIR))
+    else:
+        # The program host, copied in by the init container (see build/program.py).
+        volumes.append(Volume(HOST_VOLUME, {"emptyDir": {}}, wiring.HOST_DIR, read_only=True))
     return volumes
 
 

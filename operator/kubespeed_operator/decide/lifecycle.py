@@ -289,7 +289,8 @@ def _active(
     whole = len(current) == nodes and all(p.phase in (PodPhase.RUNNING, PodPhase.SUCCEEDED) for p in current)
     watched = None
     if whole or progress is not None:
-        watched = recovery.watch(ctx.old, progress, ctx.now, started=whole and ctx.old.get("phase") != Phase.RUNNING)
+        watched = recovery.watch(ctx.old, progress, ctx.now, started=whole and ctx.old.get("phase") != Phase.RUNNING,
+                                 trainer_layout=spec.program is None)  # fmt: skip
     # Past the retry time of a released gang: its next attempt is under way.
     fields: dict[str, Any] = {"nextAttemptTime": None} if retry_at is not None else {}
     if watched is not None:
@@ -323,7 +324,9 @@ def _active(
 
     if len(current) == nodes and all(p.phase == PodPhase.SUCCEEDED for p in current):
         message = f"training finished: all {nodes} pods of attempt {attempt} exited 0"
-        final = progress_mod.finished_status(spec.training.steps, ctx.old.get("progress"), ctx.old.get("checkpoint"), timestamp(ctx.now))
+        # A program's last steps are known only as far as its endpoint was read: its progress stays as last seen.
+        final = {} if spec.program else progress_mod.finished_status(
+            spec.training.steps, ctx.old.get("progress"), ctx.old.get("checkpoint"), timestamp(ctx.now))
         return _end(ctx, Phase.SUCCEEDED, Reason.SUCCEEDED, message, **final)
 
     fields["startTime"] = ctx.old.get("startTime") or min((p.created for p in current if p.created), default=None)

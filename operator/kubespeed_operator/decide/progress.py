@@ -74,13 +74,17 @@ def progress_status(progress: TrainerReading, read_at: str) -> dict:
     return result
 
 
-def checkpoint_status(progress: TrainerReading, old: dict | None, read_at: str) -> dict | None:
-    """`status.checkpoint`: the step of the latest complete checkpoint; its time is when it was first seen."""
+def checkpoint_status(progress: TrainerReading, old: dict | None, read_at: str, trainer_layout: bool = True) -> dict | None:
+    """`status.checkpoint`: the step of the latest complete checkpoint; its time is when it was first seen.
+
+    Its path is the built-in trainer's tag for the step; a user's program names its own
+    (DeepSpeed's `latest` file says which), so it has none here."""
     if progress.checkpoint_step is None or progress.checkpoint_step < 0:
         return old
     if old and old.get("step") == progress.checkpoint_step:
         return old
-    return {"step": progress.checkpoint_step, "path": checkpoints.tag_for(progress.checkpoint_step), "time": read_at}
+    named = {"path": checkpoints.tag_for(progress.checkpoint_step)} if trainer_layout else {}
+    return {"step": progress.checkpoint_step, **named, "time": read_at}
 
 
 def finished_status(total_steps: int, old_progress: dict | None, old_checkpoint: dict | None, finished_at: str) -> dict:

@@ -55,11 +55,13 @@ class Watched:
     newer_checkpoint: bool
 
 
-def watch(old: dict[str, Any], reading: progress_mod.TrainerReading | None, now: datetime, started: bool) -> Watched:
+def watch(old: dict[str, Any], reading: progress_mod.TrainerReading | None, now: datetime, started: bool,
+          trainer_layout: bool = True) -> Watched:  # fmt: skip
     """`status.progress` and `status.checkpoint` after this reading (None: no reading now).
 
     `started`: the attempt's pods have just all begun running, so the silence counts from their
-    first step and the in-place restarts of the attempt from 0.
+    first step and the in-place restarts of the attempt from 0. `trainer_layout`: checkpoints are
+    the built-in trainer's (a user's program names its own).
     """
     stamp = timestamp(now)
     progress = dict(old.get("progress") or {})
@@ -79,7 +81,7 @@ def watch(old: dict[str, Any], reading: progress_mod.TrainerReading | None, now:
     progress.update(progress_mod.progress_status(reading, stamp))
     if reading.in_place_restarts is not None:
         progress["inPlaceRestarts"] = restarts
-    fresh = progress_mod.checkpoint_status(reading, checkpoint, stamp)
+    fresh = progress_mod.checkpoint_status(reading, checkpoint, stamp, trainer_layout)
     newer = fresh is not None and (fresh.get("step") or 0) > ((checkpoint or {}).get("step") or -1)
     return Watched(progress, fresh, new_in_place, newer)
 

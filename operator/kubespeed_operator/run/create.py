@@ -69,7 +69,7 @@ class Creator:
         `others`: pods with the job's label that another owner holds, as the pod watch shows them.
         """
         meta = job["metadata"]
-        for field_path, claim in (("spec.checkpoint.claimName", spec.checkpoint.claimName), ("spec.data.claimName", spec.data.claimName)):
+        for field_path, claim in (("spec.checkpoint.claimName", spec.checkpoint.claimName), ("spec.data.claimName", spec.data.claimName if spec.data else None)):
             if claim and not await self._claim_exists(meta["namespace"], claim):
                 return Blocker(
                     Reason.CLAIM_NOT_FOUND,

@@ -3,11 +3,15 @@
 There is no container runtime, so an image is the local Python environment seen through
 the pod's own root filesystem: the interpreter's `bin/` first on PATH, and the user,
 working directory and entrypoint that the trainer image declares (kubespeed.wiring).
+A user's image (`user_image`) is a Python environment of its own that has torch and
+DeepSpeed but not kubespeed, with the user's program in its working directory.
 Any other image is refused as a real kubelet refuses an image it cannot pull.
 """
 
 from __future__ import annotations
 
+import site
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +57,31 @@ def trainer_image() -> LocalImage:
         gid=wiring.TRAINER_GID,
         env={"PATH": f"{bin_dir}:{SYSTEM_PATH}", "PYTHONUNBUFFERED": "1"},
         traverse=sorted({sys.prefix, sys.base_prefix, str(Path(sys.base_prefix).resolve()), source}),
+    )
+
+
+def user_environment(folder: Path) -> Path:
+    """A Python environment with this machine's torch and DeepSpeed, in which `import kubespeed` fails:
+    a virtual environment whose one `.pth` line adds the site-packages of kubespeed's own. A
+    folder named by a `.pth` line is searched for modules but its own `.pth` files are not
+    read, so the editable install of kubespeed there is not either. Returns its `bin/`."""
+    if not (folder / "bin" / "python3").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    (purelib,) = (folder / "lib").glob("python3*/site-packages")
+    (purelib / "kubespeed-e2e-user-image.pth").write_text("".join(f"{path}\n" for path in site.getsitepackages()))
+    return folder / "bin"
+
+
+def user_image(bin_dir: Path, working_dir: Path, extra_env: dict[str, str], reachable: list[str]) -> LocalImage:
+    """A user's image: its Python first on PATH, no entrypoint of its own, the program in `working_dir`."""
+    return LocalImage(
+        entrypoint=[],
+        cmd=[],
+        working_dir=str(working_dir),
+        uid=wiring.TRAINER_UID,
+        gid=wiring.TRAINER_GID,
+        env={"PATH": f"{bin_dir}:{SYSTEM_PATH}", "PYTHONUNBUFFERED": "1", **extra_env},
+        traverse=sorted({str(bin_dir.parent), str(working_dir), sys.prefix, sys.base_prefix, str(Path(sys.base_prefix).resolve()), *reachable}),
     )
 
 

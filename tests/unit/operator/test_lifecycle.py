@@ -448,6 +448,23 @@ def test_success_reports_the_last_step_and_the_final_checkpoint(make_job):
     assert d.status["checkpoint"] == {"step": 30, "path": "step00000030", "time": timestamp(NOW)}
 
 
+def program_job(make_job):
+    return make_job(nodes=2, data=None, program={"command": ["train.py"]})
+
+
+def test_a_programs_newer_checkpoint_gives_the_budget_back_but_names_no_trainer_tag(make_job):
+    status = running_status(restarts=1, consecutiveFailures=1)
+    d = decide(with_status(program_job(make_job), status), gang(2), NOW, progress=TrainerReading(step=21, checkpoint_step=20))
+    assert "consecutiveFailures" not in d.status
+    assert d.status["checkpoint"] == {"step": 20, "time": timestamp(NOW)}
+
+
+def test_a_program_that_succeeded_keeps_the_progress_last_read(make_job):
+    old = {"step": 29, "loss": "1.5000", "updateTime": EARLIER}
+    d = decide(with_status(program_job(make_job), running_status(progress=old)), gang(2, phase="Succeeded"), NOW)
+    assert (d.status["phase"], d.status["progress"]) == ("Succeeded", old)
+
+
 def test_without_a_reading_the_last_progress_stays(make_job):
     old = {"step": 5, "updateTime": EARLIER}
     d = decide(with_status(make_job(nodes=2), running_status(progress=old)), gang(2), NOW)

@@ -1,0 +1,58 @@
+"""`kubespeed local` of a user's program: the job of test_program_training.py (the DeepSpeed tutorial
+program, 2 pods x 2 ranks under DeepSpeed's launcher) on this machine, with the same pods' wiring."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_local_runs import processes_of
+from test_program_training import DEEPSPEED_CONFIG, PROGRAM
+
+from kubespeed import wiring
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path):
+    run_dir = tmp_path / "runs"
+    yield run_dir
+    leftovers = processes_of(run_dir)
+    for process in leftovers:
+        process.kill()
+    assert leftovers == [], "kubespeed local left processes behind"
+
+
+@pytest.mark.parametrize("launcher", ["deepspeed"])
+def test_the_same_program_job_runs_under_kubespeed_local(tmp_path: Path, run_dir: Path, launcher: str) -> None:
+    total = 12
+    job = {
+        "apiVersion": f"{wiring.API_GROUP}/{wiring.API_VERSION}",
+        "kind": wiring.KIND,
+        "metadata": {"name": "tutorial"},
+        "spec": {
+            "image": "registry.example/team/deepspeed-tutorial:1",
+            "nodes": 2,
+            "procsPerNode": 2,
+            "gpu": False,
+            "program": {"launcher": launcher, "command": [str(PROGRAM), "--steps", str(total), "--save-interval", "5"],
+                        "deepspeedConfig": DEEPSPEED_CONFIG},  # fmt: skip
+            "checkpoint": {"volumeClaim": {"size": "1Gi"}},
+        },
+    }
+    manifest = tmp_path / "tutorial.yaml"
+    manifest.write_text(yaml.safe_dump(job))
+    result = subprocess.run([sys.executable, "-m", "kubespeed_cli", "local", str(manifest), "--run-dir", str(run_dir), "--no-progress"],
+                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    checkpoints = run_dir / "tutorial" / "checkpoints"
+    steps = [json.loads(line) for line in (checkpoints / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, total + 1))
+    assert (checkpoints / "latest").read_text().strip() == f"global_step{total}"
+    summary = json.loads((run_dir / "tutorial" / "summary.json").read_text())
+    assert summary["step"] == total and summary["outcome"] == "succeeded" and summary["seconds_to_first_step"] is not None
