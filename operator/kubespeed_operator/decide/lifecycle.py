@@ -295,7 +295,11 @@ def _active(
         return ctx.decision(status, Reason.PODS_RUNNING, wake_after=min(timers + [ctx.timing.progress_interval]))
 
     problem = _pending_problem(current)
-    if problem is not None:
+    gated = [p for p in current if p.gates and not p.started]
+    if not missing and gated:
+        reason, message = Reason.WAITING_FOR_ADMISSION, _admission_message(attempt, nodes, spec, gated)
+        extra[ConditionType.RUNNING] = Cond("False", reason, message)
+    elif problem is not None:
         reason, message = problem
         extra[ConditionType.RUNNING] = Cond("False", reason, message)
     else:
@@ -309,6 +313,15 @@ def _active(
     status = ctx.status(Phase.PENDING, reason, message, extra, **fields)
     create = {"create_attempt": attempt, "create_ranks": missing} if missing else {}
     return ctx.decision(status, reason, wake_after=min(timers), **create)
+
+
+def _admission_message(attempt: int, nodes: int, spec: LMTrainingJobSpec, gated: list[PodView]) -> str:
+    gates = ", ".join(sorted({gate for pod in gated for gate in pod.gates}))
+    queue = f" in LocalQueue {spec.scheduling.queue}" if spec.scheduling.queue else ""
+    return (
+        f"attempt {attempt}: waiting for admission{queue}; {len(gated)} of {nodes} pods still carry the scheduling gate {gates}, "
+        f"which is lifted for the whole gang at once when its quota is free"
+    )
 
 
 def _own_reason(old: dict[str, Any]) -> str:
