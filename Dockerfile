@@ -6,11 +6,16 @@
 # The paths, user and entrypoint below are the ones kubespeed/wiring.py writes into
 # pods; tests/unit/test_ship.py fails when the two disagree.
 
+# The operator's base: any image with Python 3.11 and its venv module. Where public
+# registries cannot be reached, scripts/build-images makes one from Debian's own packages
+# and passes it with --build-arg PYTHON_BASE=...
+ARG PYTHON_BASE=python:3.11-slim-bookworm
+
 # ---------------------------------------------------------------- operator
 
-FROM python:3.11-slim-bookworm AS operator-build
+FROM ${PYTHON_BASE} AS operator-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/kubespeed
+RUN python3 -m venv /opt/kubespeed
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY kubespeed ./kubespeed
@@ -22,7 +27,7 @@ COPY cli ./cli
 # hadolint ignore=DL3013
 RUN /opt/kubespeed/bin/pip install ".[operator]"
 
-FROM python:3.11-slim-bookworm AS operator
+FROM ${PYTHON_BASE} AS operator
 COPY --from=operator-build /opt/kubespeed /opt/kubespeed
 # The Deployment mounts the root filesystem read-only: no bytecode is written at
 # run time (pip compiled it at install) and Python's stdout is not buffered.

@@ -5,10 +5,10 @@
 
     def test_scheduling(control_plane, gpu_nodes):  # two fake GPU nodes, 8 GPUs each
 
-The control plane is `kubespeed dev cluster`'s (cli/kubespeed_cli/dev). Its binaries are
-built, if this machine lacks them, right after collection and only when a collected
-test uses `control_plane`: a cold build takes longer than any test timeout, and a
-build there is not charged to the first test.
+The control plane is `kubespeed dev cluster`'s (cli/kubespeed_cli/dev). Its binaries, and
+Kueue's, are built, if this machine lacks them, right after collection and only when a
+collected test uses `control_plane` (`kueue_folder`): a cold build takes longer than any
+test timeout, and a build there is not charged to the first test.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import pytest
 
 from kubespeed_cli.dev.build import BuildError, ensure_binaries
 from kubespeed_cli.dev.cluster import ControlPlane
+from kubespeed_cli.dev.kueue import ensure_kueue
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -41,28 +42,46 @@ def shakespeare_path() -> Path:
     return SHAKESPEARE
 
 
-_BIN_DIR = pytest.StashKey[Path]()
-_BUILD_ERROR = pytest.StashKey[str]()
+# What is built from pinned Go modules, by the fixture that needs it: built right after
+# collection, and only when a collected test uses that fixture.
+_BUILDS: dict[str, Callable[[], Path]] = {"control_plane": ensure_binaries, "kueue_folder": ensure_kueue}
+_BUILT = pytest.StashKey[dict[str, Path]]()
+_BUILD_ERRORS = pytest.StashKey[dict[str, str]]()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
-    if config.option.collectonly or not any("control_plane" in item.fixturenames for item in session.items):
+    config.stash[_BUILT], config.stash[_BUILD_ERRORS] = {}, {}
+    if config.option.collectonly:
         return
     capture = config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        try:
-            config.stash[_BIN_DIR] = ensure_binaries()
-        except BuildError as error:
-            config.stash[_BUILD_ERROR] = str(error)
+    for fixture, build in _BUILDS.items():
+        if not any(fixture in item.fixturenames for item in session.items):
+            continue
+        with capture.global_and_fixture_disabled():
+            try:
+                config.stash[_BUILT][fixture] = build()
+            except BuildError as error:
+                config.stash[_BUILD_ERRORS][fixture] = str(error)
+
+
+def _built(config: pytest.Config, fixture: str) -> Path | None:
+    errors = config.stash.get(_BUILD_ERRORS, {})
+    if fixture in errors:
+        pytest.fail(f"the binaries of `{fixture}` did not build:\n{errors[fixture]}", pytrace=False)
+    return config.stash.get(_BUILT, {}).get(fixture)
 
 
 @pytest.fixture(scope="session")
 def control_plane(pytestconfig: pytest.Config) -> Iterator[ControlPlane]:
-    if _BUILD_ERROR in pytestconfig.stash:
-        pytest.fail(f"the control-plane binaries did not build:\n{pytestconfig.stash[_BUILD_ERROR]}", pytrace=False)
-    with ControlPlane(pytestconfig.stash.get(_BIN_DIR, None)) as cp:
+    with ControlPlane(_built(pytestconfig, "control_plane")) as cp:
         yield cp
+
+
+@pytest.fixture(scope="session")
+def kueue_folder(pytestconfig: pytest.Config) -> Path:
+    """The cached Kueue build (cli/kubespeed_cli/dev/kueue.py): bin/kueue, its CRDs and webhooks."""
+    return _built(pytestconfig, "kueue_folder") or ensure_kueue()
 
 
 @pytest.fixture(scope="session")

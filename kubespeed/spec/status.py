@@ -49,6 +49,8 @@ class Reason:
     PODS_STARTING = "PodsStarting"
     PODS_RUNNING = "PodsRunning"
     WAITING_FOR_OLD_PODS = "WaitingForOldPods"
+    # Pods are created but gated: a queue (Kueue) has not admitted the whole gang yet.
+    WAITING_FOR_ADMISSION = "WaitingForAdmission"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
     SUCCEEDED = "Succeeded"

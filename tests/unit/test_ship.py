@@ -69,13 +69,19 @@ def dockerfile_stages(text: str) -> dict[str, Stage]:
     logical = re.sub(r"\\\n", " ", "\n".join(lines))
     stages: dict[str, Stage] = {}
     current: Stage | None = None
+    # ARGs before the first FROM may name bases; their defaults are what a plain build uses.
+    defaults: dict[str, str] = {}
     for line in logical.splitlines():
         if not line.strip():
             continue
         keyword, _, args = line.strip().partition(" ")
         keyword, args = keyword.upper(), " ".join(args.split())
-        if keyword == "FROM":
+        if keyword == "ARG" and current is None:
+            name, _, default = args.partition("=")
+            defaults[name] = default
+        elif keyword == "FROM":
             base, _, name = args.partition(" AS ")
+            base = re.sub(r"\$\{(\w+)\}", lambda ref: defaults[ref.group(1)], base)
             current = stages[name] = Stage(name, base)
         elif current is not None:
             current.instructions.append((keyword, args))

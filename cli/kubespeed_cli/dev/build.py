@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,55 +143,64 @@ def _complete(bin_dir: Path) -> bool:
     return all(os.access(bin_dir / name, os.X_OK) for name in BINARIES)
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
     print(f"kubespeed: {message}", file=sys.stderr, flush=True)
 
 
 def ensure_binaries(tools_dir: Path = TOOLS_DIR, root: Path | None = None) -> Path:
-    """The bin folder for the current pins, building it first if this machine lacks it.
+    """The bin folder for the current pins, building it first if this machine lacks it."""
+    root = root or cache_root()
+    pins = read_pins(tools_dir)
+
+    def build(folder: Path) -> None:
+        (folder / "bin").mkdir()
+        log(f"building Kubernetes {pins.kubernetes}, etcd {pins.etcd}, helm {pins.helm} into {root / cache_key(tools_dir)}")
+        log("a cold build takes tens of minutes on two cores; later runs reuse the result")
+        run_steps(build_steps(folder / "bin", pins, tools_dir))
+
+    return build_once(root, cache_key(tools_dir), lambda folder: _complete(folder / "bin"), build) / "bin"
+
+
+def build_once(root: Path, key: str, complete: Callable[[Path], bool], build: Callable[[Path], None]) -> Path:
+    """The folder `root/key`, made first by `build(folder)` if it is not `complete` yet.
 
     A file lock makes a second session (another pytest run, `kubespeed dev cluster`) wait for
     the first one's build instead of starting its own; the folder appears by one rename, so a
     reader never sees half of it.
     """
-    root = root or cache_root()
-    key = cache_key(tools_dir)
-    bin_dir = root / key / "bin"
-    if _complete(bin_dir):
-        return bin_dir
+    folder = root / key
+    if complete(folder):
+        return folder
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _complete(bin_dir):
-            return bin_dir
+        if complete(folder):
+            return folder
         if shutil.which("go") is None:
-            raise BuildError(f"`go` is not on PATH; it is needed once to build {bin_dir}")
+            raise BuildError(f"`go` is not on PATH; it is needed once to build {folder}")
         for abandoned in root.glob(f".{key}.*"):  # left by a build that was killed; we hold the lock
             shutil.rmtree(abandoned, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
         try:
-            _build_into(staging / "bin", read_pins(tools_dir), tools_dir)
+            build(staging)
             staging.chmod(0o755)  # mkdtemp's 0700 would hide the binaries from other users
-            if (root / key).exists():
-                shutil.rmtree(root / key)
-            staging.rename(root / key)
+            if folder.exists():
+                shutil.rmtree(folder)
+            staging.rename(folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return bin_dir
+    return folder
 
 
-def _build_into(out_dir: Path, pins: Pins, tools_dir: Path) -> None:
-    out_dir.mkdir(parents=True)
-    _log(f"building Kubernetes {pins.kubernetes}, etcd {pins.etcd}, helm {pins.helm} into {out_dir.parent.parent}")
-    _log("a cold build takes tens of minutes on two cores; later runs reuse the result")
-    for step in build_steps(out_dir, pins, tools_dir):
+def run_steps(steps: list[BuildStep]) -> None:
+    for step in steps:
         started = time.monotonic()
         result = subprocess.run(step.argv, cwd=step.module_dir, capture_output=True, text=True)
         if result.returncode != 0:
             raise BuildError(
                 f"`{' '.join(step.argv)}` in {step.module_dir} failed ({result.returncode}):\n{result.stderr[-8000:]}"
             )
-        _log(f"built {step.what} in {time.monotonic() - started:.0f}s")
+        log(f"built {step.what} in {time.monotonic() - started:.0f}s")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,7 +106,7 @@ def training_pod(job: dict[str, Any], spec: LMTrainingJobSpec, node_rank: int, a
     job_name = job["metadata"]["name"]
     name = wiring.pod_name(job_name, node_rank)
     metadata = child_metadata(
-        job, name, {**labels(job_name, node_rank=node_rank, attempt=attempt), **gang_labels(job_name, spec)}
+        job, name, {**labels(job_name, node_rank=node_rank, attempt=attempt), **gang_labels(job_name, spec, attempt)}
     )
     metadata["annotations"] = {"kubectl.kubernetes.io/default-container": wiring.TRAINER_CONTAINER_NAME, **gang_annotations(job_name, spec)}
     volumes = pod_volumes(job_name, spec)

@@ -355,7 +355,11 @@ def _active(
         return decision
 
     problem = _pending_problem(current)
-    if problem is not None:
+    gated = [p for p in current if p.gates and not p.started]
+    if not missing and gated:
+        reason, message = Reason.WAITING_FOR_ADMISSION, _admission_message(attempt, nodes, spec, gated)
+        extra[ConditionType.RUNNING] = Cond("False", reason, message)
+    elif problem is not None:
         reason, message = problem
         extra[ConditionType.RUNNING] = Cond("False", reason, message)
     else:
@@ -383,6 +387,15 @@ def _release(ctx: _Context, current: list[PodView], overdue: str, timers: list[f
     status = ctx.status(Phase.PENDING, Reason.STARTUP_TIMEOUT, message, extra, nextAttemptTime=timestamp(retry), replicas=replicas(current))
     doomed = [p.name for p in current if not p.deleting]
     return ctx.decision(status, Reason.STARTUP_TIMEOUT, wake_after=min(timers + [ctx.timing.startup_retry]), delete_pods=doomed)
+
+
+def _admission_message(attempt: int, nodes: int, spec: LMTrainingJobSpec, gated: list[PodView]) -> str:
+    gates = ", ".join(sorted({gate for pod in gated for gate in pod.gates}))
+    queue = f" in LocalQueue {spec.scheduling.queue}" if spec.scheduling.queue else ""
+    return (
+        f"attempt {attempt}: waiting for admission{queue}; {len(gated)} of {nodes} pods still carry the scheduling gate {gates}, "
+        f"which is lifted for the whole gang at once when its quota is free"
+    )
 
 
 def _own_reason(old: dict[str, Any]) -> str:

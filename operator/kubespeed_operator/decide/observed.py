@@ -29,6 +29,11 @@ class PodCondition:
     READY = "Ready"
     # Preemption and API evictions: the cluster is about to take the pod away.
     DISRUPTION_TARGET = "DisruptionTarget"
+    # Kueue's mark on a pod it stops because its workload was evicted (preempted, quota withdrawn).
+    TERMINATION_TARGET = "TerminationTarget"
+
+
+DISRUPTION_CONDITIONS = frozenset({PodCondition.DISRUPTION_TARGET, PodCondition.TERMINATION_TARGET})
 
 
 class PodReason:
@@ -74,6 +79,8 @@ class PodView:
     # The UID of its controller (the job that made it); a pod is a job's only if this is the job's UID.
     owner: str | None = None
     uid: str | None = None
+    # Scheduling gates still on the pod (Kueue's until it admits the gang): no scheduler may place it yet.
+    gates: tuple[str, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -131,7 +138,7 @@ def view(pod: dict[str, Any]) -> PodView | None:
     conditions = status.get("conditions") or []
     ready = any(c.get("type") == PodCondition.READY and c.get("status") == "True" for c in conditions)
     disrupted = status.get("reason") in DISRUPTION_REASONS or any(
-        c.get("type") == PodCondition.DISRUPTION_TARGET and c.get("status") == "True" for c in conditions
+        c.get("type") in DISRUPTION_CONDITIONS and c.get("status") == "True" for c in conditions
     )
     return PodView(
         name=meta.get("name", ""),
@@ -148,4 +155,5 @@ def view(pod: dict[str, Any]) -> PodView | None:
         disrupted=disrupted,
         owner=controller_uid(pod),
         uid=meta.get("uid"),
+        gates=tuple(g.get("name", "") for g in (pod.get("spec") or {}).get("schedulingGates") or []),
     )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from kubespeed.spec.status import CONDITION_TYPES, ConditionType, Phase
+from kubespeed.spec.status import CONDITION_TYPES, ConditionType, Phase, Reason
 from kubespeed_operator.decide.observed import PodPhase, PodView
 
 # The condition that is True in each phase (Pending has none of its own).
@@ -110,11 +110,15 @@ class Event:
     message: str
 
 
+# Waiting in a queue is how a queued job starts, not a problem to warn about.
+QUEUED_REASONS = (Reason.WAITING_FOR_ADMISSION,)
+
+
 def _problem(status: dict[str, Any]) -> tuple[str, str] | None:
     """A reason the job is stuck while not failed: a False Created or Running condition."""
     for ctype in (ConditionType.CREATED, ConditionType.RUNNING):
         cond = condition(status, ctype)
-        if cond and cond.get("status") == "False" and status.get("phase") == Phase.PENDING:
+        if cond and cond.get("status") == "False" and status.get("phase") == Phase.PENDING and cond.get("reason") not in QUEUED_REASONS:
             return cond.get("reason") or "", cond.get("message") or ""
     return None
 

@@ -12,7 +12,9 @@ watch took a fifth of the operator's CPU at 200 jobs x 4 pods).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import time
 from typing import Any, AsyncIterator, Callable
 
@@ -80,12 +82,26 @@ def login(settings: kopf.OperatorSettings | None = None) -> kopf.ConnectionInfo:
     """
     settings = settings or kopf.OperatorSettings()
     try:
-        info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+        in_cluster = kopf.login_with_service_account(settings=settings)
+        info = in_cluster or kopf.login_with_kubeconfig(settings=settings)
     except (OSError, KeyError, yaml.YAMLError) as err:
         raise kopf.LoginError(f"cannot read the kubeconfig: {err}") from err
     if info is None:
         raise kopf.LoginError("neither an in-cluster ServiceAccount token nor a kubeconfig (KUBECONFIG or ~/.kube/config)")
+    server = service_address()
+    if in_cluster is not None and server is not None:
+        # kopf always dials https://kubernetes.default.svc; like client-go's in-cluster config,
+        # use the address the kubelet gives every pod, which needs no cluster DNS (hostNetwork).
+        info = dataclasses.replace(info, server=server)
     return info
+
+
+def service_address() -> str | None:
+    """`https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`, when the kubelet set both."""
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 class Credentials:

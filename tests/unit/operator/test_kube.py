@@ -59,3 +59,23 @@ def test_the_operator_with_no_credentials_says_so_and_exits_2(tmp_path: Path) ->
     result = without_the_kubernetes_package("from kubespeed_operator.run import main\nsys.exit(main.main([]))", env)
     assert result.returncode == 2, result.stderr
     assert "kubespeed operator: no cluster credentials" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "env, server",
+    [
+        ({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}, "https://10.96.0.1:443"),
+        ({"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"}, "https://[fd00::1]:6443"),
+        ({}, "https://kubernetes.default.svc"),
+    ],
+    ids=["ipv4", "ipv6", "no-service-env"],
+)
+def test_in_cluster_the_api_server_is_the_address_the_kubelet_gives_the_pod(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], server: str) -> None:
+    for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    account = kopf.ConnectionInfo(server="https://kubernetes.default.svc", token="t", ca_path="/ca.crt")
+    monkeypatch.setattr(kopf, "login_with_service_account", lambda **_: account)
+    info = kube.login()
+    assert (info.server, info.token, info.ca_path) == (server, "t", "/ca.crt")

@@ -304,6 +304,25 @@ def test_a_pod_that_cannot_start_keeps_the_job_pending_with_a_reason(make_job, r
     assert [(e.type, e.reason) for e in d.events][-1] == ("Warning", reason)
 
 
+def test_a_gang_gated_by_kueue_waits_for_admission_as_a_whole(make_job):
+    job = make_job(nodes=2, scheduling={"queue": "team-a"})
+    pods = [pod(r, phase="Pending", gates=("kueue.x-k8s.io/admission",)) for r in range(2)]
+    d = decide(with_status(job, {"phase": "Pending", "attempt": 1}), pods, NOW)
+    running = cond(d, "Running")
+    assert (d.status["phase"], d.reason, running["status"], running["reason"]) == ("Pending", "WaitingForAdmission", "False", "WaitingForAdmission")
+    assert "LocalQueue team-a" in running["message"] and "kueue.x-k8s.io/admission" in running["message"]
+    assert (d.create_ranks, d.delete_pods) == ([], [])
+    assert d.events == []  # waiting in a queue is no problem to warn about
+
+
+def test_a_restarted_gang_that_waits_for_admission_again_says_so_in_a_normal_event(make_job):
+    job = with_status(make_job(nodes=2, scheduling={"queue": "team-a"}), {"phase": "Restarting", "attempt": 2, "restarts": 1})
+    pods = [pod(r, attempt=2, phase="Pending", gates=("kueue.x-k8s.io/admission",)) for r in range(2)]
+    d = decide(job, pods, NOW)
+    assert (d.status["phase"], d.status["attempt"]) == ("Pending", 2)
+    assert [(e.type, e.reason) for e in d.events] == [("Normal", "WaitingForAdmission")]
+
+
 def test_the_same_problem_is_reported_once(make_job):
     pods = [pod(0, phase="Pending", reason="ErrImagePull", message="x"), pod(1, phase="Pending")]
     first = decide(with_status(make_job(nodes=2), {"phase": "Pending", "attempt": 1}), pods, NOW)
@@ -485,6 +504,15 @@ def test_a_pod_is_viewed_with_its_rank_attempt_and_exit():
     assert view(body) == PodView(name="demo-1", rank=1, attempt=3, phase="Failed", ip="10.0.0.7", exit_code=64, reason="Error")
 
 
+def test_a_gated_pod_is_viewed_with_its_gates():
+    body = {
+        "metadata": {"name": "demo-0", "labels": {wiring.NODE_RANK_LABEL: "0", wiring.ATTEMPT_LABEL: "1"}},
+        "spec": {"schedulingGates": [{"name": "kueue.x-k8s.io/admission"}]},
+        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "SchedulingGated"}]},
+    }
+    assert view(body).gates == ("kueue.x-k8s.io/admission",)
+
+
 def test_an_unschedulable_pod_says_why():
     body = {
         "metadata": {"name": "demo-0", "labels": {wiring.NODE_RANK_LABEL: "0", wiring.ATTEMPT_LABEL: "1"}},
@@ -500,10 +528,11 @@ def test_an_unschedulable_pod_says_why():
         ({"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]}, True),
         ({"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}, True),
         ({"phase": "Failed", "reason": "Terminated", "message": "Pod was terminated in response to imminent node shutdown."}, True),
+        ({"phase": "Failed", "conditions": [{"type": "TerminationTarget", "status": "True", "reason": "WorkloadEvicted"}]}, True),
         ({"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "False"}]}, False),
         ({"phase": "Failed"}, False),
     ],
-    ids=["preempted", "evicted", "node-shutdown", "condition-false", "plain-failure"],
+    ids=["preempted", "evicted", "node-shutdown", "stopped-by-kueue", "condition-false", "plain-failure"],
 )
 def test_a_pod_the_cluster_took_away_is_viewed_as_disrupted(status, disrupted):
     body = {"metadata": {"name": "demo-0", "labels": {wiring.NODE_RANK_LABEL: "0", wiring.ATTEMPT_LABEL: "1"}}, "status": status}

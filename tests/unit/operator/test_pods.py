@@ -234,10 +234,10 @@ def test_unset_scheduling_fields_stay_off_the_pod(make_job):
             {"scheduling.k8s.io/group-name": "demo"},
         ),
         (
-            "kueue queue: the gang is one pod group",
+            "kueue queue: the attempt's gang is one pod group that Kueue never refills in place",
             {"queue": "team-a"},
-            {"kueue.x-k8s.io/queue-name": "team-a", "kueue.x-k8s.io/pod-group-name": "demo"},
-            {"kueue.x-k8s.io/pod-group-total-count": "2"},
+            {"kueue.x-k8s.io/queue-name": "team-a", "kueue.x-k8s.io/pod-group-name": "demo-1"},
+            {"kueue.x-k8s.io/pod-group-total-count": "2", "kueue.x-k8s.io/retriable-in-group": "false"},
         ),
     ],
 )
@@ -247,6 +247,12 @@ def test_gang_and_queue_hooks(make_job, name, scheduling, labels, annotations):
     hooks = ("scheduling.x-k8s.io/", "kueue.x-k8s.io/", "scheduling.k8s.io/")
     assert {k: v for k, v in meta["labels"].items() if k.startswith(hooks)} == labels, name
     assert {k: v for k, v in meta["annotations"].items() if k.startswith(hooks)} == annotations, name
+
+
+def test_each_attempt_is_its_own_kueue_pod_group(make_job):
+    job = make_job(nodes=2, training__globalBatchSize=16, scheduling={"queue": "team-a"})
+    groups = {pod["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] for attempt in (1, 2) for pod in attempt_pods(job, attempt)}
+    assert groups == {"demo-1", "demo-2"}
 
 
 def test_attempts_count_from_one(make_job):
