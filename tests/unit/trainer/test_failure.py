@@ -10,6 +10,7 @@ from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 from kubespeed import wiring
 from kubespeed_trainer.commands import failure
+from kubespeed_trainer.elastic import LAUNCH_DIR_ENV
 
 
 def failed(tmp_path: Path, rank: int, exitcode: int, recorded: str | None = None) -> ProcessFailure:
@@ -55,3 +56,20 @@ def test_without_a_termination_log_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     failure.write_termination_message("why")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name, code, kept",
+    [
+        ("a config error outlives the restart rounds", 64, True),
+        ("a data error outlives the restart rounds", 65, True),
+        ("a retryable failure is left to the restarts", 75, False),
+    ],
+)
+def test_a_permanent_failure_is_kept_for_a_launcher_the_rendezvous_ends(tmp_path, monkeypatch, name, code, kept):
+    monkeypatch.setenv(failure.ERROR_FILE_ENV, str(tmp_path / "error.json"))
+    monkeypatch.setenv(LAUNCH_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("RANK", "3")
+    failure.record("spec.deepspeed.precision: fp16 is not supported on this device (cpu)", code)
+    expected = (code, "rank 3: spec.deepspeed.precision: fp16 is not supported on this device (cpu)") if kept else None
+    assert failure.permanent(str(tmp_path)) == expected, name

@@ -20,22 +20,46 @@ import time
 from typing import Any
 
 from kubespeed import wiring
+from kubespeed_trainer.elastic import LAUNCH_DIR_ENV
 
 ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+# In the launcher's own folder (elastic.LAUNCH_DIR_ENV): the first failure of a rank that no
+# restart can help (a config or data error), kept across torch elastic's restart rounds.
+PERMANENT_FILE = "permanent-failure.json"
 # The kubelet reads at most this much of a termination log (MaxContainerTerminationMessageLength).
 MAX_MESSAGE_BYTES = 4096
 
 
-def record(message: str) -> None:
-    """In a rank: say why it fails, for the launcher (a rank not started by one has nobody to tell)."""
-    path = os.environ.get(ERROR_FILE_ENV)
-    if not path:
-        return
+def record(message: str, code: int | None = None) -> None:
+    """In a rank: say why it fails, for the launcher (a rank not started by one has nobody to tell).
+
+    A permanent `code` is also kept in the launcher's folder: when another node's launcher
+    gives up the rendezvous first, this launcher ends without its ranks' exit codes, and
+    must still say the job cannot succeed rather than ask for another attempt.
+    """
+    written = {"message": message, "timestamp": int(time.time())}
+    targets = [os.environ.get(ERROR_FILE_ENV)]
+    launch_dir = os.environ.get(LAUNCH_DIR_ENV)
+    if code in wiring.PERMANENT_EXIT_CODES and launch_dir:
+        targets.append(os.path.join(launch_dir, PERMANENT_FILE))
+        written.update(exitcode=code, rank=os.environ.get("RANK", "?"))
+    for path in filter(None, targets):
+        try:
+            with open(path, "w", encoding="utf-8") as handle:
+                json.dump(written, handle)
+        except OSError:
+            pass
+
+
+def permanent(launch_dir: str) -> tuple[int, str] | None:
+    """(exit code, `rank <N>: <why>`) of a rank of this launcher that failed in a way no restart
+    can help, if one did."""
     try:
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump({"message": message, "timestamp": int(time.time())}, handle)
-    except OSError:
-        pass
+        with open(os.path.join(launch_dir, PERMANENT_FILE), encoding="utf-8") as handle:
+            data = json.load(handle)
+        return int(data["exitcode"]), f"rank {data['rank']}: {data['message']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def recorded(failure: Any) -> str | None:

@@ -181,6 +181,20 @@ def exit_code(failures: dict[int, int], terminated: bool, in_place: bool = False
     return wiring.EXIT_IN_PLACE_FAILED.code if in_place else wiring.EXIT_RETRYABLE.code
 
 
+def _ended_early(err: Exception, launch_dir: str, code: int) -> int:
+    """The launcher's exit when the rendezvous ended it: a rank's permanent failure wins over `code`,
+    so a gang whose ranks all refuse their config fails at once instead of being tried again."""
+    found = failure.permanent(launch_dir)
+    if found is None:
+        message = f"kubespeed launch: {type(err).__name__}: {err}"
+        print(message, file=sys.stderr)
+        failure.write_termination_message(message)
+        return code
+    print(f"kubespeed launch: {type(err).__name__} after {found[1]}", file=sys.stderr)
+    failure.write_termination_message(found[1])
+    return found[0]
+
+
 class _Forwarder:
     """Passes SIGTERM (and SIGINT) on to the ranks, which are this process's children, and ends the launcher with them."""
 
@@ -268,15 +282,9 @@ def launch(node: NodeWiring, recovery: Recovery, train_args: list[str]) -> int:
         return code
     except RendezvousClosedError as err:
         # Another node's launcher gave up (its restarts spent) or was stopped.
-        message = f"kubespeed launch: {type(err).__name__}: {err}"
-        print(message, file=sys.stderr)
-        failure.write_termination_message(message)
-        return wiring.EXIT_IN_PLACE_FAILED.code if in_place else wiring.EXIT_RETRYABLE.code
+        return _ended_early(err, launch_dir, wiring.EXIT_IN_PLACE_FAILED.code if in_place else wiring.EXIT_RETRYABLE.code)
     except Exception as err:  # rendezvous timeout, store errors: retryable by definition
-        message = f"kubespeed launch: {type(err).__name__}: {err}"
-        print(message, file=sys.stderr)
-        failure.write_termination_message(message)
-        return wiring.EXIT_RETRYABLE.code
+        return _ended_early(err, launch_dir, wiring.EXIT_RETRYABLE.code)
     finally:
         if watchdog is not None:
             watchdog.stop()

@@ -65,7 +65,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def fail(code: wiring.ExitCode, message: str) -> int:
     """Say why this rank stops, in its log and to the launcher (which carries it to the job)."""
     print(f"kubespeed train: {message}", file=sys.stderr, flush=True)
-    failure.record(message)
+    failure.record(message, code.code)
     return code.code
 
 
