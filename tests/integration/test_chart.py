@@ -32,73 +32,46 @@ pytestmark = pytest.mark.integration
 # The namespaces charts/kubespeed/ci/namespaced-multi-values.yaml names.
 TEAM_NAMESPACES = ("team-a", "team-b")
 
-# prometheus-operator is not part of this control plane: a stand-in for its ServiceMonitor
-# CRD with the upstream schema of the fields the chart sets, so a typo there is refused.
-SERVICE_MONITOR_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-    "spec": {
-        "group": "monitoring.coreos.com",
-        "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor", "listKind": "ServiceMonitorList"},
-        "scope": "Namespaced",
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {
-                "type": "object",
-                "properties": {"spec": {
+def monitor_crd(kind: str, endpoints: str) -> dict[str, Any]:
+    """prometheus-operator is not part of this control plane: a stand-in for its `kind` CRD with
+    the upstream schema of the fields the chart sets, so a typo there is refused."""
+    plural = kind.lower() + "s"
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1", "served": True, "storage": True,
+                "schema": {"openAPIV3Schema": {
                     "type": "object",
-                    "required": ["selector"],
-                    "properties": {
-                        "selector": {"type": "object", "properties": {
-                            "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}}},
-                        "namespaceSelector": {"type": "object", "properties": {
-                            "any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}}},
-                        "endpoints": {"type": "array", "items": {"type": "object", "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string"},
-                            "interval": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
-                        }}},
-                    },
+                    "properties": {"spec": {
+                        "type": "object",
+                        "required": ["selector"],
+                        "properties": {
+                            "selector": {"type": "object", "properties": {
+                                "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                            "namespaceSelector": {"type": "object", "properties": {
+                                "any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}}},
+                            endpoints: {"type": "array", "items": {"type": "object", "properties": {
+                                "port": {"type": "string"},
+                                "path": {"type": "string"},
+                                "interval": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                            }}},
+                        },
+                    }},
                 }},
-            }},
-        }],
-    },
-}  # fmt: skip
+            }],
+        },
+    }  # fmt: skip
 
 
-# The same for its PodMonitor, which the chart ships for the training pods.
-POD_MONITOR_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "podmonitors.monitoring.coreos.com"},
-    "spec": {
-        "group": "monitoring.coreos.com",
-        "names": {"kind": "PodMonitor", "plural": "podmonitors", "singular": "podmonitor", "listKind": "PodMonitorList"},
-        "scope": "Namespaced",
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {
-                "type": "object",
-                "properties": {"spec": {
-                    "type": "object",
-                    "required": ["selector"],
-                    "properties": {
-                        "selector": {"type": "object", "properties": {
-                            "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}}},
-                        "namespaceSelector": {"type": "object", "properties": {
-                            "any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}}},
-                        "podMetricsEndpoints": {"type": "array", "items": {"type": "object", "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string"},
-                            "interval": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
-                        }}},
-                    },
-                }},
-            }},
-        }],
-    },
-}  # fmt: skip
+# The operator's ServiceMonitor and the training pods' PodMonitor, which the chart ships.
+SERVICE_MONITOR_CRD = monitor_crd("ServiceMonitor", "endpoints")
+POD_MONITOR_CRD = monitor_crd("PodMonitor", "podMetricsEndpoints")
 
 
 def by_identity(docs: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
