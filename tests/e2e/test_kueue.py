@@ -34,8 +34,9 @@ POD_CPU = 1
 ADMIT_SECONDS = 120
 FINISH_SECONDS = 400
 
+
 def queue_objects(name: str, namespace: str, cpu: int) -> list[dict[str, Any]]:
-    """A ResourceFlavor, a ClusterQueue with `cpu` CPUs that serves only `namespace` and preempts
+    """A ResourceFlavor, a ClusterQueue with `cpu` CPUs (and memory to spare) that serves only `namespace` and preempts
     lower priorities within itself, and the LocalQueue QUEUE that points at it."""
     api = "/".join(KUEUE_API)
     return [
@@ -46,17 +47,22 @@ def queue_objects(name: str, namespace: str, cpu: int) -> list[dict[str, Any]]:
             "metadata": {"name": name},
             "spec": {
                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-                "resourceGroups": [{"coveredResources": ["cpu"], "flavors": [{"name": name, "resources": [{"name": "cpu", "nominalQuota": cpu}]}]}],
+                # Memory too: training pods request memory per rank by default, and Kueue admits
+                # no workload that asks for a resource its ClusterQueue does not cover.
+                "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [{"name": name, "resources": [
+                    {"name": "cpu", "nominalQuota": cpu}, {"name": "memory", "nominalQuota": "1Ti"}]}]}],
                 "preemption": {"withinClusterQueue": "LowerPriority"},
             },
         },
         {"apiVersion": api, "kind": "LocalQueue", "metadata": {"name": QUEUE, "namespace": namespace}, "spec": {"clusterQueue": name}},
     ]
 
+
 @pytest.fixture(scope="module")
 def kueue(control_plane: ControlPlane, kueue_folder: Path) -> Iterator[Kueue]:
     with Kueue(control_plane, kueue_folder) as running:
         yield running
+
 
 @pytest.fixture
 def queues(kueue: Kueue, namespace: str) -> Iterator[str]:
@@ -65,6 +71,7 @@ def queues(kueue: Kueue, namespace: str) -> Iterator[str]:
     yield namespace
     kueue.kubectl("delete", "clusterqueue,resourceflavor", namespace, "--ignore-not-found", "--wait=false")
 
+
 def queued_job(training: Training, *, steps: int, checkpoint_interval: int, backoff_limit: int = 2, **scheduling: Any) -> None:
     image = next(iter(training.agent.images))
     manifest = shakespeare_job(training.name, image, steps=steps, checkpoint_interval=checkpoint_interval, procs_per_node=1)
@@ -72,6 +79,7 @@ def queued_job(training: Training, *, steps: int, checkpoint_interval: int, back
     manifest["spec"]["runPolicy"]["backoffLimit"] = backoff_limit
     manifest["spec"]["resources"] = {"requests": {"cpu": str(POD_CPU)}}
     training.jobs.create(manifest)
+
 
 def workload(training: Training, name: str) -> dict[str, Any] | None:
     custom = client.CustomObjectsApi(training.jobs.core.api_client)
@@ -82,8 +90,10 @@ def workload(training: Training, name: str) -> dict[str, Any] | None:
             return None
         raise
 
+
 def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
+
 
 def story(training: Training, kueue: Kueue) -> str:
     """Every Event of the namespace in order, Kueue's log tail and the job's own explanation."""
@@ -91,14 +101,17 @@ def story(training: Training, kueue: Kueue) -> str:
     lines = [f"{e.last_timestamp or e.event_time} {e.involved_object.kind}/{e.involved_object.name} {e.reason}: {e.message}" for e in events]
     return "\n".join([*lines, "----- kueue log", kueue.log_tail(60), training.explain()])
 
+
 def set_quota(kueue: Kueue, cluster_queue: str, cpu: int) -> None:
     kueue.apply(queue_objects(cluster_queue, cluster_queue, cpu=cpu)[1:2])
+
 
 def waiting_for_admission(training: Training, attempt: int) -> dict[str, Any] | None:
     status = training.jobs.status(training.name)
     running = condition({"status": status}, "Running")
     waiting = status.get("attempt") == attempt and running.get("reason") == "WaitingForAdmission"
     return status if waiting else None
+
 
 def test_a_gang_without_quota_for_every_pod_waits_whole_then_trains_once_quota_is_there(
     training: Training, kueue: Kueue, queues: str
@@ -129,6 +142,7 @@ def test_a_gang_without_quota_for_every_pod_waits_whole_then_trains_once_quota_i
     assert of_kind(training.metrics(), "train")[-1]["step"] == 20
     assert condition(workload(training, group), "Finished").get("status") == "True"
 
+
 def test_a_higher_priority_workload_preempts_the_gang_which_checkpoints_waits_and_resumes(
     training: Training, kueue: Kueue, queues: str
 ) -> None:
@@ -141,6 +155,7 @@ def test_a_higher_priority_workload_preempts_the_gang_which_checkpoints_waits_an
     finally:
         for name in (low, high):
             scheduling.delete_priority_class(name)
+
 
 def preempt_and_resume(training: Training, kueue: Kueue, cluster_queue: str, low: str, high: str) -> None:
     set_quota(kueue, cluster_queue, cpu=2 * POD_CPU)
