@@ -3,9 +3,12 @@ program, 2 pods x 2 ranks under DeepSpeed's launcher) on this machine, with the 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,22 @@ from test_program_training import DEEPSPEED_CONFIG, PROGRAM
 from kubespeed import wiring
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def torch_extensions() -> Path:
+    """DeepSpeed's CPU collectives build a C++ op (deepspeed_shm_comm) at start-up, minutes on 2
+    cores the first time; as the user's image would carry it built, it is built once per machine
+    for this Python, torch and DeepSpeed, before the job's clock starts."""
+    versions = f"torch{metadata.version('torch')}-deepspeed{metadata.version('deepspeed')}"
+    # The op's build flags name this environment's paths: one folder per environment.
+    environment = hashlib.sha256(sys.prefix.encode()).hexdigest()[:8]
+    folder = Path("/var/tmp") / f"kubespeed-e2e-local-torch-extensions-{versions}-{environment}"
+    folder.mkdir(parents=True, exist_ok=True)
+    build = "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()"
+    subprocess.run([sys.executable, "-c", build], check=True, env={**os.environ, "TORCH_EXTENSIONS_DIR": str(folder)},
+                   capture_output=True, timeout=1800)  # fmt: skip
+    return folder
 
 
 @pytest.fixture
@@ -29,7 +48,7 @@ def run_dir(tmp_path: Path):
 
 
 @pytest.mark.parametrize("launcher", ["deepspeed"])
-def test_the_same_program_job_runs_under_kubespeed_local(tmp_path: Path, run_dir: Path, launcher: str) -> None:
+def test_the_same_program_job_runs_under_kubespeed_local(tmp_path: Path, run_dir: Path, torch_extensions: Path, launcher: str) -> None:
     total = 12
     job = {
         "apiVersion": f"{wiring.API_GROUP}/{wiring.API_VERSION}",
@@ -48,7 +67,8 @@ def test_the_same_program_job_runs_under_kubespeed_local(tmp_path: Path, run_dir
     manifest = tmp_path / "tutorial.yaml"
     manifest.write_text(yaml.safe_dump(job))
     result = subprocess.run([sys.executable, "-m", "kubespeed_cli", "local", str(manifest), "--run-dir", str(run_dir), "--no-progress"],
-                            capture_output=True, text=True, timeout=900)  # fmt: skip
+                            capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "TORCH_EXTENSIONS_DIR": str(torch_extensions)})  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     checkpoints = run_dir / "tutorial" / "checkpoints"
     steps = [json.loads(line) for line in (checkpoints / "steps.jsonl").read_text().splitlines()]

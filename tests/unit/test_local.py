@@ -505,3 +505,15 @@ def test_a_config_map_the_template_mounts_must_come_with_the_manifest_to_run_loc
     with pytest.raises(SpecError) as err:
         command.manifest_config_maps(str(manifest), spec)
     assert err.value.path.endswith("spec.podTemplate.spec.volumes[0]") and "regression-script" in str(err.value)
+
+
+def test_a_program_argument_that_exists_here_stays_even_under_a_folder_the_pod_mounts(tmp_path):
+    # The pod mounts an emptyDir at /tmp, and a clone under /tmp holds the program's own file.
+    here = tmp_path / "program.py"
+    here.write_text("")
+    local_tmp = tmp_path / "pod-tmp"
+    mounts = {str(tmp_path): local_tmp, "/data": tmp_path / "data"}
+    assert rewire._program_argument(str(here), mounts) == str(here)
+    assert rewire._program_argument(f"{tmp_path}/written-by-the-job", mounts) == str(local_tmp / "written-by-the-job")
+    assert rewire._program_argument("/data/corpus.txt", mounts) == str(tmp_path / "data" / "corpus.txt")
+    assert rewire._program_argument("--steps", mounts) == "--steps"

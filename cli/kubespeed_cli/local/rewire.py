@@ -168,6 +168,15 @@ def _local_path(value: str, mounts: dict[str, Path]) -> str:
     return value
 
 
+def _program_argument(value: str, mounts: dict[str, Path]) -> str:
+    """A program's argument as this machine sees it: a path that exists here already (the program's
+    own file, where `kubespeed local` runs) stays as it is, even under a folder a volume is mounted
+    on in the pod (`/tmp`); other paths inside a volume point at the volume's local folder."""
+    if value.startswith("/") and Path(value).exists():
+        return value
+    return _local_path(value, mounts)
+
+
 def localize_pod(
     pod: dict[str, Any],
     mounts: dict[str, Path],
@@ -207,7 +216,7 @@ def localize_pod(
         # DeepSpeed), with the program's files where `kubespeed local` runs (or in a volume: its
         # arguments are paths as this machine sees them); the program host is this installation's,
         # which the init container would have copied into the pod.
-        argv = [sys.executable, program_host.__file__, *(_local_path(arg, mounts) for arg in argv[2:])]
+        argv = [sys.executable, program_host.__file__, *(_program_argument(arg, mounts) for arg in argv[2:])]
         cwd = Path.cwd()
     return LocalPod(name=name, argv=argv, env=env, cwd=cwd, log=folder.logs / f"{name}.log", metrics_port=metrics_port,
                     termination_log=termination_log)
