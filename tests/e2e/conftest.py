@@ -36,6 +36,7 @@ from training_helpers import (
     fill_data_claim,
     job_processes,
     kill_processes,
+    processes_of,
     wait_for,
 )
 from operator_fixture import JobClient, install_crd, install_operator_rbac, operator_kubeconfig
@@ -99,3 +100,14 @@ def training(control_plane: ControlPlane, namespace: str, node_agent: NodeAgent,
                 jobs.core.delete_persistent_volume(volume)
     if training_operator.process is not None and training_operator.process.poll() is None:
         training_operator.assert_clean_log()
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Iterator[Path]:
+    """A `kubespeed local` run folder; on teardown no process of its pods may be left (stragglers killed)."""
+    run_dir = tmp_path / "runs"
+    yield run_dir
+    leftovers = processes_of(run_dir)
+    for proc in leftovers:
+        proc.kill()
+    assert leftovers == [], "kubespeed local left processes behind"

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_local_runs import processes_of
 from test_program_training import DEEPSPEED_CONFIG, PROGRAM
 
 from kubespeed import wiring
@@ -35,16 +34,6 @@ def torch_extensions() -> Path:
     subprocess.run([sys.executable, "-c", build], check=True, env={**os.environ, "TORCH_EXTENSIONS_DIR": str(folder)},
                    capture_output=True, timeout=1800)  # fmt: skip
     return folder
-
-
-@pytest.fixture
-def run_dir(tmp_path: Path):
-    run_dir = tmp_path / "runs"
-    yield run_dir
-    leftovers = processes_of(run_dir)
-    for process in leftovers:
-        process.kill()
-    assert leftovers == [], "kubespeed local left processes behind"
 
 
 @pytest.mark.parametrize("launcher", ["deepspeed"])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from training_helpers import processes_of
 
 from kubespeed import wiring
 
@@ -29,29 +30,6 @@ SHORT = ["--set", "training.logInterval=2", "--set", "training.evalInterval=10",
 
 def local(run_dir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "kubespeed_cli", "local", str(QUICKSTART), "--run-dir", str(run_dir), "--no-progress", *SHORT, *args]
-
-
-def processes_of(run_dir: Path) -> list[psutil.Process]:
-    """Every live process whose pod env points into this run folder."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            env = proc.environ()
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue
-        if env.get(wiring.ENV_CHECKPOINT_DIR, "").startswith(str(run_dir)):
-            found.append(proc)
-    return found
-
-
-@pytest.fixture
-def run_dir(tmp_path):
-    run_dir = tmp_path / "runs"
-    yield run_dir
-    leftovers = processes_of(run_dir)
-    for proc in leftovers:
-        proc.kill()
-    assert leftovers == [], "kubespeed local left processes behind"
 
 
 def metrics(run_dir: Path) -> list[dict]:

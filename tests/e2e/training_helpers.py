@@ -268,3 +268,16 @@ def start(training: Training, *, steps: int, checkpoint_interval: int, procs_per
                                procs_per_node=procs_per_node, grace_seconds=grace_seconds, run_policy=run_policy)  # fmt: skip
     manifest["spec"] = overridden(manifest["spec"], **changes)
     training.jobs.create(manifest)
+
+
+def processes_of(run_dir: Path) -> list[psutil.Process]:
+    """Every live process whose pod env points into this run folder."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if env.get(wiring.ENV_CHECKPOINT_DIR, "").startswith(str(run_dir)):
+            found.append(proc)
+    return found
