@@ -83,7 +83,8 @@ def test_job_trains_to_success_reports_progress_and_names_its_last_checkpoint(tr
     losses = [line["loss"] for line in of_kind(training.metrics(), "train")]
     assert len(losses) == steps
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3, f"loss should fall: {losses}"
-    assert status.get("restarts", 0) == 0 and len(attempts(training.metrics())) == 1
+    runs = attempts(training.metrics())
+    assert status.get("restarts", 0) == 0 and len(runs) == 1, f"{[run[0] for run in runs]}\n{training.explain()}"
 
 
 def test_suspend_then_resume_continues_from_the_checkpoint_written_at_sigterm(training: Training) -> None:

@@ -118,4 +118,11 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_code = main(sys.argv[1:])
+    # The rank's outcome is decided and its checkpoint and metrics are on disk. A crash while
+    # the interpreter tears down (torch's, gloo's or DeepSpeed's threads and finalizers) must
+    # not turn it into a failure: the launcher would answer one with an in-place restart of
+    # every rank of a job that had finished.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
