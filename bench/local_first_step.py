@@ -14,6 +14,7 @@ the warm figure.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -35,7 +36,8 @@ def run(example: str, overrides: list[str], run_dir: Path) -> dict:
     return {"seconds_to_first_step": summary["seconds_to_first_step"], "wall_s": summary["wall_seconds"], "example": example}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="kubespeed-bench-") as folder:
         figures = {name: run(example, overrides, Path(folder)) for name, (example, overrides) in RUNS.items()}
     print(json.dumps({"settings": {"pods": 1, "ranks_per_pod": 2, "device": "cpu", "steps": 20}, **figures}))

@@ -18,7 +18,8 @@ steps past a checkpoint newer than the last recovery's:
    and the operator recreates the gang as a new attempt.
 
 Prints one JSON line: for each, seconds from the signal to the first step trained after it
-(and to the new ranks built, their `start` line), and the steps lost (the last step trained
+(and to the new ranks built, their `start` line, with the split: to the new rank 0 process,
+then its start-up phases), and the steps lost (the last step trained
 before it minus the checkpoint step the ranks resumed from); for the stall also seconds to
 the Stalled condition; the in-place to gang speed-up; the settings it ran with, and the
 machine's 1-minute load average before and after.
@@ -87,7 +88,9 @@ def resumed_after(lines: list[dict[str, Any]], since: float) -> dict[str, Any] |
         return None
     last = of_kind(before, "train")[-1]["step"]
     back_to = resumed[0]["step"] if resumed else 0
-    return {"start_time": after[0]["time"], "first_step_time": trained[0]["time"], "last_before": last, "resumed_from": back_to}
+    startup = of_kind(after, "startup")
+    return {"start_time": after[0]["time"], "first_step_time": trained[0]["time"], "last_before": last, "resumed_from": back_to,
+            "startup": startup[0] if startup else None}
 
 
 def ready_to_break(training: Training, after_checkpoint: int, timeout: float) -> int:
@@ -110,6 +113,11 @@ def measure(training: Training, name: str, act: Callable[[], None], timeout: flo
     figures["to_start_s"] = round(recovered["start_time"] - at, 2)
     figures["to_next_step_s"] = round(recovered["first_step_time"] - at, 2)
     figures["steps_lost"] = recovered["last_before"] - recovered["resumed_from"]
+    startup = recovered["startup"]
+    if startup is not None:
+        # Before the new rank 0 process existed: noticing the failure, stopping the ranks, the
+        # rendezvous round, the spawn. After it: the rank's own start-up phases, to its first step.
+        figures["split_s"] = {"to_rank_process": round(startup["processStart"] - at, 2), **startup["seconds"]}
     return figures
 
 
@@ -167,9 +175,11 @@ def main(argv: list[str] | None = None) -> int:
             "in_place_to_ranks_built_s": in_place["to_start_s"],
             "in_place_to_next_step_s": in_place["to_next_step_s"],
             "in_place_steps_lost": in_place["steps_lost"],
+            "in_place_split_s": in_place.get("split_s"),
             "gang_to_ranks_built_s": gang["to_start_s"],
             "gang_to_next_step_s": gang["to_next_step_s"],
             "gang_steps_lost": gang["steps_lost"],
+            "gang_split_s": gang.get("split_s"),
             "gang_over_in_place": round(gang["to_next_step_s"] / in_place["to_next_step_s"], 1),
             "frozen_to_stalled_s": stall["stalled_s"],
             "frozen_to_next_step_s": stall["to_next_step_s"],

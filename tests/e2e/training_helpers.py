@@ -23,8 +23,10 @@ from kubespeed.checkpoints import METRICS_FILE
 from kubespeed.metrics import read_jsonl
 
 # The operator fixture module of tests/integration (its own conftest puts it on sys.path
-# there); the e2e tests run the same operator, so they import it rather than copy it.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+# there); the e2e tests run the same operator, so they import it rather than copy it. And
+# tests/ itself, for spec_overrides: the benchmarks in bench/ import this module outside pytest.
+TESTS = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(TESTS / "integration"), str(TESTS)]
 
 from operator_fixture import JobClient, OperatorProcess, wait_for  # noqa: E402
 from spec_overrides import overridden  # noqa: E402
