@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from training_helpers import processes_of
+from training_helpers import local_rank_of, processes_of
 
 from kubespeed import wiring
 
@@ -116,7 +116,7 @@ def launchers(run_dir: Path) -> set[int]:
 
 
 def rank(run_dir: Path, local_rank: str) -> psutil.Process:
-    [found] = [p for p in processes_of(run_dir) if p.environ().get("LOCAL_RANK") == local_rank]
+    [found] = [p for p in processes_of(run_dir) if local_rank_of(p) == int(local_rank)]
     return found
 
 
@@ -167,8 +167,7 @@ def test_a_frozen_rank_is_reported_and_its_watchdog_restarts_the_ranks_in_place(
 
 
 def test_ranks_that_outlive_the_grace_period_die_with_their_launcher(run_dir):
-    # A frozen rank cannot stop; after the grace period the pod's launcher is killed, and its ranks,
-    # each in a session of its own, must go with it.
+    # A frozen rank cannot stop; after the grace period the pod is killed, and no rank may outlive it.
     with running(run_dir, "--set", "training.steps=2000", "--set", "runPolicy.terminationGracePeriodSeconds=3") as proc:
         wait_until(proc, lambda: any(r.get("kind") == "train" for r in metrics(run_dir)), "training never started")
         rank(run_dir, "1").suspend()

@@ -9,6 +9,7 @@ started through `nsenter`.
 
 from __future__ import annotations
 
+import re
 import secrets
 import sys
 import threading
@@ -42,7 +43,8 @@ DATA_FILE = "tinyshakespeare.txt"
 # 40k characters: enough text that a tiny GPT's loss falls in a few dozen steps, and
 # small enough that preparing it is instant.
 DATA_CHARS = 40_000
-TRAIN_MODULE = "kubespeed_trainer.commands.train"
+# elastic.process_name's shape.
+RANK_NAME = re.compile(r"rank(\d+)-local(\d+)")
 
 
 class NodeNetworkOperator(OperatorProcess):
@@ -141,6 +143,17 @@ def job_processes(job: str) -> list[psutil.Process]:
     return found
 
 
+def local_rank_of(process: psutil.Process) -> int | None:
+    """The local rank of a trainer rank, from the name it gives its process (kubespeed_trainer.elastic);
+    None for any other process. (Ranks are forked from their launcher's forkserver: their command
+    line and environment are the forkserver's.)"""
+    try:
+        named = RANK_NAME.fullmatch(process.name())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    return int(named.group(2)) if named else None
+
+
 def rank_process(agent: Any, job: str, node_rank: int, local_rank: int) -> psutil.Process:
     """The trainer rank `local_rank` of pod `node_rank`, among the processes the agent started for its pods."""
     for root in agent.pids():
@@ -150,11 +163,11 @@ def rank_process(agent: Any, job: str, node_rank: int, local_rank: int) -> psuti
             continue
         for process in tree:
             try:
-                env, cmdline = process.environ(), process.cmdline()
+                env = process.environ()
             except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
                 continue
             if (env.get(wiring.ENV_JOB_NAME) == job and env.get(wiring.ENV_NODE_RANK) == str(node_rank)
-                    and env.get("LOCAL_RANK") == str(local_rank) and TRAIN_MODULE in cmdline):  # fmt: skip
+                    and local_rank_of(process) == local_rank):  # fmt: skip
                 return process
     raise LookupError(f"no rank {local_rank} process of {job} node rank {node_rank} among the agent's pods")
 

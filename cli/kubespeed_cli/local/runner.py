@@ -2,9 +2,9 @@
 
 A pod's process (the launcher) runs in a session of its own, so a terminal's Ctrl-C
 reaches only `kubespeed local`, which then stops the gang the way the kubelet stops a
-pod: SIGTERM to the pod's process group, the grace period, then SIGKILL. The ranks
-are in sessions of their own (torch elastic starts them so) and die with their
-launcher, as a pod's processes die with its PID 1.
+pod: SIGTERM to the pod's main process (a container runtime signals only its PID 1,
+which passes it on), the grace period, then SIGKILL to the pod's process group, as a
+pod's processes die with its PID 1.
 """
 
 from __future__ import annotations
@@ -91,12 +91,13 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 
 def stop_gang(procs: list[subprocess.Popen], grace_seconds: float, interrupt: Interrupt) -> None:
-    """SIGTERM every pod's group, wait out the grace period (or a second Ctrl-C), then SIGKILL what is left.
+    """SIGTERM every pod's main process, wait out the grace period (or a second Ctrl-C), then SIGKILL what is left.
 
     The groups are killed even when their leader already exited, so no rank outlives the run.
     """
     for proc in procs:
-        _signal_group(proc, signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
     seen = interrupt.count
     deadline = time.monotonic() + grace_seconds
     while any(p.poll() is None for p in procs) and time.monotonic() < deadline and interrupt.count == seen:
@@ -104,6 +105,19 @@ def stop_gang(procs: list[subprocess.Popen], grace_seconds: float, interrupt: In
     for proc in procs:
         _signal_group(proc, signal.SIGKILL)
         proc.wait()
+    for proc in procs:
+        _wait_group_gone(proc)
+
+
+def _wait_group_gone(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """Until the pod's process group has no member left (SIGKILL is delivered, not done, when sent)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.02)
 
 
 @dataclass(frozen=True)

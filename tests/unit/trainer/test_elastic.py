@@ -61,8 +61,58 @@ def test_without_a_step_timeout_there_is_no_watchdog(monkeypatch):
     assert watchdog.seconds is None
 
 
+def test_a_rank_forked_from_the_launchers_forkserver_dies_with_the_launcher(tmp_path):
+    # As `kubespeed launch` starts ranks: forked from a forkserver, so the rank's parent is the
+    # forkserver and the launcher its grandparent. The launcher is SIGKILLed.
+    launcher_code = (
+        "import multiprocessing, os, sys, time\n"
+        "def rank(ready):\n"
+        "    from kubespeed_trainer import elastic\n"
+        "    elastic.die_with_launcher()\n"
+        "    ready.put(os.getpid())\n"
+        "    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    os.environ['KUBESPEED_LAUNCHER_PID'] = str(os.getpid())\n"
+        "    context = multiprocessing.get_context('forkserver')\n"
+        "    ready = context.Queue()\n"
+        "    context.Process(target=rank, args=(ready,)).start()\n"
+        "    print(ready.get(), flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    script = tmp_path / "launcher.py"
+    script.write_text(launcher_code)
+    launcher = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        rank_pid = int(launcher.stdout.readline())
+        forked = psutil.Process(rank_pid)
+        assert forked.ppid() != launcher.pid and psutil.Process(forked.ppid()).ppid() == launcher.pid
+        launcher.kill()
+        launcher.wait()
+        gone, alive = psutil.wait_procs([forked], timeout=WAIT_SECONDS)
+    finally:
+        launcher.kill()
+    assert gone and not alive, "the rank outlived its launcher"
+
+
+def test_a_rank_registers_under_its_launcher_names_its_process_and_leaves_its_exit_code(tmp_path):
+    code = "elastic.register_rank(); print('ready', flush=True); time.sleep(float(input())); elastic.record_exit(143)"
+    proc = subprocess.Popen([sys.executable, "-c", f"import time\nfrom kubespeed_trainer import elastic\n{code}"],
+                            env={**os.environ, elastic.LAUNCH_DIR_ENV: str(tmp_path), "RANK": "5", "LOCAL_RANK": "1"},
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert elastic.live_ranks(str(tmp_path)) == {proc.pid: {"rank": 5, "localRank": 1}}
+        assert psutil.Process(proc.pid).name() == "rank5-local1"
+        assert elastic.exit_code_of(str(tmp_path), proc.pid) is None
+        proc.communicate("0\n", timeout=WAIT_SECONDS)
+    finally:
+        proc.kill()
+    assert elastic.exit_code_of(str(tmp_path), proc.pid) == 143
+    assert elastic.live_ranks(str(tmp_path)) == {}
+
+
 def test_a_rank_dies_with_its_launcher_though_it_is_in_a_session_of_its_own(tmp_path):
-    # The launcher starts the rank as torch elastic does (a new session), then is SIGKILLed.
+    # The launcher starts the rank itself, as torch elastic starts a program (a new session), then is SIGKILLed.
     launcher_code = (
         "import os, subprocess, sys, time\n"
         "env = {**os.environ, 'KUBESPEED_LAUNCHER_PID': str(os.getpid())}\n"

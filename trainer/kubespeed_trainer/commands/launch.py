@@ -16,7 +16,10 @@ The ranks are started by torch's elastic launcher (the machinery behind
 rendezvous store at MASTER_ADDR:MASTER_PORT (told so, not guessed from host
 names), and global rank = node rank x NPROC_PER_NODE + local rank. (The
 DeepSpeed hostfile at KUBESPEED_HOSTFILE is for DeepSpeed's own launcher and for
-people; the rendezvous needs only the master's address.)
+people; the rendezvous needs only the master's address.) Each rank is forked from
+a forkserver that imported torch once (torch elastic's `forkserver` start method
+with a preload): importing torch is most of a rank's start-up, and so of an
+in-place restart. `ps` shows the ranks as `rank<R>-local<L>` (see elastic.py).
 
 Recovery is in place first. When a rank fails (crashes, is killed, or freezes
 past KUBESPEED_STEP_TIMEOUT and is killed by the step watchdog), every node's
@@ -45,8 +48,7 @@ which would kill the ranks after a fixed 30 s: the launcher forwards it to its
 ranks and waits, and each rank checkpoints at its next step boundary and exits
 143. The pod's terminationGracePeriodSeconds bounds the wait. The ranks' exits
 then end the launcher, never an in-place restart. Each rank dies with its
-launcher (torch starts ranks in sessions of their own, so a signal to the
-launcher's process group does not reach them).
+launcher, however the launcher ends (see elastic.py).
 
 Exit codes (kubespeed.wiring.EXIT_CODES; the operator restarts only when a retry can help):
 
@@ -67,6 +69,9 @@ Why it failed, in the failing rank's own words, goes to the pod's termination lo
 from __future__ import annotations
 
 import argparse
+import importlib
+import multiprocessing
+import multiprocessing.forkserver
 import os
 import shutil
 import signal
@@ -87,6 +92,11 @@ from kubespeed_trainer import elastic
 from kubespeed_trainer.commands import failure
 
 TRAIN_MODULE = "kubespeed_trainer.commands.train"
+# What the forkserver imports once for every rank it forks. Not DeepSpeed, which picks its
+# accelerator at import: on a GPU that initialises CUDA, which a forked child cannot use.
+# (torch initialises CUDA lazily, never at import.) torch._dynamo: every optimizer's
+# constructor imports it.
+RANK_PRELOAD = ("torch", "torch._dynamo", "torch.distributed", TRAIN_MODULE)
 # Node ranks are below 1024 (spec.nodes), so four digits keep the names in node-rank order.
 NODE_RANK_DIGITS = 4
 
@@ -196,9 +206,10 @@ def _ended_early(err: Exception, launch_dir: str, code: int) -> int:
 
 
 class _Forwarder:
-    """Passes SIGTERM (and SIGINT) on to the ranks, which are this process's children, and ends the launcher with them."""
+    """Passes SIGTERM (and SIGINT) on to the ranks, registered in the launcher's folder, and ends the launcher with them."""
 
-    def __init__(self) -> None:
+    def __init__(self, launch_dir: str) -> None:
+        self.launch_dir = launch_dir
         self.terminated = False
 
     def install(self) -> None:
@@ -207,20 +218,24 @@ class _Forwarder:
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
         self.terminated = True
-        children = psutil.Process().children()
-        if not children:
+        ranks = []
+        for pid in elastic.live_ranks(self.launch_dir):
+            try:
+                process = psutil.Process(pid)
+                process.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                continue
+            ranks.append(process)
+        if not ranks:
             # In a rendezvous or between restarts: there is no rank to checkpoint, so stop here.
             raise SystemExit(wiring.EXIT_RETRYABLE.code)
-        for child in children:
-            try:
-                child.send_signal(signal.SIGTERM)
-            except psutil.NoSuchProcess:
-                pass
         # Waiting here, where the signal interrupted the elastic agent's monitor loop, keeps
         # the agent from taking the ranks' exits for failures and restarting them in place:
         # a pod told to stop stops, with the code its ranks exit with.
-        ended, _ = psutil.wait_procs(children)
-        failures = {index: proc.returncode for index, proc in enumerate(ended) if proc.returncode}
+        psutil.wait_procs(ranks)
+        codes = {rank.pid: elastic.exit_code_of(self.launch_dir, rank.pid) for rank in ranks}
+        # A rank that died without saying how was killed.
+        failures = {pid: -signal.SIGKILL if code is None else code for pid, code in codes.items() if code != 0}
         raise SystemExit(exit_code(failures, terminated=True))
 
 
@@ -249,11 +264,17 @@ def launch_config(node: NodeWiring, recovery: Recovery) -> LaunchConfig:
         local_addr=node.rendezvous_name,
         max_restarts=recovery.max_restarts,
         monitor_interval=0.5,
-        start_method="spawn",
+        start_method="forkserver",
         # SIGTERM goes to _Forwarder instead (see the module docstring); the agent keeps the rest.
         signals_to_handle="SIGHUP,SIGQUIT",
         logs_specs=DefaultLogsSpecs(),
     )
+
+
+def run_rank(train_args: list[str]) -> None:
+    """A rank, in a process forked from the forkserver (which imported the train command already;
+    the launcher itself never does)."""
+    importlib.import_module(TRAIN_MODULE).rank(train_args)
 
 
 def launch(node: NodeWiring, recovery: Recovery, train_args: list[str]) -> int:
@@ -271,11 +292,15 @@ def launch(node: NodeWiring, recovery: Recovery, train_args: list[str]) -> int:
         os.environ[wiring.ENV_RENDEZVOUS_TIMEOUT] = str(recovery.rendezvous_timeout)
         watchdog = elastic.RankWatchdog.start_in(launch_dir, node.job)
     os.environ.update(elastic.launcher_env(os.getpid(), launch_dir, watchdog))
-    forwarder = _Forwarder()
+    # The forkserver takes this environment. Started now, it imports torch while the
+    # launchers meet in the rendezvous, instead of after.
+    multiprocessing.set_forkserver_preload(list(RANK_PRELOAD))
+    multiprocessing.forkserver.ensure_running()
+    forwarder = _Forwarder(launch_dir)
     forwarder.install()
     in_place = recovery.max_restarts > 0
     try:
-        elastic_launch(config, entrypoint=sys.executable)("-m", TRAIN_MODULE, *train_args)
+        elastic_launch(config, entrypoint=run_rank)(train_args)
     except ChildFailedError as err:
         code = exit_code({local: failed.exitcode for local, failed in err.failures.items()}, forwarder.terminated, in_place)
         failure.write_termination_message(failure.pick(err.failures, code))

@@ -72,6 +72,7 @@ def fail(code: wiring.ExitCode, message: str) -> int:
 def main(argv: list[str]) -> int:
     clock = startup.StartupClock()
     elastic.die_with_launcher()
+    elastic.register_rank()
     elastic.StepWatchdog().arm_for_startup()
     # Counted as the process starts, so a restart that fails while loading still counts.
     in_place_restarts = elastic.count_start() if os.environ.get("RANK") == "0" else 0
@@ -115,6 +116,19 @@ def main(argv: list[str]) -> int:
     except Exception as err:
         failure.record(f"{type(err).__name__}: {err}")
         raise
+
+
+def rank(argv: list[str]) -> None:
+    """A rank as `kubespeed launch` starts it, forked from its forkserver: `main`, with its exit
+    code left in the launcher's folder (the forkserver, not the launcher, reaps the process)."""
+    try:
+        code = main(argv)
+    except BaseException:
+        elastic.record_exit(1)
+        raise
+    elastic.record_exit(code)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":
