@@ -44,8 +44,8 @@ IMAGE_INPUTS = ("pyproject.toml", ".dockerignore")
 # The stages each target is built from.
 STAGES = {"operator": ("operator-build", "operator"), "trainer": ("trainer-build", "trainer")}
 # The trainer stages on the Debian base: its Python 3.11 (the CUDA default names Ubuntu 24.04's
-# 3.12) and no prebuilt DeepSpeed ops, which need nvcc; a job's first use of DeepSpeed's
-# CPUAdam or FusedAdam compiles it (g++ is in the image).
+# 3.12) and no prebuilt DeepSpeed ops, which need nvcc; a job's first use of an op such as
+# CPUAdam (ZeRO-Offload) compiles it with the image's g++.
 TRAINER_BUILD_ARGS = {"TRAINER_PYTHON": "python3.11", "DS_BUILD_OPS": ""}
 TOOLS = ("mmdebstrap", "podman", "runc")
 
