@@ -7,8 +7,8 @@
 # pods; tests/unit/test_ship.py fails when the two disagree.
 
 # The operator's base: any image with Python 3.11 and its venv module. Where public
-# registries cannot be reached, scripts/build-images makes one from Debian's own packages
-# and passes it with --build-arg PYTHON_BASE=...
+# registries cannot be reached, cli/kubespeed_cli/dev/image.py makes one from Debian's own
+# packages and passes it with --build-arg PYTHON_BASE=...
 ARG PYTHON_BASE=python:3.11-slim-bookworm
 # The trainer's bases and the Python they install with apt. The released image uses
 # NVIDIA's CUDA images (why, above the trainer stages); where those cannot be pulled,
@@ -59,9 +59,9 @@ ARG TRAINER_PYTHON
 ARG TORCH_VERSION=2.13.0
 ARG DEEPSPEED_VERSION=0.19.8
 # DeepSpeed ops compiled into the image, so no pod compiles them at start-up: FusedAdam
-# for the GPU optimizer, CPUAdam for ZeRO-Offload of optimizer state. Both need nvcc
-# with a CUDA torch; a base without nvcc passes DS_BUILD_OPS="" and DeepSpeed builds an
-# op the first time a job uses it (with g++, see the final stage).
+# for the GPU optimizer, CPUAdam for ZeRO-Offload of optimizer state, both compiled with
+# nvcc against the CUDA torch. A base without nvcc passes DS_BUILD_OPS="" and DeepSpeed
+# builds an op the first time a job uses it (with g++, see the final stage).
 ARG DS_BUILD_OPS="DS_BUILD_FUSED_ADAM=1 DS_BUILD_CPU_ADAM=1"
 # Volta and older are gone in CUDA 13; Ampere, Ada, Hopper, Blackwell, and PTX for what comes next.
 ARG TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0;10.0;12.0+PTX"
