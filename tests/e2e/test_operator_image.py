@@ -7,10 +7,10 @@ credential but its ServiceAccount's bound token, mounted where a kubelet mounts 
 in the node agent's network (as a pod would), so it also reads rank 0's progress.
 
 Building costs minutes (timed in README), so it runs when the image's recipe changed: the
-recipe key (Dockerfile, pyproject.toml, .dockerignore, the base recipe) of the last image
-proven here is committed in tests/e2e/operator-image.proven. While the key is the same the
-test skips, naming the key, in every clone and on every machine, CI's included; when the
-recipe changes the test runs (in CI too) and, once it passes, writes the new key into that
+recipe key (the Dockerfile's operator stages, pyproject.toml, .dockerignore, the base
+recipe) of the last image proven here is committed in tests/e2e/operator-image.proven.
+While the key is the same the test skips, naming the key, in every clone and on every
+machine, CI's included; when the recipe changes the test runs (in CI too) and, once it passes, writes the new key into that
 file, to be committed with the change. KUBESPEED_IMAGE_TESTS=always runs it regardless.
 Where podman or mmdebstrap is missing it skips saying so, except under CI (CI set), where
 it fails: a changed recipe is never left unproven in CI.
@@ -53,7 +53,7 @@ def proven_key() -> str | None:
 def operator_image() -> images.Built:
     key = images.recipe_key()
     if proven_key() == key and os.environ.get("KUBESPEED_IMAGE_TESTS") != "always":
-        pytest.skip(f"operator image recipe {key} (Dockerfile, pyproject.toml, .dockerignore, base) unchanged since it was "
+        pytest.skip(f"operator image recipe {key} (the Dockerfile's operator stages, pyproject.toml, .dockerignore, base) unchanged since it was "
                     f"built and ran a job ({PROVEN.name}: {PROVEN.read_text().strip()}); KUBESPEED_IMAGE_TESTS=always runs it")  # fmt: skip
     absent = images.missing_tools()
     if absent:

@@ -1,8 +1,8 @@
 """What ships: the Dockerfile agrees with kubespeed/wiring.py and pyproject.toml, hadolint
 finds nothing, and the chart and manifests/ carry the CRD and RBAC rules of their sources.
 
-The images cannot be built here (no container engine), so the Dockerfile is read as
-text: its stages, users, entrypoints, paths and pins. The chart is checked with helm in
+No image is built here (tests/e2e/test_operator_image.py and test_trainer_image.py build
+them), so the Dockerfile is read as text: its stages, users, entrypoints, paths and pins. The chart is checked with helm in
 tests/integration/test_chart.py.
 """
 
@@ -25,6 +25,7 @@ import yaml
 
 from kubespeed import wiring
 from kubespeed_cli import main as cli
+from kubespeed_cli.dev import image as images
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubespeed"
@@ -167,10 +168,42 @@ def test_trainer_cuda_base_is_the_cuda_the_pinned_torch_wheel_was_built_for():
     assert "-devel-" in STAGES["trainer-build"].base
 
 
+def stage_args(stage: str) -> dict[str, str]:
+    return {name: value.strip('"') for name, _, value in (arg.partition("=") for arg in STAGES[stage].all("ARG"))}
+
+
+def global_args() -> dict[str, str]:
+    text = (REPO / "Dockerfile").read_text()
+    preamble = text[: re.search(r"^FROM ", text, re.MULTILINE).start()]
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", preamble, re.MULTILINE))
+
+
 def test_trainer_image_prebuilds_the_deepspeed_ops_the_trainer_uses():
-    run = " ".join(STAGES["trainer-build"].all("RUN"))
-    assert "DS_BUILD_FUSED_ADAM=1" in run and "DS_BUILD_CPU_ADAM=1" in run
-    assert "--no-build-isolation" in run
+    # By default: DS_BUILD_OPS is a build argument only so that a base without nvcc can leave them out.
+    assert stage_args("trainer-build")["DS_BUILD_OPS"].split() == ["DS_BUILD_FUSED_ADAM=1", "DS_BUILD_CPU_ADAM=1"]
+    (install,) = [run for run in STAGES["trainer-build"].all("RUN") if "deepspeed==" in run]
+    assert install.startswith("env ${DS_BUILD_OPS} ") and "--no-build-isolation" in install
+
+
+@pytest.mark.parametrize(
+    "arg, default",
+    [("TRAINER_BUILD_BASE", "nvidia/cuda:13.0.2-devel-ubuntu24.04"), ("TRAINER_BASE", "nvidia/cuda:13.0.2-base-ubuntu24.04"),
+     ("TRAINER_PYTHON", "python3.12")],
+    ids=["build-stage-base", "final-stage-base", "ubuntu-24.04-python"],
+)  # fmt: skip
+def test_trainer_bases_are_build_arguments_that_default_to_the_released_cuda_images(arg, default):
+    assert global_args()[arg] == default
+    text = (REPO / "Dockerfile").read_text()
+    assert re.findall(r"^FROM (\S+) AS (trainer(?:-build)?)$", text, re.MULTILINE) == [
+        ("${TRAINER_BUILD_BASE}", "trainer-build"), ("${TRAINER_BASE}", "trainer")]  # fmt: skip
+    # Global ARGs reach a stage's instructions only when the stage declares them.
+    assert all("TRAINER_PYTHON" in STAGES[stage].all("ARG") for stage in ("trainer-build", "trainer"))
+
+
+def test_the_plain_trainer_build_sets_only_arguments_the_trainer_stages_declare():
+    declared = set(global_args()) | set(stage_args("trainer-build")) | set(stage_args("trainer"))
+    assert set(images.build_args("trainer")) <= declared
+    assert images.build_args("trainer")["DS_BUILD_OPS"] == "", "a base without nvcc cannot prebuild DeepSpeed's CUDA ops"
 
 
 def test_operator_image_installs_only_the_operator_extra():

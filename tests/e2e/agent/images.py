@@ -5,6 +5,9 @@ the pod's own root filesystem: the interpreter's `bin/` first on PATH, and the u
 working directory and entrypoint that the trainer image declares (kubespeed.wiring).
 A user's image (`user_image`) is a Python environment of its own that has torch and
 DeepSpeed but not kubespeed, with the user's program in its working directory.
+A built image (`built_image`) is the real thing: its own root filesystem (mounted from
+podman's storage) and the entrypoint, user, working directory and environment its
+configuration declares, as tests/e2e/test_trainer_image.py runs the Dockerfile's trainer.
 Any other image is refused as a real kubelet refuses an image it cannot pull.
 """
 
@@ -15,6 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -44,6 +48,8 @@ class LocalImage:
     # Paths a non-root user must be able to reach inside the pod (the interpreter may sit
     # under a 0700 home such as /root/.pyenv).
     traverse: list[str] = field(default_factory=list)
+    # The image's own root filesystem; None: the machine's.
+    root: str | None = None
 
 
 def trainer_image() -> LocalImage:
@@ -82,6 +88,20 @@ def user_image(bin_dir: Path, working_dir: Path, extra_env: dict[str, str], reac
         gid=wiring.TRAINER_GID,
         env={"PATH": f"{bin_dir}:{SYSTEM_PATH}", "PYTHONUNBUFFERED": "1", **extra_env},
         traverse=sorted({str(bin_dir.parent), str(working_dir), sys.prefix, sys.base_prefix, str(Path(sys.base_prefix).resolve()), *reachable}),
+    )
+
+
+def built_image(root: str, config: dict[str, Any]) -> LocalImage:
+    """A built image: its files at `root`, its settings from `podman image inspect`'s `Config`."""
+    user, _, group = (config.get("User") or "0").partition(":")
+    return LocalImage(
+        entrypoint=config.get("Entrypoint") or [],
+        cmd=config.get("Cmd") or [],
+        working_dir=config.get("WorkingDir") or "/",
+        uid=int(user),
+        gid=int(group or user),
+        env=dict(entry.split("=", 1) for entry in config.get("Env") or []),
+        root=root,
     )
 
 

@@ -256,7 +256,8 @@ class PodWorker(threading.Thread):
         """podinit's input, or None after reporting CreateContainerConfigError."""
         pod_spec = self.pod["spec"]
         try:
-            env = container_env(self.pod, container.spec, {**image.env, "HOSTNAME": dns.pod_hostname(self.pod), "HOME": "/tmp"},
+            # HOME as the kubelet sets it: the image's own when it has one.
+            env = container_env(self.pod, container.spec, {"HOME": "/tmp", **image.env, "HOSTNAME": dns.pod_hostname(self.pod)},
                                 self.pod_ip, self.host_ip, self.agent.read_config_map, self.agent.read_secret,
                                 self.agent.allocatable.get(self.node, {}))  # fmt: skip
             mounts = volumes.container_mounts(container.spec, self.volumes)
@@ -290,6 +291,7 @@ class PodWorker(threading.Thread):
             "netns": self.netns,
             "hostname": dns.pod_hostname(self.pod),
             "root": str(run_dir / "root"),
+            "imageRoot": image.root,
             "stage": str(run_dir / "stage"),
             "tmp": str(run_dir / "tmp"),
             "traverse": image.traverse if uid != 0 else [],

@@ -12,8 +12,10 @@ command's exit status, 128+N after signal N, like a container runtime reports it
 
 The root filesystem is a tmpfs whose entries are bind mounts of the machine's `/`, so
 the pod sees the local Python installation, while its own files sit on top at the paths
-its spec names. A mount path that does not exist on the machine gets a mount point on a
-tmpfs laid over its parent (the parent's entries bound back into it), so nothing is ever
+its spec names. For an image with files of its own (`imageRoot`: a built image's root,
+mounted by podman) the entries are the image's, bound read-only, with the machine's /dev
+and /sys, as a container runtime gives a container. A mount path that does not exist on
+the machine (or in the image) gets a mount point on a tmpfs laid over its parent (the parent's entries bound back into it), so nothing is ever
 created on the machine's filesystems. Every mount lives in the pod's mount namespace
 and disappears with its last process; the machine's mount table never changes.
 
@@ -72,10 +74,12 @@ class RootBuilder:
     """Lays out the container's root under `root`, tracking which directories are ours
     (on a tmpfs we made, so mount points may be created there) and which are the machine's."""
 
-    def __init__(self, root: str, stage: str) -> None:
+    def __init__(self, root: str, stage: str, image_root: str | None = None) -> None:
         self.root = root
         self.stage = stage
         self.owned: set[str] = set()
+        # An image's files are shared by every pod that runs it: no pod may change them.
+        self.image_root = image_root
 
     def host(self, path: str) -> str:
         return os.path.join(self.root, path.lstrip("/"))
@@ -84,31 +88,40 @@ class RootBuilder:
         """`private` maps top-level paths (/tmp) to the pod's own directories for them."""
         mount("tmpfs", self.root, "tmpfs", MS_NOSUID, "mode=0755")
         self.owned.add(self.root)
-        for name in sorted(os.listdir("/")):
+        source_root = self.image_root or "/"
+        if self.image_root:
+            private = {"/dev": "/dev", "/sys": "/sys", **private}
+        for name in sorted(os.listdir(source_root)):
             top = "/" + name
             if top == "/proc":
                 os.mkdir(self.host(top), 0o555)
                 continue
-            self._replicate(top, self.host(top), private.get(top, top))
+            source = os.path.join(source_root, name)
+            self._replicate(source, self.host(top), private.get(top, source), read_only=bool(self.image_root) and top not in private)
 
-    def _replicate(self, source_path: str, target: str, bind_from: str) -> None:
+    def _replicate(self, source_path: str, target: str, bind_from: str, read_only: bool = False) -> None:
         """Make `target` show what `bind_from` holds (a bind mount) or is (a symlink)."""
         info = os.lstat(source_path)
         if stat.S_ISLNK(info.st_mode):
             os.symlink(os.readlink(source_path), target)
-        elif stat.S_ISDIR(info.st_mode):
+            return
+        if stat.S_ISDIR(info.st_mode):
             os.mkdir(target, stat.S_IMODE(info.st_mode))
             mount(bind_from, target, None, MS_BIND | MS_REC)
         else:
             with open(target, "w"):
                 pass
             mount(bind_from, target, None, MS_BIND)
+        if read_only:
+            mount(bind_from, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
     def shadow(self, path: str, keep: set[str] | None = None, mode: int | None = None) -> None:
         """Lay a tmpfs over the machine's directory `path` (inside the root) with its entries
         (or only those in `keep`) bound back in, so that new names can be made there."""
         target = self.host(path)
         info = os.stat(target)
+        # An image's directory stays read-only under the tmpfs: its entries are bound back read-only.
+        read_only = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
         os.makedirs(self.stage, exist_ok=True)
         mount(target, self.stage, None, MS_BIND | MS_REC)
         mount("tmpfs", target, "tmpfs", MS_NOSUID, f"mode={oct(mode if mode is not None else stat.S_IMODE(info.st_mode))[2:]}")
@@ -116,7 +129,7 @@ class RootBuilder:
         for name in sorted(os.listdir(self.stage)):
             if keep is None or name in keep:
                 entry = os.path.join(self.stage, name)
-                self._replicate(entry, os.path.join(target, name), entry)
+                self._replicate(entry, os.path.join(target, name), entry, read_only)
         umount(self.stage)
         self.owned.add(target)
 
@@ -185,7 +198,7 @@ def prepare(spec: dict[str, Any]) -> RootBuilder:
     _check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWPID), "unshare")
     socket.sethostname(spec["hostname"])
     mount("none", "/", None, MS_REC | MS_PRIVATE)
-    builder = RootBuilder(spec["root"], spec["stage"])
+    builder = RootBuilder(spec["root"], spec["stage"], spec.get("imageRoot"))
     builder.build({"/tmp": spec["tmp"]})
     builder.tmpfs("/dev/shm", "mode=1777,size=64m")
     uid, gid = spec["uid"], spec["gid"]
