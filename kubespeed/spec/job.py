@@ -315,6 +315,22 @@ class SchedulingSpec:
 
 
 @dataclass(kw_only=True)
+class ElasticSpec:
+    """Bounds on the gang's size, and shrinking to what the cluster can hold instead of waiting for a lost node."""
+
+    minNodes: int = field("The fewest pods the job runs with: a shrink after a lost node never goes below it.", minimum=1, maximum=1024)
+    maxNodes: int = field("The most pods the job may be resized to (`nodes`, `kubectl scale`).", minimum=1, maximum=1024)
+    nodeLossSeconds: int = field(
+        "How long a pod of the gang may stay unschedulable (its node lost, cordoned or full) before the job shrinks to the "
+        "pods that fit, never below minNodes and only to a size that divides the global batch; it grows back to `nodes` "
+        "once the cluster can hold the whole gang again. Each shrink and growth is a resize: a checkpoint at SIGTERM and a "
+        "new gang that resumes from it.",
+        300, minimum=10, maximum=86400)
+
+    __cel__ = (rule("self.minNodes <= self.maxNodes", "elastic.minNodes must not exceed elastic.maxNodes", ".minNodes"),)
+
+
+@dataclass(kw_only=True)
 class EnvVar:
     """An environment variable for the trainer container."""
 
@@ -396,6 +412,24 @@ class LMTrainingJobSpec:
             SHARED_CHECKPOINT_MESSAGE,
             ".checkpoint",
         ),
+        rule(
+            "!has(self.elastic) || (self.nodes >= self.elastic.minNodes && self.nodes <= self.elastic.maxNodes)",
+            "nodes must lie within elastic.minNodes and elastic.maxNodes",
+            ".nodes",
+        ),
+        rule(
+            "!has(self.elastic) || self.elastic.maxNodes == 1 || has(self.checkpoint.claimName) || has(self.checkpoint.volumeClaim)",
+            "elastic.maxNodes above 1 lets the job grow to several nodes, which need a checkpoint volume they all share: "
+            "set checkpoint.volumeClaim or checkpoint.claimName",
+            ".elastic.maxNodes",
+        ),
+        rule(
+            f"!has(self.elastic) || {_value('training', 'globalBatchSize')} % ({_value('training', 'microBatchSize')} * "
+            f"(self.elastic.minNodes * self.procsPerNode / {_value('deepspeed', 'pipelineStages')})) == 0",
+            "training.globalBatchSize must be a multiple of training.microBatchSize x the data-parallel size at elastic.minNodes, "
+            "the size a shrink may come down to",
+            ".elastic.minNodes",
+        ),
         rule("has(self.program) || has(self.data)", "data is required: the built-in trainer's training text (or set program to run your own)", ".data"),
         *(
             rule(f"!has(self.program) || !has(self.{section})", f"{section} configures the built-in trainer and does not apply to a program; leave it out", f".{section}")
@@ -414,7 +448,12 @@ class LMTrainingJobSpec:
 
     image: str = field("Trainer container image (the kubespeed trainer image or one built on it).", min_length=1)
     imagePullPolicy: str = field("When the kubelet pulls the image.", "IfNotPresent", enum=PULL_POLICIES)
-    nodes: int = field("Pods in the gang; each pod is one DeepSpeed node.", 1, minimum=1, maximum=1024, immutable=True)
+    nodes: int = field(
+        "Pods in the gang; each pod is one DeepSpeed node. Changing it on a running job (or `kubectl scale lmtj/NAME "
+        "--replicas=N`) resizes it: the ranks checkpoint at SIGTERM and a gang of the new size resumes from that "
+        "checkpoint with the same global batch (gradient accumulation recomputed), optimizer state and data position; "
+        "a size the global batch cannot divide is refused. Within `elastic`'s bounds when they are set.",
+        1, minimum=1, maximum=1024)
     procsPerNode: int = field("Ranks per pod; with gpu true, also the GPUs each pod requests.", 1, minimum=1, maximum=64, immutable=True)
     gpu: bool = field("Request `nvidia.com/gpu` per pod and tolerate the GPU taint; false trains on CPU with gloo.", True, immutable=True)
     resources: Resources = field("Per-pod resources besides GPUs.", Resources())
@@ -431,6 +470,7 @@ class LMTrainingJobSpec:
     training: TrainingSpec = field(f"The training run; {TRAINER_ONLY}", TrainingSpec(), immutable=True, crd_default=False)
     deepspeed: DeepSpeedSpec = field(f"DeepSpeed engine settings; {TRAINER_ONLY} A program's DeepSpeed config is program.deepspeedConfig.", DeepSpeedSpec(), immutable=True, crd_default=False)
     checkpoint: CheckpointSpec = field("Checkpoints and resume.", CheckpointSpec(), immutable=True)
+    elastic: ElasticSpec | None = field("Bounds on `nodes`, and shrinking on a lost node instead of waiting for it; unset, `nodes` may change to any size the batch divides and a lost node is waited for.", None)
     runPolicy: RunPolicy = field("Recovery, deadlines, cleanup and suspension.", RunPolicy())
     scheduling: SchedulingSpec = field("Placement, gang scheduling and queues.", SchedulingSpec())
     podTemplate: PodTemplate = field(
