@@ -316,16 +316,10 @@ class SchedulingSpec:
 
 @dataclass(kw_only=True)
 class ElasticSpec:
-    """Bounds on the gang's size, and shrinking to what the cluster can hold instead of waiting for a lost node."""
+    """Bounds on the gang's size: the sizes `nodes` (and `kubectl scale`) may take."""
 
-    minNodes: int = field("The fewest pods the job runs with: a shrink after a lost node never goes below it.", minimum=1, maximum=1024)
+    minNodes: int = field("The fewest pods the job may be resized to.", minimum=1, maximum=1024)
     maxNodes: int = field("The most pods the job may be resized to (`nodes`, `kubectl scale`).", minimum=1, maximum=1024)
-    nodeLossSeconds: int = field(
-        "How long a pod of the gang may stay unschedulable (its node lost, cordoned or full) before the job shrinks to the "
-        "pods that fit, never below minNodes and only to a size that divides the global batch; it grows back to `nodes` "
-        "once the cluster can hold the whole gang again. Each shrink and growth is a resize: a checkpoint at SIGTERM and a "
-        "new gang that resumes from it.",
-        300, minimum=10, maximum=86400)
 
     __cel__ = (rule("self.minNodes <= self.maxNodes", "elastic.minNodes must not exceed elastic.maxNodes", ".minNodes"),)
 
@@ -427,7 +421,7 @@ class LMTrainingJobSpec:
             f"!has(self.elastic) || {_value('training', 'globalBatchSize')} % ({_value('training', 'microBatchSize')} * "
             f"(self.elastic.minNodes * self.procsPerNode / {_value('deepspeed', 'pipelineStages')})) == 0",
             "training.globalBatchSize must be a multiple of training.microBatchSize x the data-parallel size at elastic.minNodes, "
-            "the size a shrink may come down to",
+            "the smallest size the job may be given",
             ".elastic.minNodes",
         ),
         rule("has(self.program) || has(self.data)", "data is required: the built-in trainer's training text (or set program to run your own)", ".data"),
@@ -470,7 +464,7 @@ class LMTrainingJobSpec:
     training: TrainingSpec = field(f"The training run; {TRAINER_ONLY}", TrainingSpec(), immutable=True, crd_default=False)
     deepspeed: DeepSpeedSpec = field(f"DeepSpeed engine settings; {TRAINER_ONLY} A program's DeepSpeed config is program.deepspeedConfig.", DeepSpeedSpec(), immutable=True, crd_default=False)
     checkpoint: CheckpointSpec = field("Checkpoints and resume.", CheckpointSpec(), immutable=True)
-    elastic: ElasticSpec | None = field("Bounds on `nodes`, and shrinking on a lost node instead of waiting for it; unset, `nodes` may change to any size the batch divides and a lost node is waited for.", None)
+    elastic: ElasticSpec | None = field("Bounds on `nodes`; unset, `nodes` may change to any size the global batch divides.", None)
     runPolicy: RunPolicy = field("Recovery, deadlines, cleanup and suspension.", RunPolicy())
     scheduling: SchedulingSpec = field("Placement, gang scheduling and queues.", SchedulingSpec())
     podTemplate: PodTemplate = field(

@@ -80,10 +80,8 @@ class Reason:
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     STEP_ADVANCED = "StepAdvanced"
     STARTUP_TIMEOUT = "StartupTimeout"
-    # A change of size (spec.nodes, or an elastic shrink or growth): the gang checkpoints and comes back at the new size.
+    # A change of spec.nodes: the gang checkpoints and comes back at the new size.
     RESIZING = "Resizing"
-    NODE_LOST = "NodeLost"
-    CAPACITY_RETURNED = "CapacityReturned"
 
 
 @dataclass(kw_only=True)
@@ -139,9 +137,9 @@ class LMTrainingJobStatus:
     message: str | None = field("A sentence on the current state.", None)
     conditions: list[Condition] = field("Conditions, newest state of each type.", [])
     replicas: ReplicaStatus | None = field("Pods of the current attempt by state.", None)
-    nodes: int | None = field("Pods in the current attempt's gang: spec.nodes once a resize has taken effect, fewer while an elastic job is shrunk (`kubectl scale` reads it).", None)
+    nodes: int | None = field("Pods in the current attempt's gang: spec.nodes once a resize has taken effect (`kubectl scale` reads it).", None)
     selector: str | None = field("The label selector of the job's pods, for `kubectl scale` and autoscalers.", None)
-    resizes: int | None = field("Resizes so far: gangs replaced by one of another size (a change of spec.nodes, an elastic shrink or growth), each resuming from the checkpoint written at SIGTERM.", None)
+    resizes: int | None = field("Resizes so far: gangs replaced by one of another size (a change of spec.nodes), each resuming from the checkpoint written at SIGTERM.", None)
     attempt: int | None = field("The current attempt, from 1; each gang restart starts a new one.", None)
     restarts: int | None = field("Gang restarts so far, after a failure or a disruption: every pod of the attempt deleted and created again as the next attempt.", None)
     disruptions: int | None = field("Gang restarts caused by a disruption (preemption, eviction, a drained or lost node, SIGTERM); they do not count against runPolicy.backoffLimit.", None)

@@ -101,7 +101,6 @@ BAD_SPECS = [
     ("elastic bounds upside down", bad(nodes=2, training__globalBatchSize=16, checkpoint__claimName="c", elastic={"minNodes": 3, "maxNodes": 2}), "spec.elastic.minNodes"),
     ("nodes above elastic.maxNodes", bad(nodes=4, training__globalBatchSize=32, checkpoint__claimName="c", elastic={"minNodes": 1, "maxNodes": 2}), "spec.nodes"),
     ("elastic without maxNodes", bad(elastic={"minNodes": 1}), "spec.elastic.maxNodes"),
-    ("elastic node loss of no time", bad(elastic={"minNodes": 1, "maxNodes": 1, "nodeLossSeconds": 0}), "spec.elastic.nodeLossSeconds"),
     ("elastic growth without a shared checkpoint volume", bad(elastic={"minNodes": 1, "maxNodes": 2}), "spec.elastic.maxNodes"),
     ("elastic minimum the batch cannot divide", bad(nodes=4, training={"globalBatchSize": 8, "microBatchSize": 2}, checkpoint__claimName="c", elastic={"minNodes": 3, "maxNodes": 4}), "spec.elastic.minNodes"),
     ("kubelet restart policy", bad(runPolicy__restartPolicy="Always"), "spec.runPolicy.restartPolicy"),

@@ -50,7 +50,6 @@ def test_minimal_spec_gets_every_default():
         ("nodes above elastic.maxNodes", with_(elastic={"minNodes": 1, "maxNodes": 2}, nodes=4, checkpoint__claimName="c"), "spec.nodes"),
         ("nodes below elastic.minNodes", with_(elastic={"minNodes": 2, "maxNodes": 4}, nodes=1, checkpoint__claimName="c", training__globalBatchSize=16, training__microBatchSize=8), "spec.nodes"),
         ("elastic without minNodes", with_(elastic={"maxNodes": 2}), "spec.elastic.minNodes"),
-        ("elastic node loss of no time", with_(elastic={"minNodes": 1, "maxNodes": 1, "nodeLossSeconds": 0}), "spec.elastic.nodeLossSeconds"),
         ("elastic growth without a shared checkpoint volume", with_(elastic={"minNodes": 1, "maxNodes": 2}), "spec.elastic.maxNodes"),
         ("elastic minimum the batch cannot divide", with_(elastic={"minNodes": 3, "maxNodes": 4}, nodes=4, checkpoint__claimName="c", training__globalBatchSize=8, training__microBatchSize=2), "spec.elastic.minNodes"),
     ],

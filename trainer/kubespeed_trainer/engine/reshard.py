@@ -13,7 +13,7 @@ from the same checkpoint reuses it.
 ZeRO stage 0 needs none of this: every rank saves and loads the whole optimizer
 (DeepSpeed's `mp_rank_00_model_states.pt`), whatever the number of ranks.
 
-Importing this module imports deepspeed: import it only after `device.select_accelerator`.
+`convert` imports deepspeed: call it only after `device.select_accelerator`.
 """
 
 from __future__ import annotations
@@ -32,14 +32,18 @@ import torch.distributed as dist
 from kubespeed import checkpoints
 
 
-def saved_data_parallel_size(directory: Path, tag: str) -> int | None:
-    """The data-parallel size of the run that saved `tag`, from its `complete` marker; None if it does not say."""
+def saved_data_parallel_size(directory: Path, tag: str, pipeline_stages: int) -> int | None:
+    """The data-parallel size of the run that saved `tag`, from its `complete` marker; None if it does not say.
+
+    Markers written before the size was recorded have the world size, which the (unchanging) pipeline stages divide.
+    """
     try:
         marker = json.loads((directory / tag / checkpoints.COMPLETE_MARKER).read_text())
     except (OSError, ValueError):
         return None
-    size = marker.get("dataParallelSize")
-    return int(size) if size is not None else None
+    if "dataParallelSize" in marker:
+        return int(marker["dataParallelSize"])
+    return int(marker["worldSize"]) // pipeline_stages if "worldSize" in marker else None
 
 
 def needs_universal(zero_stage: int, saved_size: int | None, size: int) -> bool:
@@ -69,13 +73,13 @@ def convert(directory: Path, tag: str) -> tuple[Path, float]:
     return target, seconds
 
 
-def prepare(directory: Path, tag: str, zero_stage: int, size: int) -> dict[str, Any] | None:
+def prepare(directory: Path, tag: str, zero_stage: int, pipeline_stages: int, size: int) -> dict[str, Any] | None:
     """Before the engine is built: where to load `tag` from when it was saved at another data-parallel size.
 
     Returns None when the checkpoint loads as it is, else {"loadDir", "tag", "savedSize", "seconds"}:
     rank 0 has converted it (every rank waits for that here).
     """
-    saved = saved_data_parallel_size(directory, tag)
+    saved = saved_data_parallel_size(directory, tag, pipeline_stages)
     if not needs_universal(zero_stage, saved, size):
         return None
     box: list[Any] = [None]

@@ -81,7 +81,8 @@ class Trainer:
         # DeepSpeed's universal format.
         self.resume_tag = checkpoint.agreed_resume_tag(self.directory, config.checkpoint.resume)
         self.universal = self.resume_tag and reshard.prepare(
-            self.directory, self.resume_tag, config.deepspeed.zeroStage, deepspeed_config.data_parallel_size(config, self.world))
+            self.directory, self.resume_tag, config.deepspeed.zeroStage, config.deepspeed.pipelineStages,
+            deepspeed_config.data_parallel_size(config, self.world))
         engine_config = {**self.ds_config, "checkpoint": {**self.ds_config.get("checkpoint", {}), "load_universal": True}} if self.universal else self.ds_config
         self.engine, self.parameters = build.build_engine(config, engine_config, self.tokenizer.vocab_size, init_state)
         self.compiled = compilation.compile_engine(self.engine, config, options.gpu)
