@@ -25,10 +25,12 @@ TERMINAL_PHASES = (Phase.SUCCEEDED, Phase.FAILED)
 class ConditionType:
     """Condition types, following the API conventions: one True at a time among the lifecycle
     ones (those named after a phase); Created says whether the attempt's pods could be made,
-    Stalled whether a Running job's step stopped advancing (runPolicy.progressDeadlineSeconds)."""
+    Stalled whether a Running job's step stopped advancing (runPolicy.progressDeadlineSeconds),
+    Resized whether the gang has the size spec.nodes asks for (False: a resize was refused)."""
 
     CREATED = "Created"
     STALLED = "Stalled"
+    RESIZED = "Resized"
     RUNNING = Phase.RUNNING
     RESTARTING = Phase.RESTARTING
     SUSPENDED = Phase.SUSPENDED
@@ -36,7 +38,7 @@ class ConditionType:
     FAILED = Phase.FAILED
 
 
-CONDITION_TYPES = (ConditionType.CREATED, ConditionType.STALLED, ConditionType.RUNNING, ConditionType.RESTARTING,
+CONDITION_TYPES = (ConditionType.CREATED, ConditionType.STALLED, ConditionType.RESIZED, ConditionType.RUNNING, ConditionType.RESTARTING,
                    ConditionType.SUSPENDED, ConditionType.SUCCEEDED, ConditionType.FAILED)
 
 
@@ -80,15 +82,18 @@ class Reason:
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     STEP_ADVANCED = "StepAdvanced"
     STARTUP_TIMEOUT = "StartupTimeout"
-    # A change of spec.nodes: the gang checkpoints and comes back at the new size.
+    # A change of spec.nodes: the gang checkpoints and comes back at the new size; or the new size
+    # cannot run (a program's DeepSpeed batch sizes do not divide it) and the gang goes on as it is.
     RESIZING = "Resizing"
+    RESIZE_REFUSED = "ResizeRefused"
+    SIZE_AS_SPECIFIED = "SizeAsSpecified"
 
 
 @dataclass(kw_only=True)
 class Condition:
     """One observation of the job's state, as in the Kubernetes API conventions."""
 
-    type: str = field("Condition type: Created, Stalled, Running, Restarting, Suspended, Succeeded or Failed.")
+    type: str = field("Condition type: Created, Stalled, Resized, Running, Restarting, Suspended, Succeeded or Failed.")
     status: str = field("True, False or Unknown.", enum=("True", "False", "Unknown"))
     reason: str | None = field("CamelCase reason, for machines.", None)
     message: str | None = field("What happened and what to do, for people.", None)

@@ -33,11 +33,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kubespeed import wiring
-from kubespeed.spec import LMTrainingJobSpec, SpecError, from_dict, parse_job_spec
+from kubespeed.spec import LMTrainingJobSpec, SpecError, from_dict
 from kubespeed.spec.job import RunPolicy
 from kubespeed.spec.status import TERMINAL_PHASES, ConditionType, Phase, Reason
 from kubespeed_operator.decide import progress as progress_mod
-from kubespeed_operator.decide import recovery
+from kubespeed_operator.decide import recovery, resize
 from kubespeed_operator.decide.observed import PodPhase, PodReason, PodView
 from kubespeed_operator.decide.restart import Failure, attempt_failure, verdict
 from kubespeed_operator.decide.status import (
@@ -133,12 +133,16 @@ class _Context:
         self.failures = self.old.get("consecutiveFailures") or 0
         self.resizes = self.old.get("resizes") or 0
         self.policy = policy
+        # The Resized condition and its Event, once the spec is read (decide.resize).
+        self.resized: dict[str, Cond] = {}
+        self.resize_events: list[Event] = []
 
     def of_attempt(self, attempt: int) -> list[PodView]:
         return [p for p in self.pods if p.attempt == attempt]
 
     def status(self, phase: str, reason: str, message: str, extra: dict[str, Cond] | None = None, **fields: Any) -> dict[str, Any]:
         wanted = phase_conditions(self.old.get("conditions") or [], phase, reason, message)
+        wanted.update(self.resized)
         wanted.update(extra or {})
         status = {k: v for k, v in self.old.items() if k not in ("phase", "message", "conditions")}
         status.update(
@@ -160,7 +164,7 @@ class _Context:
     def decision(self, status: dict[str, Any], reason: str, wake_after: float, grace: int | None = None, **kwargs: Any) -> Decision:
         grace = self.policy.terminationGracePeriodSeconds if grace is None else grace
         decision = Decision(status=status, reason=reason, grace_seconds=grace, wake_after=wake_after, **kwargs)
-        decision.events = transition_events(self.old, status, reason)
+        decision.events = transition_events(self.old, status, reason) + self.resize_events
         return decision
 
     def cleanup(self, everything_active: bool = False) -> list[str]:
@@ -197,9 +201,10 @@ def decide(
     if ctx.old.get("phase") in TERMINAL_PHASES:
         return _finished(ctx)
     try:
-        spec = spec or parse_job_spec(job.get("spec") or {})
+        spec = spec or resize.parse_keeping_size(job)
     except SpecError as err:
         return _end(ctx, Phase.FAILED, Reason.INVALID_SPEC, f"{err}; fix the spec and create the job again")
+    ctx.resized, ctx.resize_events = resize.resized_condition(ctx.old, resize.refusal(job, spec))
     if blocker is not None and blocker.permanent:
         return _end(ctx, Phase.FAILED, blocker.reason, blocker.message)
     left = ctx.deadline_left()
@@ -395,6 +400,7 @@ def _resize(ctx: _Context, current: list[PodView], size: int, nodes: int, timers
     ctx.attempt, ctx.resizes = attempt + 1, ctx.resizes + 1
     message = (f"resizing from {size} to {nodes} nodes: the ranks of attempt {attempt} write a checkpoint at SIGTERM, and "
                f"attempt {attempt + 1} resumes from it with {nodes} nodes and the same global batch")
+    ctx.resized, _ = resize.resized_condition(ctx.old, None, resizing=message)
     status = ctx.status(Phase.RESTARTING, Reason.RESIZING, message, replicas=replicas(current), nodes=nodes)
     doomed = [p.name for p in current if not p.deleting]
     decision = ctx.decision(status, Reason.RESIZING, wake_after=min(timers), delete_pods=doomed)
