@@ -35,7 +35,7 @@ def test_kubectl_scale_shrinks_a_running_job_which_resumes_from_its_sigterm_chec
     assert status["selector"] == f"{wiring.JOB_LABEL}={training.name}"
     assert [e for e in jobs.events(training.name) if e[1] == "Resizing"] == [
         ("Normal", "Resizing", "resizing from 2 to 1 nodes: the ranks of attempt 1 write a checkpoint at SIGTERM, and "
-                               "attempt 2 resumes from it with 1 nodes and the same global batch")]
+                               "attempt 2 resumes from it with 1 nodes")]
     config = jobs.core.read_namespaced_config_map(wiring.config_map_name(training.name), jobs.namespace)
     assert config.data[wiring.HOSTFILE_KEY].strip().splitlines() == [f"{wiring.pod_host(training.name, 0)} slots=1"]
 

@@ -20,6 +20,9 @@ The rules that keep the gang whole:
   the ranks may take (startupTimeoutSeconds). A failure spends the
   retry budget (status.consecutiveFailures against runPolicy.backoffLimit) unless it
   is a disruption; a newer complete checkpoint gives the budget back.
+- A change of spec.nodes replaces a gang of another size (status.nodes) the same way,
+  as a resize (`status.resizes`), not a failure; a size the spec refuses only because of
+  its new nodes leaves the gang as it is (`decide.resize`).
 - A gang that is not all running within runPolicy.startupTimeoutSeconds is deleted
   and created again after `Timing.startup_retry`, as the next attempt; not a failure.
 
@@ -399,7 +402,7 @@ def _resize(ctx: _Context, current: list[PodView], size: int, nodes: int, timers
     attempt = ctx.attempt
     ctx.attempt, ctx.resizes = attempt + 1, ctx.resizes + 1
     message = (f"resizing from {size} to {nodes} nodes: the ranks of attempt {attempt} write a checkpoint at SIGTERM, and "
-               f"attempt {attempt + 1} resumes from it with {nodes} nodes and the same global batch")
+               f"attempt {attempt + 1} resumes from it with {nodes} nodes")
     ctx.resized, _ = resize.resized_condition(ctx.old, None, resizing=message)
     status = ctx.status(Phase.RESTARTING, Reason.RESIZING, message, replicas=replicas(current), nodes=nodes)
     doomed = [p.name for p in current if not p.deleting]

@@ -80,10 +80,12 @@ class Trainer:
         # Decided before the engine is built: a checkpoint of another data-parallel size needs an engine that loads
         # DeepSpeed's universal format.
         self.resume_tag = checkpoint.agreed_resume_tag(self.directory, config.checkpoint.resume)
-        self.universal = self.resume_tag and reshard.prepare(
+        self.universal = reshard.prepare(
             self.directory, self.resume_tag, config.deepspeed.zeroStage, config.deepspeed.pipelineStages,
-            deepspeed_config.data_parallel_size(config, self.world))
-        engine_config = {**self.ds_config, "checkpoint": {**self.ds_config.get("checkpoint", {}), "load_universal": True}} if self.universal else self.ds_config
+            deepspeed_config.data_parallel_size(config, self.world)) if self.resume_tag else None
+        engine_config = self.ds_config
+        if self.universal:
+            engine_config = {**self.ds_config, "checkpoint": {**self.ds_config.get("checkpoint", {}), "load_universal": True}}
         self.engine, self.parameters = build.build_engine(config, engine_config, self.tokenizer.vocab_size, init_state)
         self.compiled = compilation.compile_engine(self.engine, config, options.gpu)
         self.pipelined = config.deepspeed.pipelineStages > 1
@@ -218,7 +220,7 @@ class Trainer:
         tag = self.resume_tag
         if tag is None:
             return
-        client, _ = checkpoint.load(self.engine, self.directory, tag, self.universal or None)
+        client, _ = checkpoint.load(self.engine, self.directory, tag, self.universal)
         self.position = Position(step=int(client["step"]), tokens=int(client.get("tokens", 0)))
         # The sampler's position is global: at another data-parallel size the ranks go on with the same stream.
         self.sampler.load_state_dict(client["sampler"])
