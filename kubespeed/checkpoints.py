@@ -9,6 +9,8 @@ Layout of a checkpoint directory (`checkpoint.mountPath`, or `--checkpoint-dir`)
     step00000100/                  one checkpoint: DeepSpeed's files (model, ZeRO shards,
                                    client state), one `rank<r>.pt` per rank (its RNG states),
                                    and last `complete`
+      universal/                   the same checkpoint converted for another data-parallel size
+                                   (DeepSpeed's universal format; a resize writes it), `complete` last
     latest                         the tag of the newest complete checkpoint
     export/                        the final weights as safetensors (checkpoint.exportWeights)
     compile-cache/                 TorchInductor's compiled kernels (deepspeed.compile), reused by the next run
@@ -34,6 +36,7 @@ DATA_DIR = "data"
 METRICS_FILE = "metrics.jsonl"
 EXPORT_DIR = "export"
 COMPILE_CACHE_DIR = "compile-cache"
+UNIVERSAL_DIR = "universal"
 _TAG = re.compile(r"step(\d+)")
 
 

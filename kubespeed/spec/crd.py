@@ -18,7 +18,8 @@ CRD_NAME = f"{wiring.PLURAL}.{wiring.API_GROUP}"
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase."},
-    {"name": "Nodes", "type": "integer", "jsonPath": ".spec.nodes", "description": "Pods in the gang."},
+    {"name": "Nodes", "type": "integer", "jsonPath": ".status.nodes", "description": "Pods in the running gang."},
+    {"name": "Wanted", "type": "integer", "jsonPath": ".spec.nodes", "description": "Pods the spec asks for (spec.nodes)."},
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step", "description": "Optimizer steps done."},
     {"name": "Total", "type": "integer", "jsonPath": ".status.progress.totalSteps", "description": "Steps to train."},
     {"name": "Loss", "type": "string", "jsonPath": ".status.progress.loss", "description": "Latest training loss."},
@@ -68,7 +69,11 @@ def crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "schema": {"openAPIV3Schema": schema},
-                    "subresources": {"status": {}},
+                    # `kubectl scale lmtj/NAME --replicas=N` sets spec.nodes, under the spec's rules.
+                    "subresources": {
+                        "status": {},
+                        "scale": {"specReplicasPath": ".spec.nodes", "statusReplicasPath": ".status.nodes", "labelSelectorPath": ".status.selector"},
+                    },
                     "additionalPrinterColumns": PRINTER_COLUMNS,
                 }
             ],

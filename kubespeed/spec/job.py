@@ -315,6 +315,16 @@ class SchedulingSpec:
 
 
 @dataclass(kw_only=True)
+class ElasticSpec:
+    """Bounds on the gang's size: the sizes `nodes` (and `kubectl scale`) may take."""
+
+    minNodes: int = field("The fewest pods the job may be resized to.", minimum=1, maximum=1024)
+    maxNodes: int = field("The most pods the job may be resized to (`nodes`, `kubectl scale`).", minimum=1, maximum=1024)
+
+    __cel__ = (rule("self.minNodes <= self.maxNodes", "elastic.minNodes must not exceed elastic.maxNodes", ".minNodes"),)
+
+
+@dataclass(kw_only=True)
 class EnvVar:
     """An environment variable for the trainer container."""
 
@@ -396,6 +406,24 @@ class LMTrainingJobSpec:
             SHARED_CHECKPOINT_MESSAGE,
             ".checkpoint",
         ),
+        rule(
+            "!has(self.elastic) || (self.nodes >= self.elastic.minNodes && self.nodes <= self.elastic.maxNodes)",
+            "nodes must lie within elastic.minNodes and elastic.maxNodes",
+            ".nodes",
+        ),
+        rule(
+            "!has(self.elastic) || self.elastic.maxNodes == 1 || has(self.checkpoint.claimName) || has(self.checkpoint.volumeClaim)",
+            "elastic.maxNodes above 1 lets the job grow to several nodes, which need a checkpoint volume they all share: "
+            "set checkpoint.volumeClaim or checkpoint.claimName",
+            ".elastic.maxNodes",
+        ),
+        rule(
+            f"!has(self.elastic) || {_value('training', 'globalBatchSize')} % ({_value('training', 'microBatchSize')} * "
+            f"(self.elastic.minNodes * self.procsPerNode / {_value('deepspeed', 'pipelineStages')})) == 0",
+            "training.globalBatchSize must be a multiple of training.microBatchSize x the data-parallel size at elastic.minNodes, "
+            "the smallest size the job may be given",
+            ".elastic.minNodes",
+        ),
         rule("has(self.program) || has(self.data)", "data is required: the built-in trainer's training text (or set program to run your own)", ".data"),
         *(
             rule(f"!has(self.program) || !has(self.{section})", f"{section} configures the built-in trainer and does not apply to a program; leave it out", f".{section}")
@@ -414,7 +442,12 @@ class LMTrainingJobSpec:
 
     image: str = field("Trainer container image (the kubespeed trainer image or one built on it).", min_length=1)
     imagePullPolicy: str = field("When the kubelet pulls the image.", "IfNotPresent", enum=PULL_POLICIES)
-    nodes: int = field("Pods in the gang; each pod is one DeepSpeed node.", 1, minimum=1, maximum=1024, immutable=True)
+    nodes: int = field(
+        "Pods in the gang; each pod is one DeepSpeed node. Changing it on a running job (or `kubectl scale lmtj/NAME "
+        "--replicas=N`) resizes it: the ranks checkpoint at SIGTERM and a gang of the new size resumes from that "
+        "checkpoint with the same global batch (gradient accumulation recomputed), optimizer state and data position; "
+        "a size the global batch cannot divide is refused. Within `elastic`'s bounds when they are set.",
+        1, minimum=1, maximum=1024)
     procsPerNode: int = field("Ranks per pod; with gpu true, also the GPUs each pod requests.", 1, minimum=1, maximum=64, immutable=True)
     gpu: bool = field("Request `nvidia.com/gpu` per pod and tolerate the GPU taint; false trains on CPU with gloo.", True, immutable=True)
     resources: Resources = field("Per-pod resources besides GPUs.", Resources())
@@ -431,6 +464,7 @@ class LMTrainingJobSpec:
     training: TrainingSpec = field(f"The training run; {TRAINER_ONLY}", TrainingSpec(), immutable=True, crd_default=False)
     deepspeed: DeepSpeedSpec = field(f"DeepSpeed engine settings; {TRAINER_ONLY} A program's DeepSpeed config is program.deepspeedConfig.", DeepSpeedSpec(), immutable=True, crd_default=False)
     checkpoint: CheckpointSpec = field("Checkpoints and resume.", CheckpointSpec(), immutable=True)
+    elastic: ElasticSpec | None = field("Bounds on `nodes`; unset, `nodes` may change to any size the global batch divides.", None)
     runPolicy: RunPolicy = field("Recovery, deadlines, cleanup and suspension.", RunPolicy())
     scheduling: SchedulingSpec = field("Placement, gang scheduling and queues.", SchedulingSpec())
     podTemplate: PodTemplate = field(

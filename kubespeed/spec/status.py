@@ -25,10 +25,12 @@ TERMINAL_PHASES = (Phase.SUCCEEDED, Phase.FAILED)
 class ConditionType:
     """Condition types, following the API conventions: one True at a time among the lifecycle
     ones (those named after a phase); Created says whether the attempt's pods could be made,
-    Stalled whether a Running job's step stopped advancing (runPolicy.progressDeadlineSeconds)."""
+    Stalled whether a Running job's step stopped advancing (runPolicy.progressDeadlineSeconds),
+    Resized whether the gang has the size spec.nodes asks for (False: a resize was refused)."""
 
     CREATED = "Created"
     STALLED = "Stalled"
+    RESIZED = "Resized"
     RUNNING = Phase.RUNNING
     RESTARTING = Phase.RESTARTING
     SUSPENDED = Phase.SUSPENDED
@@ -36,7 +38,7 @@ class ConditionType:
     FAILED = Phase.FAILED
 
 
-CONDITION_TYPES = (ConditionType.CREATED, ConditionType.STALLED, ConditionType.RUNNING, ConditionType.RESTARTING,
+CONDITION_TYPES = (ConditionType.CREATED, ConditionType.STALLED, ConditionType.RESIZED, ConditionType.RUNNING, ConditionType.RESTARTING,
                    ConditionType.SUSPENDED, ConditionType.SUCCEEDED, ConditionType.FAILED)
 
 
@@ -80,13 +82,18 @@ class Reason:
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     STEP_ADVANCED = "StepAdvanced"
     STARTUP_TIMEOUT = "StartupTimeout"
+    # A change of spec.nodes: the gang checkpoints and comes back at the new size; or the new size
+    # cannot run (a program's DeepSpeed batch sizes do not divide it) and the gang goes on as it is.
+    RESIZING = "Resizing"
+    RESIZE_REFUSED = "ResizeRefused"
+    SIZE_AS_SPECIFIED = "SizeAsSpecified"
 
 
 @dataclass(kw_only=True)
 class Condition:
     """One observation of the job's state, as in the Kubernetes API conventions."""
 
-    type: str = field("Condition type: Created, Stalled, Running, Restarting, Suspended, Succeeded or Failed.")
+    type: str = field("Condition type: Created, Stalled, Resized, Running, Restarting, Suspended, Succeeded or Failed.")
     status: str = field("True, False or Unknown.", enum=("True", "False", "Unknown"))
     reason: str | None = field("CamelCase reason, for machines.", None)
     message: str | None = field("What happened and what to do, for people.", None)
@@ -135,6 +142,9 @@ class LMTrainingJobStatus:
     message: str | None = field("A sentence on the current state.", None)
     conditions: list[Condition] = field("Conditions, newest state of each type.", [])
     replicas: ReplicaStatus | None = field("Pods of the current attempt by state.", None)
+    nodes: int | None = field("Pods in the current attempt's gang: spec.nodes once a resize has taken effect (`kubectl scale` reads it).", None)
+    selector: str | None = field("The label selector of the job's pods, for `kubectl scale` and autoscalers.", None)
+    resizes: int | None = field("Resizes so far: gangs replaced by one of another size (a change of spec.nodes), each resuming from the checkpoint written at SIGTERM.", None)
     attempt: int | None = field("The current attempt, from 1; each gang restart starts a new one.", None)
     restarts: int | None = field("Gang restarts so far, after a failure or a disruption: every pod of the attempt deleted and created again as the next attempt.", None)
     disruptions: int | None = field("Gang restarts caused by a disruption (preemption, eviction, a drained or lost node, SIGTERM); they do not count against runPolicy.backoffLimit.", None)

@@ -96,6 +96,23 @@ def test_ctrl_c_checkpoints_and_a_rerun_resumes(run_dir):
     assert json.loads((run_dir / "quickstart" / "summary.json").read_text())["step"] == target
 
 
+def test_a_rerun_with_more_nodes_resumes_at_the_new_size_from_a_converted_checkpoint(run_dir):
+    # Micro batches of 4: the global batch of 16 divides over 2 ranks (1 node) and over 4 (2 nodes, which share
+    # their checkpoints through a claim).
+    same = ["--set", "training.microBatchSize=4", "--set", "checkpoint.volumeClaim.size=1Gi"]
+    first = subprocess.run(local(run_dir, *same, "--set", "training.steps=4"), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    done = subprocess.run(local(run_dir, *same, "--set", "training.steps=8", "--set", "nodes=2"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = metrics(run_dir)
+    (resume,) = [r for r in lines if r["kind"] == "resume"]
+    assert (resume["step"], resume["dataParallelSize"], resume["resizedFrom"]) == (4, 4, 2)
+    assert [(r["worldSize"], r["gradientAccumulation"]) for r in lines if r["kind"] == "start"] == [(2, 2), (4, 1)]
+    trained = {r["step"]: r["samplesDrawn"] for r in lines if r["kind"] == "train"}
+    assert trained == {step: 16 * step for step in (2, 4, 6, 8)}
+    assert processes_of(run_dir) == []
+
+
 def test_a_failure_no_retry_can_help_is_not_retried(run_dir, tmp_path):
     missing = tmp_path / "no-such-corpus.txt"
     done = subprocess.run(local(run_dir, "--set", f"data.train={missing}"), capture_output=True, text=True, timeout=600)

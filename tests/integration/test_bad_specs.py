@@ -98,6 +98,11 @@ BAD_SPECS = [
     ("keep no checkpoints", bad(checkpoint__keep=0), "spec.checkpoint.keep"),
     ("unknown resume policy", bad(checkpoint__resume="sometimes"), "spec.checkpoint.resume"),
     ("negative backoff limit", bad(runPolicy__backoffLimit=-1), "spec.runPolicy.backoffLimit"),
+    ("elastic bounds upside down", bad(nodes=2, training__globalBatchSize=16, checkpoint__claimName="c", elastic={"minNodes": 3, "maxNodes": 2}), "spec.elastic.minNodes"),
+    ("nodes above elastic.maxNodes", bad(nodes=4, training__globalBatchSize=32, checkpoint__claimName="c", elastic={"minNodes": 1, "maxNodes": 2}), "spec.nodes"),
+    ("elastic without maxNodes", bad(elastic={"minNodes": 1}), "spec.elastic.maxNodes"),
+    ("elastic growth without a shared checkpoint volume", bad(elastic={"minNodes": 1, "maxNodes": 2}), "spec.elastic.maxNodes"),
+    ("elastic minimum the batch cannot divide", bad(nodes=4, training={"globalBatchSize": 8, "microBatchSize": 2}, checkpoint__claimName="c", elastic={"minNodes": 3, "maxNodes": 4}), "spec.elastic.minNodes"),
     ("kubelet restart policy", bad(runPolicy__restartPolicy="Always"), "spec.runPolicy.restartPolicy"),
     ("no grace period to checkpoint", bad(runPolicy__terminationGracePeriodSeconds=0), "spec.runPolicy.terminationGracePeriodSeconds"),
     ("negative in-place restarts", bad(runPolicy__maxInPlaceRestarts=-1), "spec.runPolicy.maxInPlaceRestarts"),
@@ -166,7 +171,6 @@ BAD_SPECS += [
 
 # Fields that cannot change once the job exists: (field, a valid new spec).
 IMMUTABLE_CHANGES = [
-    ("spec.nodes", bad(nodes=2, training__globalBatchSize=16)),
     ("spec.procsPerNode", bad(procsPerNode=2, training__globalBatchSize=16)),
     ("spec.gpu", bad(gpu=False)),
     ("spec.model", bad(model__size="small")),
@@ -185,6 +189,19 @@ MUTABLE_CHANGES = [
     ("in-place restarts", bad(runPolicy__maxInPlaceRestarts=0)),
     ("image", bad(image="trainer:2")),
     ("scheduling", bad(scheduling__priorityClassName="high")),
+]
+
+
+# A job whose size may change: a shared checkpoint volume, a global batch of 16 in micro batches of 4.
+RESIZABLE = bad(checkpoint__claimName="ckpt", training={"globalBatchSize": 16, "microBatchSize": 4})
+
+# Resizes of a one-node job: (what, the job, its new spec, the field a refusal names or None where it is accepted).
+RESIZES = [
+    ("to 4 nodes", RESIZABLE, overridden(RESIZABLE, nodes=4), None),
+    ("to 2 nodes within elastic bounds", RESIZABLE, overridden(RESIZABLE, nodes=2, elastic={"minNodes": 1, "maxNodes": 2}), None),
+    ("to 3 nodes the global batch cannot divide", RESIZABLE, overridden(RESIZABLE, nodes=3), "spec.training.globalBatchSize"),
+    ("to 4 nodes past elastic.maxNodes", RESIZABLE, overridden(RESIZABLE, nodes=4, elastic={"minNodes": 1, "maxNodes": 2}), "spec.nodes"),
+    ("of a job whose checkpoints live in its one pod", GOOD, overridden(GOOD, nodes=2), "spec.checkpoint"),
 ]
 
 
@@ -296,3 +313,14 @@ def test_api_server_refuses_changing_an_immutable_field(custom, lmtj_namespace, 
 def test_api_server_accepts_changing_a_mutable_field(custom, lmtj_namespace, what, changed):
     job = create(custom, lmtj_namespace, f"edited-{secrets.token_hex(3)}", GOOD)
     assert with_spec(custom, lmtj_namespace, job, changed)["metadata"]["generation"] == 2, what
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("what, base, changed, field", RESIZES, ids=ids(RESIZES))
+def test_api_server_judges_a_resize_by_the_spec_rules(custom, lmtj_namespace, what, base, changed, field):
+    job = create(custom, lmtj_namespace, f"resized-{secrets.token_hex(3)}", base)
+    if field is None:
+        assert with_spec(custom, lmtj_namespace, job, changed)["spec"]["nodes"] == changed["nodes"], what
+        return
+    status, body = refusal(lambda: with_spec(custom, lmtj_namespace, job, changed))
+    assert status == 422 and field in body, f"{what}: {body}"

@@ -293,6 +293,7 @@ OPERATOR_NEEDS = [
     ("create the headless service", "create", "services", "", ""),
     ("create the network policy", "create", "networkpolicies", "networking.k8s.io", ""),
     ("read back a config map that was there", "get", "configmaps", "", ""),
+    ("bring the config map up to date after a resize", "update", "configmaps", "", ""),
     ("read back a service that was there", "get", "services", "", ""),
     ("read back a network policy that was there", "get", "networkpolicies", "networking.k8s.io", ""),
     ("post events", "create", "events", "", ""),
@@ -307,6 +308,7 @@ OPERATOR_MUST_NOT = [
     ("impersonate", "impersonate", "serviceaccounts", "", ""),
     ("delete the CRD", "delete", "customresourcedefinitions", "apiextensions.k8s.io", ""),
     ("delete config maps", "delete", "configmaps", "", ""),
+    ("update services", "update", "services", "", ""),
     ("list config maps", "list", "configmaps", "", ""),
     ("create nodes", "create", "nodes", "", ""),
 ]

@@ -69,7 +69,8 @@ def test_crd_is_established_with_short_name_status_and_printer_columns(installed
     spec = installed_crd["spec"]
     assert spec["names"]["shortNames"] == [wiring.SHORT_NAME]
     (version,) = spec["versions"]
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"] == {
+        "status": {}, "scale": {"specReplicasPath": ".spec.nodes", "statusReplicasPath": ".status.nodes", "labelSelectorPath": ".status.selector"}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
     assert {"Phase", "Nodes", "Step", "Total", "Loss", "Age"} <= set(columns)
 
@@ -130,17 +131,31 @@ def test_kubectl_explain_teaches(control_plane, installed_crd, path, teaches):
 
 def test_kubectl_get_shows_phase_nodes_progress_and_loss(control_plane, jobs, namespace):
     jobs.create(lmtj("shown", {**MINIMAL_SPEC, "nodes": 2, "training": {"globalBatchSize": 32}, "checkpoint": {"volumeClaim": {}}}))
-    expected = ["shown", "Succeeded", "2", "1000", "1000", "2.31"]
+    expected = ["shown", "Succeeded", "1", "2", "1000", "1000", "2.31"]
     # An operator in the session may write its first status after ours; it keeps a finished job's status as it is.
     deadline = time.monotonic() + 30
     while True:
-        jobs.patch_status("shown", {"phase": "Succeeded", "progress": {"step": 1000, "totalSteps": 1000, "loss": "2.31"}})
+        jobs.patch_status("shown", {"phase": "Succeeded", "nodes": 1, "progress": {"step": 1000, "totalSteps": 1000, "loss": "2.31"}})
         header, row = kubectl(control_plane, "get", wiring.SHORT_NAME, "shown", "-n", namespace).splitlines()
-        if row.split()[:6] == expected or time.monotonic() > deadline:
+        if row.split()[:7] == expected or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert header.split() == ["NAME", "PHASE", "NODES", "STEP", "TOTAL", "LOSS", "AGE"]
-    assert row.split()[:6] == expected
+    assert header.split() == ["NAME", "PHASE", "NODES", "WANTED", "STEP", "TOTAL", "LOSS", "AGE"]
+    assert row.split()[:7] == expected
+
+
+def test_kubectl_scale_resizes_the_job_under_the_spec_rules(control_plane, jobs, namespace):
+    jobs.create(lmtj("scaled", {**MINIMAL_SPEC, "training": {"globalBatchSize": 16, "microBatchSize": 4}, "checkpoint": {"claimName": "ckpt"},
+                                "elastic": {"minNodes": 1, "maxNodes": 4}}))
+    jobs.patch_status("scaled", {"nodes": 1, "selector": f"{wiring.JOB_LABEL}=scaled"})
+    kubectl(control_plane, "scale", f"{wiring.SHORT_NAME}/scaled", "--replicas=4", "-n", namespace)
+    assert kubectl(control_plane, "get", wiring.SHORT_NAME, "scaled", "-n", namespace, "-o", "jsonpath={.spec.nodes}") == "4"
+    scale = kubectl(control_plane, "get", "--raw", f"/apis/{wiring.API_GROUP}/{wiring.API_VERSION}/namespaces/{namespace}/{wiring.PLURAL}/scaled/scale")
+    assert '"replicas":4' in scale and '"replicas":1' in scale and f'"selector":"{wiring.JOB_LABEL}=scaled"' in scale
+    for replicas, field in ((3, "spec.training.globalBatchSize"), (8, "spec.nodes")):
+        result = subprocess.run(["kubectl", "scale", f"{wiring.SHORT_NAME}/scaled", f"--replicas={replicas}", "-n", namespace],
+                                env=control_plane.env(), capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0 and field in result.stderr, result.stderr
 
 
 def test_status_is_a_subresource_that_create_and_spec_updates_cannot_set(jobs):

@@ -33,7 +33,7 @@ RANK = textwrap.dedent("""
             os._exit(9)
         engine.save_checkpoint = save_then_die
     out = Path(sys.argv[1])
-    checkpoint.save(engine, out, 5, {"step": 5}, keep=2,
+    checkpoint.save(engine, out, 5, {"step": 5}, keep=2, data_parallel_size=1,
                     on_complete=lambda tag: (out / "reported").write_text(tag))
 """)
 

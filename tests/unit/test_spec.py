@@ -46,6 +46,12 @@ def test_minimal_spec_gets_every_default():
         ("startup bound shorter than a pod start", with_(runPolicy__startupTimeoutSeconds=5), "spec.runPolicy.startupTimeoutSeconds"),
         ("progress deadline of no time", with_(runPolicy__progressDeadlineSeconds=0), "spec.runPolicy.progressDeadlineSeconds"),
         ("progress deadline as a duration string", with_(runPolicy__progressDeadlineSeconds="10m"), "spec.runPolicy.progressDeadlineSeconds"),
+        ("elastic bounds upside down", with_(elastic={"minNodes": 3, "maxNodes": 2}, nodes=2, checkpoint__claimName="c"), "spec.elastic.minNodes"),
+        ("nodes above elastic.maxNodes", with_(elastic={"minNodes": 1, "maxNodes": 2}, nodes=4, checkpoint__claimName="c"), "spec.nodes"),
+        ("nodes below elastic.minNodes", with_(elastic={"minNodes": 2, "maxNodes": 4}, nodes=1, checkpoint__claimName="c", training__globalBatchSize=16, training__microBatchSize=8), "spec.nodes"),
+        ("elastic without minNodes", with_(elastic={"maxNodes": 2}), "spec.elastic.minNodes"),
+        ("elastic growth without a shared checkpoint volume", with_(elastic={"minNodes": 1, "maxNodes": 2}), "spec.elastic.maxNodes"),
+        ("elastic minimum the batch cannot divide", with_(elastic={"minNodes": 3, "maxNodes": 4}, nodes=4, checkpoint__claimName="c", training__globalBatchSize=8, training__microBatchSize=2), "spec.elastic.minNodes"),
     ],
 )
 def test_bad_spec_is_refused_naming_the_field(name, spec, field):

@@ -20,6 +20,9 @@ The rules that keep the gang whole:
   the ranks may take (startupTimeoutSeconds). A failure spends the
   retry budget (status.consecutiveFailures against runPolicy.backoffLimit) unless it
   is a disruption; a newer complete checkpoint gives the budget back.
+- A change of spec.nodes replaces a gang of another size (status.nodes) the same way,
+  as a resize (`status.resizes`), not a failure; a size the spec refuses only because of
+  its new nodes leaves the gang as it is (`decide.resize`).
 - A gang that is not all running within runPolicy.startupTimeoutSeconds is deleted
   and created again after `Timing.startup_retry`, as the next attempt; not a failure.
 
@@ -32,14 +35,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from kubespeed.spec import LMTrainingJobSpec, SpecError, from_dict, parse_job_spec
+from kubespeed import wiring
+from kubespeed.spec import LMTrainingJobSpec, SpecError, from_dict
 from kubespeed.spec.job import RunPolicy
 from kubespeed.spec.status import TERMINAL_PHASES, ConditionType, Phase, Reason
 from kubespeed_operator.decide import progress as progress_mod
-from kubespeed_operator.decide import recovery
+from kubespeed_operator.decide import recovery, resize
 from kubespeed_operator.decide.observed import PodPhase, PodReason, PodView
 from kubespeed_operator.decide.restart import Failure, attempt_failure, verdict
 from kubespeed_operator.decide.status import (
+    NORMAL,
     Cond,
     Event,
     condition,
@@ -129,13 +134,18 @@ class _Context:
         self.disruptions = self.old.get("disruptions") or 0
         self.in_place = self.old.get("inPlaceRestarts") or 0
         self.failures = self.old.get("consecutiveFailures") or 0
+        self.resizes = self.old.get("resizes") or 0
         self.policy = policy
+        # The Resized condition and its Event, once the spec is read (decide.resize).
+        self.resized: dict[str, Cond] = {}
+        self.resize_events: list[Event] = []
 
     def of_attempt(self, attempt: int) -> list[PodView]:
         return [p for p in self.pods if p.attempt == attempt]
 
     def status(self, phase: str, reason: str, message: str, extra: dict[str, Cond] | None = None, **fields: Any) -> dict[str, Any]:
         wanted = phase_conditions(self.old.get("conditions") or [], phase, reason, message)
+        wanted.update(self.resized)
         wanted.update(extra or {})
         status = {k: v for k, v in self.old.items() if k not in ("phase", "message", "conditions")}
         status.update(
@@ -148,6 +158,7 @@ class _Context:
             disruptions=self.disruptions or None,
             inPlaceRestarts=self.in_place or None,
             consecutiveFailures=self.failures or None,
+            resizes=self.resizes or None,
             replicas=replicas(self.of_attempt(self.attempt)),
         )
         status.update(fields)
@@ -156,7 +167,7 @@ class _Context:
     def decision(self, status: dict[str, Any], reason: str, wake_after: float, grace: int | None = None, **kwargs: Any) -> Decision:
         grace = self.policy.terminationGracePeriodSeconds if grace is None else grace
         decision = Decision(status=status, reason=reason, grace_seconds=grace, wake_after=wake_after, **kwargs)
-        decision.events = transition_events(self.old, status, reason)
+        decision.events = transition_events(self.old, status, reason) + self.resize_events
         return decision
 
     def cleanup(self, everything_active: bool = False) -> list[str]:
@@ -193,9 +204,10 @@ def decide(
     if ctx.old.get("phase") in TERMINAL_PHASES:
         return _finished(ctx)
     try:
-        spec = spec or parse_job_spec(job.get("spec") or {})
+        spec = spec or resize.parse_keeping_size(job)
     except SpecError as err:
         return _end(ctx, Phase.FAILED, Reason.INVALID_SPEC, f"{err}; fix the spec and create the job again")
+    ctx.resized, ctx.resize_events = resize.resized_condition(ctx.old, resize.refusal(job, spec))
     if blocker is not None and blocker.permanent:
         return _end(ctx, Phase.FAILED, blocker.reason, blocker.message)
     left = ctx.deadline_left()
@@ -278,6 +290,12 @@ def _active(
         doomed = [p.name for p in stale if not p.deleting]
         return ctx.decision(ctx.status(phase, reason, message), reason, wake_after=min(timers), delete_pods=doomed)
 
+    # The size the current attempt was started at; the gang is replaced when the spec asks for another.
+    size = ctx.old.get("nodes") or nodes
+    if size != nodes and current:
+        return _resize(ctx, current, size, nodes, timers)
+    fields_of_size = {"nodes": nodes, "selector": f"{wiring.JOB_LABEL}={ctx.name}"}
+
     if not current and retry_at is not None and ctx.now < retry_at:
         status = ctx.status(Phase.PENDING, Reason.STARTUP_TIMEOUT, ctx.old.get("message") or "")
         return ctx.decision(status, Reason.STARTUP_TIMEOUT, wake_after=min(timers + [(retry_at - ctx.now).total_seconds()]))
@@ -292,7 +310,7 @@ def _active(
         watched = recovery.watch(ctx.old, progress, ctx.now, started=whole and ctx.old.get("phase") != Phase.RUNNING,
                                  trainer_layout=spec.program is None)  # fmt: skip
     # Past the retry time of a released gang: its next attempt is under way.
-    fields: dict[str, Any] = {"nextAttemptTime": None} if retry_at is not None else {}
+    fields: dict[str, Any] = {**fields_of_size, **({"nextAttemptTime": None} if retry_at is not None else {})}
     if watched is not None:
         ctx.in_place += watched.new_in_place
         ctx.failures = 0 if watched.newer_checkpoint else ctx.failures
@@ -374,6 +392,24 @@ def _active(
     create = {"create_attempt": attempt, "create_ranks": missing} if missing else {}
     startup = recovery.startup_wait(current, policy, ctx.now)
     return ctx.decision(status, reason, wake_after=min(timers + ([startup] if startup is not None else [])), **create)
+
+
+def _resize(ctx: _Context, current: list[PodView], size: int, nodes: int, timers: list[float]) -> Decision:
+    """spec.nodes changed: the gang checkpoints at SIGTERM and the next attempt, of the new size, resumes from it.
+
+    Not a failure and not a disruption: the retry budget is untouched.
+    """
+    attempt = ctx.attempt
+    ctx.attempt, ctx.resizes = attempt + 1, ctx.resizes + 1
+    message = (f"resizing from {size} to {nodes} nodes: the ranks of attempt {attempt} write a checkpoint at SIGTERM, and "
+               f"attempt {attempt + 1} resumes from it with {nodes} nodes")
+    ctx.resized, _ = resize.resized_condition(ctx.old, None, resizing=message)
+    status = ctx.status(Phase.RESTARTING, Reason.RESIZING, message, replicas=replicas(current), nodes=nodes)
+    doomed = [p.name for p in current if not p.deleting]
+    decision = ctx.decision(status, Reason.RESIZING, wake_after=min(timers), delete_pods=doomed)
+    # One Event for the resize, whatever phase it interrupts.
+    decision.events = [Event(NORMAL, Reason.RESIZING, message)]
+    return decision
 
 
 def _release(ctx: _Context, current: list[PodView], overdue: str, timers: list[float]) -> Decision:

@@ -110,15 +110,15 @@ class Event:
     message: str
 
 
-# Waiting in a queue is how a queued job starts, not a problem to warn about.
-QUEUED_REASONS = (Reason.WAITING_FOR_ADMISSION,)
+# Waiting in a queue is how a queued job starts, and a resize how a resized one does: not problems to warn about.
+EXPECTED_REASONS = (Reason.WAITING_FOR_ADMISSION, Reason.RESIZING)
 
 
 def _problem(status: dict[str, Any]) -> tuple[str, str] | None:
     """A reason the job is stuck while not failed: a False Created or Running condition."""
     for ctype in (ConditionType.CREATED, ConditionType.RUNNING):
         cond = condition(status, ctype)
-        if cond and cond.get("status") == "False" and status.get("phase") == Phase.PENDING and cond.get("reason") not in QUEUED_REASONS:
+        if cond and cond.get("status") == "False" and status.get("phase") == Phase.PENDING and cond.get("reason") not in EXPECTED_REASONS:
             return cond.get("reason") or "", cond.get("message") or ""
     return None
 

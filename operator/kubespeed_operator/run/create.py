@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from kubespeed import wiring
 from kubespeed.spec import LMTrainingJobSpec
@@ -27,6 +27,13 @@ from kubespeed_operator.decide.observed import PodView, controller_uid, view
 from kubespeed_operator.run.kube import ApiError, Kube, path
 
 CLAIM_SEEN_SECONDS = 30.0
+# Children whose content follows spec.nodes (the hostfile and DeepSpeed config; a PodGroup's minMember): when
+# one is there already with other content (the job was resized), it is brought up to date before the pods start.
+RESIZED_CONTENT: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "ConfigMap": lambda obj: obj.get("data"),
+    # Only what a resize changes: the API server adds defaults of its own to the rest of the spec.
+    "PodGroup": lambda obj: (obj.get("spec") or {}).get("minMember"),
+}
 # Old objects go by the garbage collector, whose progress is not watched: look again this soon.
 OLD_OBJECTS_RETRY_SECONDS = 2.0
 
@@ -113,11 +120,17 @@ class Creator:
         return None, [result for result in results if isinstance(result, dict)], held
 
     async def _held_by_others(self, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Of objects that were there already, those whose controller is not the one they were built with."""
+        """Of objects that were there already, those whose controller is not the one they were built with;
+        this job's own whose content a resize changed are brought up to date."""
         def where(obj: dict[str, Any]) -> str:
             meta = obj["metadata"]
             return path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
 
         found = await asyncio.gather(*(self.kube.get(where(obj)) for obj in objects))
         # One deleted meanwhile is retried by the next pass, as one never there would be.
-        return [obj for obj, existing in zip(objects, found) if existing is None or controller_uid(existing) != controller_uid(obj)]
+        held = [obj for obj, existing in zip(objects, found) if existing is None or controller_uid(existing) != controller_uid(obj)]
+        stale = [(obj, existing) for obj, existing in zip(objects, found) if existing is not None and obj not in held
+                 and obj["kind"] in RESIZED_CONTENT and RESIZED_CONTENT[obj["kind"]](existing) != RESIZED_CONTENT[obj["kind"]](obj)]
+        # A 409 (changed meanwhile) raises, and the next pass reads it again.
+        await asyncio.gather(*(self.kube.replace(obj, existing) for obj, existing in stale))
+        return held

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubespeed.spec import LMTrainingJobSpec, SpecError, parse_job_spec
+from kubespeed.spec import LMTrainingJobSpec, SpecError
+from kubespeed_operator.decide import resize
 
 Key = tuple[str, str]
 
@@ -84,7 +85,7 @@ class Jobs:
         if cached is not None and cached[0] == version and None not in version:
             return cached[1]
         try:
-            spec = parse_job_spec(job.get("spec") or {})
+            spec = resize.parse_keeping_size(job)
         except SpecError:
             return None
         self._specs[job_key(job)] = (version, spec)

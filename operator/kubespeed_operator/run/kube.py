@@ -199,6 +199,12 @@ class Kube:
                 return None
             raise
 
+    async def replace(self, obj: dict[str, Any], existing: dict[str, Any]) -> dict[str, Any]:
+        """Put `obj` in place of `existing`, guarded by its resourceVersion (a 409 if it changed since it was read)."""
+        meta = existing["metadata"]
+        body = {**obj, "metadata": {**obj["metadata"], "resourceVersion": meta["resourceVersion"]}}
+        return await self.request("PUT", path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]), body)
+
     async def delete(self, url_path: str, grace_seconds: int | None = None, propagation: str | None = None, uid: str | None = None) -> None:
         """Delete; an object already gone is fine, and so, with `uid`, is one replaced by another of its name."""
         body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}

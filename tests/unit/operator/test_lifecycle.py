@@ -537,3 +537,65 @@ def test_an_unschedulable_pod_says_why():
 def test_a_pod_the_cluster_took_away_is_viewed_as_disrupted(status, disrupted):
     body = {"metadata": {"name": "demo-0", "labels": {wiring.NODE_RANK_LABEL: "0", wiring.ATTEMPT_LABEL: "1"}}, "status": status}
     assert view(body).disrupted is disrupted
+
+
+# ------------------------------------------------------------------ resizes
+
+def test_a_change_of_nodes_on_a_running_gang_checkpoints_it_and_starts_the_next_attempt_at_the_new_size(make_job):
+    job = with_status(make_job(nodes=4), running_status(nodes=2, consecutiveFailures=1))
+    d = decide(job, gang(2), NOW)
+    assert (d.status["phase"], cond(d, "Restarting")["reason"]) == ("Restarting", "Resizing")
+    assert (d.status["attempt"], d.status["resizes"], d.status["nodes"], d.status["restarts"]) == (2, 1, 4, 0)
+    assert (cond(d, "Resized")["status"], cond(d, "Resized")["reason"]) == ("True", "Resizing")
+    # Not a failure: the retry budget is as it was.
+    assert d.status["consecutiveFailures"] == 1
+    assert sorted(d.delete_pods) == ["demo-0", "demo-1"] and d.grace_seconds == RunPolicy().terminationGracePeriodSeconds
+    assert [(e.type, e.reason) for e in d.events] == [("Normal", "Resizing")]
+    assert "from 2 to 4 nodes" in d.events[0].message
+
+    waiting = decide(with_status(job, d.status), [pod(0, deleting=True), pod(1, deleting=True)], NOW)
+    assert (waiting.status["phase"], waiting.create_attempt, waiting.delete_pods) == ("Restarting", None, [])
+    started = decide(with_status(job, waiting.status), [], NOW)
+    assert (started.create_attempt, started.create_ranks, started.status["resizes"]) == (2, [0, 1, 2, 3], 1)
+    # The new gang starts as any gang does: the resize is not a problem to warn about again.
+    assert [(e.type, e.reason) for e in started.events] == [("Normal", "CreatingPods")]
+
+
+@pytest.mark.parametrize(
+    "name, status, pods",
+    [
+        ("a gang of the size the spec asks for", running_status(nodes=2), gang(2)),
+        ("a status written before sizes were recorded", running_status(), gang(2)),
+        ("a new size before any pod exists", {"phase": "Pending", "attempt": 1, "nodes": 4}, []),
+    ],
+)
+def test_no_resize_without_a_running_gang_of_another_size(make_job, name, status, pods):
+    d = decide(with_status(make_job(nodes=2), status), pods, NOW)
+    assert d.status.get("resizes") is None and d.status["nodes"] == 2 and d.status["selector"] == f"{wiring.JOB_LABEL}=demo", name
+    assert all(e.reason != "Resizing" for e in d.events), name
+
+
+def batch_program(make_job, nodes: int) -> dict[str, Any]:
+    """A program whose DeepSpeed config fixes its batch: 16 sequences in micro batches of 8, which 1 or 2 ranks divide."""
+    return make_job(nodes=nodes, data=None, program={"command": ["train.py"], "deepspeedConfig": {
+        "train_batch_size": 16, "train_micro_batch_size_per_gpu": 8}})
+
+
+def test_a_size_the_programs_batch_cannot_divide_is_refused_and_the_gang_goes_on(make_job):
+    job = with_status(batch_program(make_job, nodes=4), running_status(nodes=2))
+    d = decide(job, gang(2), NOW)
+    assert (d.status["phase"], d.status["nodes"], d.delete_pods, d.status.get("resizes")) == ("Running", 2, [], None)
+    refused = cond(d, "Resized")
+    assert (refused["status"], refused["reason"]) == ("False", "ResizeRefused")
+    assert "spec.program.deepspeedConfig.train_batch_size" in refused["message"] and "goes on with 2 nodes" in refused["message"]
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", "ResizeRefused")]
+    # Said once; and taken back when spec.nodes is the gang's size again.
+    assert decide(with_status(job, d.status), gang(2), NOW).events == []
+    back = decide(with_status(batch_program(make_job, nodes=2), d.status), gang(2), NOW)
+    assert (cond(back, "Resized")["status"], [e.reason for e in back.events]) == ("True", ["SizeAsSpecified"])
+
+
+def test_a_new_job_whose_size_the_programs_batch_cannot_divide_fails_naming_the_field(make_job):
+    d = decide(batch_program(make_job, nodes=4), [], NOW)
+    assert (d.status["phase"], cond(d, "Failed")["reason"]) == ("Failed", "InvalidSpec")
+    assert "spec.program.deepspeedConfig.train_batch_size" in d.status["message"]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from kubespeed import checkpoints
-from kubespeed_trainer.engine import checkpoint
+from kubespeed_trainer.engine import checkpoint, reshard
 
 
 def make_tag(directory, step: int, complete: bool) -> str:
@@ -40,3 +44,21 @@ def test_prune_keeps_the_newest_complete_and_drops_leftovers(tmp_path):
 def test_tags_sort_by_step_as_text_too():
     tags = [checkpoints.tag_for(s) for s in (9, 10, 100)]
     assert sorted(tags) == tags and [checkpoints.step_of(t) for t in tags] == [9, 10, 100]
+
+
+@pytest.mark.parametrize(
+    "name, stage, marker, size, converted",
+    [
+        ("ZeRO 0 holds the whole optimizer once", 0, {"dataParallelSize": 2}, 4, False),
+        ("ZeRO 1 at the size it was saved", 1, {"dataParallelSize": 2}, 2, False),
+        ("ZeRO 1 at another size", 1, {"dataParallelSize": 2}, 4, True),
+        ("ZeRO 3 shrunk to one rank", 3, {"dataParallelSize": 4}, 1, True),
+        ("a checkpoint from before sizes were recorded, by its world size", 2, {"worldSize": 2}, 4, True),
+        ("a checkpoint that says nothing", 2, {}, 4, False),
+    ],
+)
+def test_a_checkpoint_is_converted_only_when_its_shards_do_not_fit_the_new_size(tmp_path, name, stage, marker, size, converted):
+    tag = make_tag(tmp_path, 100, True)
+    (tmp_path / tag / checkpoints.COMPLETE_MARKER).write_text(json.dumps(marker))
+    saved = reshard.saved_data_parallel_size(tmp_path, tag, pipeline_stages=1)
+    assert reshard.needs_universal(stage, saved, size) == converted, name

@@ -115,6 +115,32 @@ def test_resume_with_another_world_size_continues_the_same_global_order():
     assert before + after == uninterrupted
 
 
+def optimizer_steps(samplers: list[ResumableSampler], steps: int, global_batch: int, micro: int) -> list[list[int]]:
+    """The samples of each optimizer step, rank by rank, as the trainer draws them: the global batch in micro
+    batches, gradient accumulation = global batch / (micro x ranks)."""
+    accumulation = global_batch // (micro * len(samplers))
+    return [[i for _ in range(accumulation) for sampler in samplers for i in sampler.next_indices()] for _ in range(steps)]
+
+
+def test_a_resize_from_2_to_4_to_1_ranks_trains_every_step_on_the_samples_of_a_run_that_stays_at_2():
+    num_samples, global_batch, micro, seed = 37, 8, 2, 9
+    fixed = optimizer_steps([ResumableSampler(num_samples, rank=r, world_size=2, seed=seed, micro_batch_size=micro) for r in range(2)],
+                            12, global_batch, micro)
+    state = {"epoch": 0, "position": 0}
+    resized: list[list[int]] = []
+    for ranks, steps in ((2, 4), (4, 4), (1, 4)):
+        samplers = [ResumableSampler(num_samples, rank=r, world_size=ranks, seed=seed, micro_batch_size=micro) for r in range(ranks)]
+        for sampler in samplers:
+            sampler.load_state_dict(state)
+        resized += optimizer_steps(samplers, steps, global_batch, micro)
+        state = samplers[0].state_dict()
+        assert samplers[0].drawn() == global_batch * len(resized)
+    # Within a step the ranks split the batch differently; the step's samples, and the global order, are the same.
+    assert [sorted(step) for step in resized] == [sorted(step) for step in fixed]
+    stream, _ = global_stream(num_samples, 1, global_batch, seed=seed, rounds=12)
+    assert [sorted(stream[k * global_batch:(k + 1) * global_batch]) for k in range(12)] == [sorted(step) for step in resized]
+
+
 def test_batches_stack_samples_and_cover_an_epoch_across_ranks(prepared):
     dataset = TokenDataset(prepared, "train", SEQ)
     world_size, micro = 2, 4

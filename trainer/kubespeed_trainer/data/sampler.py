@@ -40,6 +40,10 @@ class ResumableSampler:
             raise ValueError(f"position {state['position']} is outside an epoch of {self.num_samples} samples")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
+    def drawn(self) -> int:
+        """Samples the stream has handed out so far, over all ranks: equal counts mean the same samples were seen."""
+        return self.epoch * self.num_samples + self.position
+
     def permutation(self, epoch: int) -> torch.Tensor:
         if self._permutation is None or self._permutation[0] != epoch:
             generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))

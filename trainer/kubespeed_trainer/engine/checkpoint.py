@@ -46,7 +46,7 @@ def _rank_file(directory: Path, tag: str, rank: int) -> Path:
     return directory / tag / f"rank{rank}.pt"
 
 
-def save(engine: Any, directory: str | Path, step: int, client_state: dict[str, Any], *, keep: int,
+def save(engine: Any, directory: str | Path, step: int, client_state: dict[str, Any], *, keep: int, data_parallel_size: int,
          rank_state: dict[str, Any] | None = None, on_complete: Callable[[str], None] | None = None) -> str:
     """Save a checkpoint from every rank; when this returns, it is complete and `latest` names it.
 
@@ -61,7 +61,8 @@ def save(engine: Any, directory: str | Path, step: int, client_state: dict[str, 
     # Ends with a barrier: once it returns on rank 0, every rank's files are written.
     engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
     if rank == 0:
-        marker = {"step": step, "time": time.time(), "worldSize": dist.get_world_size()}
+        # The data-parallel size tells the next run whether it must convert the checkpoint (engine.reshard).
+        marker = {"step": step, "time": time.time(), "worldSize": dist.get_world_size(), "dataParallelSize": data_parallel_size}
         write_atomically(directory / tag / COMPLETE_MARKER, json.dumps(marker) + "\n")
         write_atomically(directory / LATEST_FILE, tag)
         if on_complete:
@@ -81,12 +82,16 @@ def prune(directory: Path, keep: int) -> list[str]:
     return doomed
 
 
-def load(engine: Any, directory: str | Path, tag: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore engine state (weights, optimizer, scheduler) and this rank's RNG; returns (client state, rank state)."""
+def load(engine: Any, directory: str | Path, tag: str, universal: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore engine state (weights, optimizer, scheduler) and this rank's RNG; returns (client state, rank state).
+
+    `universal` (engine.reshard's `prepare`) names the converted copy DeepSpeed loads instead.
+    """
     directory = Path(directory)
-    path, client_state = engine.load_checkpoint(str(directory), tag=tag)
+    load_dir, load_tag = (universal["loadDir"], universal["tag"]) if universal else (str(directory), tag)
+    path, client_state = engine.load_checkpoint(load_dir, tag=load_tag)
     if path is None:
-        raise RuntimeError(f"DeepSpeed could not load checkpoint {directory / tag}")
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {Path(load_dir) / load_tag}")
     rank_path = _rank_file(directory, tag, dist.get_rank())
     rank_state: dict[str, Any] = {}
     if rank_path.exists():

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from kubespeed import checkpoints, deepspeed_config, wiring
 from kubespeed.spec import TrainerConfig, to_dict
 from kubespeed_trainer import data, elastic, models
-from kubespeed_trainer.engine import accelerator, build, checkpoint, checkpoint_weights, compilation, device, objectives
+from kubespeed_trainer.engine import accelerator, build, checkpoint, checkpoint_weights, compilation, device, objectives, reshard
 from kubespeed_trainer.engine.metrics import Metrics
 from kubespeed_trainer.engine.signals import StopRequest
 from kubespeed_trainer.engine.startup import StartupClock
@@ -77,7 +77,16 @@ class Trainer:
             build.write_run_files(self.directory, config, self.ds_config, self.tokenizer)
             build.compare_with_operator_config(self.ds_config)
         init_state = build.initial_weights(config)
-        self.engine, self.parameters = build.build_engine(config, self.ds_config, self.tokenizer.vocab_size, init_state)
+        # Decided before the engine is built: a checkpoint of another data-parallel size needs an engine that loads
+        # DeepSpeed's universal format.
+        self.resume_tag = checkpoint.agreed_resume_tag(self.directory, config.checkpoint.resume)
+        self.universal = reshard.prepare(
+            self.directory, self.resume_tag, config.deepspeed.zeroStage, config.deepspeed.pipelineStages,
+            deepspeed_config.data_parallel_size(config, self.world)) if self.resume_tag else None
+        engine_config = self.ds_config
+        if self.universal:
+            engine_config = {**self.ds_config, "checkpoint": {**self.ds_config.get("checkpoint", {}), "load_universal": True}}
+        self.engine, self.parameters = build.build_engine(config, engine_config, self.tokenizer.vocab_size, init_state)
         self.compiled = compilation.compile_engine(self.engine, config, options.gpu)
         self.pipelined = config.deepspeed.pipelineStages > 1
         self.device = self.engine.device
@@ -201,21 +210,24 @@ class Trainer:
         client = {"step": self.position.step, "tokens": self.position.tokens, "sampler": self.sampler.state_dict(),
                   "trainerConfig": to_dict(self.config)}
         checkpoint.save(self.engine, self.directory, self.position.step, client, keep=self.config.checkpoint.keep,
-                        on_complete=self._record_checkpoint)
+                        data_parallel_size=self.dp_size, on_complete=self._record_checkpoint)
 
     def _record_checkpoint(self, tag: str) -> None:
         if self.metrics:
             self.metrics.record("checkpoint", step=self.position.step, checkpointStep=self.position.step)
 
     def resume(self) -> None:
-        tag = checkpoint.agreed_resume_tag(self.directory, self.config.checkpoint.resume)
+        tag = self.resume_tag
         if tag is None:
             return
-        client, _ = checkpoint.load(self.engine, self.directory, tag)
+        client, _ = checkpoint.load(self.engine, self.directory, tag, self.universal)
         self.position = Position(step=int(client["step"]), tokens=int(client.get("tokens", 0)))
+        # The sampler's position is global: at another data-parallel size the ranks go on with the same stream.
         self.sampler.load_state_dict(client["sampler"])
         if self.metrics:
-            self.metrics.record("resume", step=self.position.step, checkpointStep=self.position.step, tag=tag)
+            resized = {"resizedFrom": self.universal["savedSize"], "conversionSeconds": self.universal["seconds"]} if self.universal else {}
+            self.metrics.record("resume", step=self.position.step, checkpointStep=self.position.step, tag=tag,
+                                dataParallelSize=self.dp_size, **resized)
 
     # ------------------------------------------------------------ the loop
 
@@ -262,7 +274,8 @@ class Trainer:
                         "train", step=done, totalSteps=training.steps, loss=loss, lr=self.engine.get_lr()[0],
                         gradNorm=self.grad_norm(), lossScale=self._loss_scale(), tokensPerSecond=tps,
                         mfu=tps * flops_per_token / (peak * self.world) if peak and tps else None,
-                        etaSeconds=eta, elapsedSeconds=time.perf_counter() - run_start, tokens=self.position.tokens)
+                        etaSeconds=eta, elapsedSeconds=time.perf_counter() - run_start, tokens=self.position.tokens,
+                        samplesDrawn=self.sampler.drawn())
                 loss_sum.zero_()
                 window_start, window_steps = time.perf_counter(), 0
             if training.evalInterval and done % training.evalInterval == 0 and done < training.steps:
