@@ -6,14 +6,8 @@ root filesystem with a tmpfs at /tmp, no capabilities, no privilege escalation, 
 credential but its ServiceAccount's bound token, mounted where a kubelet mounts it. It runs
 in the node agent's network (as a pod would), so it also reads rank 0's progress.
 
-Building costs minutes (timed in README), so it runs when the image's recipe changed: the
-recipe key (the Dockerfile's operator stages, pyproject.toml, .dockerignore, the base
-recipe) of the last image proven here is committed in tests/e2e/operator-image.proven.
-While the key is the same the test skips, naming the key, in every clone and on every
-machine, CI's included; when the recipe changes the test runs (in CI too) and, once it passes, writes the new key into that
-file, to be committed with the change. KUBESPEED_IMAGE_TESTS=always runs it regardless.
-Where podman or mmdebstrap is missing it skips saying so, except under CI (CI set), where
-it fails: a changed recipe is never left unproven in CI.
+Building costs minutes (timed in README), so it runs only when the operator image's recipe
+changed since tests/e2e/operator-image.proven (see image_gate.py).
 
     .venv/bin/python -m pytest tests/e2e/test_operator_image.py -rs
 """
@@ -23,13 +17,13 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from agent import NodeAgent
 from kubernetes import client
+from image_gate import ImageGate
 from training_helpers import Training, of_kind, start
 
 from kubespeed_cli.dev import image as images
@@ -42,26 +36,12 @@ SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 CHART_USER = "65532:65532"
 
 
-PROVEN = Path(__file__).with_name("operator-image.proven")
-
-
-def proven_key() -> str | None:
-    return PROVEN.read_text().split()[0] if PROVEN.exists() else None
+GATE = ImageGate("operator")
 
 
 @pytest.fixture(scope="module")
 def operator_image() -> images.Built:
-    key = images.recipe_key()
-    if proven_key() == key and os.environ.get("KUBESPEED_IMAGE_TESTS") != "always":
-        pytest.skip(f"operator image recipe {key} (the Dockerfile's operator stages, pyproject.toml, .dockerignore, base) unchanged since it was "
-                    f"built and ran a job ({PROVEN.name}: {PROVEN.read_text().strip()}); KUBESPEED_IMAGE_TESTS=always runs it")  # fmt: skip
-    absent = images.missing_tools()
-    if absent:
-        message = f"{', '.join(absent)} not installed, so the operator image is neither built nor run here"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return images.ensure_operator_image()
+    return GATE.built()
 
 
 class ImageOperator(OperatorProcess):
@@ -138,4 +118,4 @@ def test_the_operator_image_runs_a_job_to_success_under_the_charts_security_sett
     assert status["progress"]["step"] == 20 and status["checkpoint"]["step"] == 20
     assert of_kind(training.metrics(), "train")[-1]["step"] == 20
 
-    PROVEN.write_text(f"{images.recipe_key()} {time.strftime('%Y-%m-%d')} ({operator_image.image_bytes} bytes)\n")
+    GATE.record(operator_image)

@@ -9,13 +9,8 @@ read-only), with its entrypoint, user, working directory and environment (HOME, 
 PATH), the pods' volumes over them, in the pods' network. Training is DeepSpeed over gloo on
 the CPU. What stays unverified (CUDA, NCCL, the prebuilt GPU ops) is listed in README.
 
-Building costs many minutes and gigabytes, so it runs when the image's recipe changed, as
-tests/e2e/test_operator_image.py does: the trainer recipe key (the Dockerfile's trainer stages
-and the global ARGs they use, pyproject.toml, .dockerignore, the base, the build arguments) of
-the last image proven here is committed in tests/e2e/trainer-image.proven. While the key is
-the same the test skips, naming it; when it changes the test runs (in CI too, where missing
-podman or mmdebstrap fails it) and, once it passes, writes the new key, to be committed with
-the change. KUBESPEED_IMAGE_TESTS=always runs it regardless.
+Building costs many minutes and gigabytes, so it runs only when the trainer image's recipe
+changed since tests/e2e/trainer-image.proven (see image_gate.py).
 
     .venv/bin/python -m pytest tests/e2e/test_trainer_image.py -rs
 """
@@ -24,15 +19,14 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from agent import NodeAgent
 from agent.images import LocalImage, built_image, chart_trainer_image
+from image_gate import ImageGate
 from test_program_training import PROGRAM, program_job, steps
 from training_helpers import Training, of_kind, rank_process, start
 
@@ -41,29 +35,13 @@ from kubespeed_cli.dev import image as images
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-PROVEN = Path(__file__).with_name("trainer-image.proven")
+GATE = ImageGate("trainer")
 PROGRAM_DIR = "/opt/program"
-TARGET = "trainer"
-
-
-def proven_key() -> str | None:
-    return PROVEN.read_text().split()[0] if PROVEN.exists() else None
 
 
 @pytest.fixture(scope="module")
 def trainer_image() -> images.Built:
-    key = images.recipe_key(TARGET)
-    if proven_key() == key and os.environ.get("KUBESPEED_IMAGE_TESTS") != "always":
-        pytest.skip(f"trainer image recipe {key} (the Dockerfile's trainer stages, pyproject.toml, .dockerignore, base, build "
-                    f"arguments) unchanged since it was built and ran jobs ({PROVEN.name}: {PROVEN.read_text().strip()}); "
-                    "KUBESPEED_IMAGE_TESTS=always runs it")  # fmt: skip
-    absent = images.missing_tools()
-    if absent:
-        message = f"{', '.join(absent)} not installed, so the trainer image is neither built nor run here"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return images.ensure_trainer_image()
+    return GATE.built()
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +50,7 @@ def proven(trainer_image: images.Built) -> Iterator[set[str]]:
     passed: set[str] = set()
     yield passed
     if passed == {"launcher", "program"}:
-        PROVEN.write_text(f"{images.recipe_key(TARGET)} {time.strftime('%Y-%m-%d')} ({trainer_image.image_bytes} bytes)\n")
+        GATE.record(trainer_image)
 
 
 @pytest.fixture(scope="module")

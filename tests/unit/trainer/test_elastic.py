@@ -61,34 +61,47 @@ def test_without_a_step_timeout_there_is_no_watchdog(monkeypatch):
     assert watchdog.seconds is None
 
 
-def test_a_rank_forked_from_the_launchers_forkserver_dies_with_the_launcher(tmp_path):
-    # As `kubespeed launch` starts ranks: forked from a forkserver, so the rank's parent is the
-    # forkserver and the launcher its grandparent. The launcher is SIGKILLed.
-    launcher_code = (
-        "import multiprocessing, os, sys, time\n"
-        "def rank(ready):\n"
-        "    from kubespeed_trainer import elastic\n"
-        "    elastic.die_with_launcher()\n"
-        "    ready.put(os.getpid())\n"
-        "    time.sleep(120)\n"
-        "if __name__ == '__main__':\n"
-        "    os.environ['KUBESPEED_LAUNCHER_PID'] = str(os.getpid())\n"
-        "    context = multiprocessing.get_context('forkserver')\n"
-        "    ready = context.Queue()\n"
-        "    context.Process(target=rank, args=(ready,)).start()\n"
-        "    print(ready.get(), flush=True)\n"
-        "    time.sleep(120)\n"
-    )
+# Two "launchers" that start one rank and print its pid. As `kubespeed launch` does: forked from a
+# forkserver, so the rank's parent is the forkserver and the launcher its grandparent.
+FORKED = (
+    "import multiprocessing, os, sys, time\n"
+    "def rank(ready):\n"
+    "    from kubespeed_trainer import elastic\n"
+    "    elastic.die_with_launcher()\n"
+    "    ready.put(os.getpid())\n"
+    "    time.sleep(120)\n"
+    "if __name__ == '__main__':\n"
+    "    os.environ['KUBESPEED_LAUNCHER_PID'] = str(os.getpid())\n"
+    "    context = multiprocessing.get_context('forkserver')\n"
+    "    ready = context.Queue()\n"
+    "    context.Process(target=rank, args=(ready,)).start()\n"
+    "    print(ready.get(), flush=True)\n"
+    "    time.sleep(120)\n"
+)
+# As torch elastic starts a program: a child of the launcher, in a session of its own.
+IN_A_SESSION = (
+    "import os, subprocess, sys, time\n"
+    "env = {**os.environ, 'KUBESPEED_LAUNCHER_PID': str(os.getpid())}\n"
+    "code = 'from kubespeed_trainer import elastic; elastic.die_with_launcher(); print(\"ready\", flush=True); import time; time.sleep(120)'\n"
+    "child = subprocess.Popen([sys.executable, '-c', code], env=env, start_new_session=True, stdout=subprocess.PIPE, text=True)\n"
+    "assert child.stdout.readline().strip() == 'ready'\n"
+    "print(child.pid, flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+@pytest.mark.parametrize("launcher_code", [FORKED, IN_A_SESSION], ids=["forked from the launcher's forkserver", "in a session of its own"])
+def test_a_rank_dies_with_its_launcher_when_the_launcher_is_killed(tmp_path, launcher_code):
     script = tmp_path / "launcher.py"
     script.write_text(launcher_code)
     launcher = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
-        rank_pid = int(launcher.stdout.readline())
-        forked = psutil.Process(rank_pid)
-        assert forked.ppid() != launcher.pid and psutil.Process(forked.ppid()).ppid() == launcher.pid
+        rank = psutil.Process(int(launcher.stdout.readline()))
+        if launcher_code is FORKED:
+            assert rank.ppid() != launcher.pid and psutil.Process(rank.ppid()).ppid() == launcher.pid
         launcher.kill()
         launcher.wait()
-        gone, alive = psutil.wait_procs([forked], timeout=WAIT_SECONDS)
+        gone, alive = psutil.wait_procs([rank], timeout=WAIT_SECONDS)
     finally:
         launcher.kill()
     assert gone and not alive, "the rank outlived its launcher"
@@ -109,28 +122,6 @@ def test_a_rank_registers_under_its_launcher_names_its_process_and_leaves_its_ex
         proc.kill()
     assert elastic.exit_code_of(str(tmp_path), proc.pid) == 143
     assert elastic.live_ranks(str(tmp_path)) == {}
-
-
-def test_a_rank_dies_with_its_launcher_though_it_is_in_a_session_of_its_own(tmp_path):
-    # The launcher starts the rank itself, as torch elastic starts a program (a new session), then is SIGKILLed.
-    launcher_code = (
-        "import os, subprocess, sys, time\n"
-        "env = {**os.environ, 'KUBESPEED_LAUNCHER_PID': str(os.getpid())}\n"
-        "code = 'from kubespeed_trainer import elastic; elastic.die_with_launcher(); print(\"ready\", flush=True); import time; time.sleep(120)'\n"
-        "child = subprocess.Popen([sys.executable, '-c', code], env=env, start_new_session=True, stdout=subprocess.PIPE, text=True)\n"
-        "assert child.stdout.readline().strip() == 'ready'\n"
-        "print(child.pid, flush=True)\n"
-        "time.sleep(120)\n"
-    )
-    launcher = subprocess.Popen([sys.executable, "-c", launcher_code], stdout=subprocess.PIPE, text=True)
-    try:
-        orphan = psutil.Process(int(launcher.stdout.readline()))
-        launcher.kill()
-        launcher.wait()
-        gone, alive = psutil.wait_procs([orphan], timeout=WAIT_SECONDS)
-    finally:
-        launcher.kill()
-    assert gone and not alive, "the rank outlived its launcher"
 
 
 def test_rank_0_counts_its_starts_under_one_launcher(monkeypatch, tmp_path):
