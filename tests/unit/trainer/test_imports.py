@@ -52,3 +52,23 @@ def loaded() -> dict[str, list[str]]:
 )
 def test_modules_a_trainer_process_does_not_load(loaded: dict[str, list[str]], step: str) -> None:
     assert loaded[step] == []
+
+
+PRELOAD_PROBE = """
+import importlib, json, os, sys
+from kubespeed_trainer.commands import launch
+before = dict(os.environ)
+for name in launch.RANK_PRELOAD:
+    importlib.import_module(name)
+import torch
+print(json.dumps({"changed": sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)),
+                  "deepspeed": "deepspeed" in sys.modules, "cuda": torch.cuda.is_initialized()}))
+"""
+
+
+def test_the_forkserver_preload_leaves_the_ranks_environment_deepspeed_and_cuda_alone() -> None:
+    # Every rank is forked from the process that imported these: whatever their import set,
+    # a rank would inherit (TorchInductor's cache directory, DeepSpeed's accelerator, CUDA).
+    result = subprocess.run([sys.executable, "-c", PRELOAD_PROBE], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == {"changed": [], "deepspeed": False, "cuda": False}

@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -85,6 +86,7 @@ from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.elastic.rendezvous import RendezvousClosedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+from torch.multiprocessing.spawn import ProcessExitedException
 
 from kubespeed import wiring
 from kubespeed.spec.job import RunPolicy
@@ -92,11 +94,13 @@ from kubespeed_trainer import elastic
 from kubespeed_trainer.commands import failure
 
 TRAIN_MODULE = "kubespeed_trainer.commands.train"
-# What the forkserver imports once for every rank it forks. Not DeepSpeed, which picks its
-# accelerator at import: on a GPU that initialises CUDA, which a forked child cannot use.
-# (torch initialises CUDA lazily, never at import.) torch._dynamo: every optimizer's
-# constructor imports it.
-RANK_PRELOAD = ("torch", "torch._dynamo", "torch.distributed", TRAIN_MODULE)
+# What the forkserver imports once for every rank it forks; importing them changes nothing in
+# the environment the ranks inherit. Not DeepSpeed, which picks its accelerator at import: on
+# a GPU that initialises CUDA, which a forked child cannot use (torch initialises CUDA lazily,
+# never at import). Not torch._dynamo, which fixes TorchInductor's cache directory at import,
+# before a rank can point it at the checkpoint volume (engine/compilation.py).
+RANK_PRELOAD = ("torch", "torch.distributed", TRAIN_MODULE)
+ELASTIC_PROCESSES_LOGGER = "torch.distributed.elastic.multiprocessing.api"
 # Node ranks are below 1024 (spec.nodes), so four digits keep the names in node-rank order.
 NODE_RANK_DIGITS = 4
 
@@ -271,6 +275,17 @@ def launch_config(node: NodeWiring, recovery: Recovery) -> LaunchConfig:
     )
 
 
+class _RankExitWithoutTraceback(logging.Filter):
+    """torch elastic logs a rank's non-zero exit with the traceback of its own wait for the rank,
+    which says nothing: a config error (exit 64) would read as a crash. The line stays; the
+    rank's own words are in its log and the termination message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ProcessExitedException):
+            record.exc_info = None
+        return True
+
+
 def run_rank(train_args: list[str]) -> None:
     """A rank, in a process forked from the forkserver (which imported the train command already;
     the launcher itself never does)."""
@@ -295,6 +310,7 @@ def launch(node: NodeWiring, recovery: Recovery, train_args: list[str]) -> int:
     # The forkserver takes this environment. Started now, it imports torch while the
     # launchers meet in the rendezvous, instead of after.
     multiprocessing.set_forkserver_preload(list(RANK_PRELOAD))
+    logging.getLogger(ELASTIC_PROCESSES_LOGGER).addFilter(_RankExitWithoutTraceback())
     multiprocessing.forkserver.ensure_running()
     forwarder = _Forwarder(launch_dir)
     forwarder.install()
