@@ -21,6 +21,8 @@ The runs (`--runs`, each in its own process):
   metrics, checkpoint and export at the end), one process;
 - `auto`: the same with `precision: auto`, the default, which picks the precision
   for this device (`resolved_precision` says which);
+- `bf16`: the same with `precision: bf16` (the CPU's bf16, which `auto` does not
+  take on a CPU: this run shows whether it would pay);
 - `2ranks`: `kubespeed launch --nproc-per-node 2` with ZeRO-2 in fp32, the same
   global batch (micro batch 6 on each rank).
 
@@ -182,6 +184,7 @@ RUNS = {
     "plain": plain_run,
     "fp32": lambda data, iters, work: deepspeed_run(data, iters, 1, "fp32", work),
     "auto": lambda data, iters, work: deepspeed_run(data, iters, 1, "auto", work),
+    "bf16": lambda data, iters, work: deepspeed_run(data, iters, 1, "bf16", work),
     "2ranks": lambda data, iters, work: deepspeed_run(data, iters, 2, "fp32", work),
 }
 
