@@ -92,6 +92,19 @@ class PodView:
         return self.phase in (PodPhase.RUNNING, PodPhase.SUCCEEDED, PodPhase.FAILED)
 
 
+@dataclass(frozen=True)
+class ProbeView:
+    """An elastic job's capacity probe: a pod that only waits for the scheduler to place it."""
+
+    name: str
+    index: int
+    # The node the scheduler bound it to: a worker of the gang would fit there.
+    node: str | None = None
+    deleting: bool = False
+    owner: str | None = None
+    uid: str | None = None
+
+
 def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     for status in statuses:
@@ -156,4 +169,21 @@ def view(pod: dict[str, Any]) -> PodView | None:
         owner=controller_uid(pod),
         uid=meta.get("uid"),
         gates=tuple(g.get("name", "") for g in (pod.get("spec") or {}).get("schedulingGates") or []),
+    )
+
+
+def probe_view(pod: dict[str, Any]) -> ProbeView | None:
+    """The view of a capacity probe; None for a pod without kubespeed's probe label."""
+    meta = pod.get("metadata") or {}
+    try:
+        index = int((meta.get("labels") or {})[wiring.PROBE_LABEL])
+    except (KeyError, ValueError):
+        return None
+    return ProbeView(
+        name=meta.get("name", ""),
+        index=index,
+        node=(pod.get("spec") or {}).get("nodeName"),
+        deleting=meta.get("deletionTimestamp") is not None,
+        owner=controller_uid(pod),
+        uid=meta.get("uid"),
     )
