@@ -115,6 +115,8 @@ def test_the_shrunk_gang_is_created_at_its_size_while_spec_nodes_stays_as_writte
     shrunk = decide(with_status(job, pending_status()), [running(0), running(1), running(2), unschedulable(3)], NOW)
     started = decide(with_status(job, shrunk.status), [], NOW)
     assert (started.create_attempt, started.create_ranks, started.status["nodes"]) == (2, [0, 1, 2], 3)
+    # The new gang starts as any gang does: the shrink is not a problem to warn about again.
+    assert [(e.type, e.reason) for e in started.events] == [("Normal", "CreatingPods")]
     assert job["spec"]["nodes"] == 4 and started.status["elastic"]["specNodes"] == 4
 
 
