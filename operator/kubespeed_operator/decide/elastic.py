@@ -95,7 +95,12 @@ def shrink(job: dict[str, Any], spec: LMTrainingJobSpec, current: list[PodView],
     can_run = len(live) - len(stuck)
     if not stuck or can_run < elastic.minNodes:
         return None, None
-    since = [t for t in (parse_time(p.created) for p in stuck) if t is not None]
+    # The wait counts from when the scheduler first found no node for a pod (PodScheduled=False's
+    # lastTransitionTime, kept as it retries), not from the pod's creation: a pod the scheduler has not
+    # judged yet (busy, restarting) says nothing about capacity. One gap: a pod that waited behind
+    # scheduling gates keeps the time its gates set PodScheduled=False (reason SchedulingGated), as the
+    # scheduler's UpdatePodCondition keeps lastTransitionTime while the status stays False.
+    since = [t for t in (parse_time(p.unschedulable_since) for p in stuck) if t is not None]
     if not since:
         return None, None
     waited = (now - min(since)).total_seconds()

@@ -81,6 +81,8 @@ class PodView:
     uid: str | None = None
     # Scheduling gates still on the pod (Kueue's until it admits the gang): no scheduler may place it yet.
     gates: tuple[str, ...] = ()
+    # When the scheduler first found no node for it (PodScheduled=False's lastTransitionTime): when capacity went missing.
+    unschedulable_since: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -113,10 +115,11 @@ def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
     return statuses[0] if statuses else {}
 
 
-def _unschedulable(status: dict[str, Any]) -> str | None:
+def _unschedulable(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The PodScheduled=False condition the scheduler writes when it finds no node for the pod."""
     for cond in status.get("conditions") or []:
         if cond.get("type") == PodCondition.POD_SCHEDULED and cond.get("status") == "False" and cond.get("reason") == PodReason.UNSCHEDULABLE:
-            return cond.get("message") or "no node fits the pod"
+            return cond
     return None
 
 
@@ -146,8 +149,8 @@ def view(pod: dict[str, Any]) -> PodView | None:
     reason = status.get("reason") or terminated.get("reason") or waiting.get("reason")
     message = status.get("message") or terminated.get("message") or waiting.get("message")
     unschedulable = _unschedulable(status)
-    if reason is None and unschedulable:
-        reason, message = PodReason.UNSCHEDULABLE, unschedulable
+    if reason is None and unschedulable is not None:
+        reason, message = PodReason.UNSCHEDULABLE, unschedulable.get("message") or "no node fits the pod"
     conditions = status.get("conditions") or []
     ready = any(c.get("type") == PodCondition.READY and c.get("status") == "True" for c in conditions)
     disrupted = status.get("reason") in DISRUPTION_REASONS or any(
@@ -169,6 +172,7 @@ def view(pod: dict[str, Any]) -> PodView | None:
         owner=controller_uid(pod),
         uid=meta.get("uid"),
         gates=tuple(g.get("name", "") for g in (pod.get("spec") or {}).get("schedulingGates") or []),
+        unschedulable_since=(unschedulable or {}).get("lastTransitionTime"),
     )
 
 

@@ -30,10 +30,11 @@ def running(rank: int, attempt: int = 1) -> PodView:
     return PodView(name=f"demo-{rank}", rank=rank, attempt=attempt, phase="Running", ready=True, created=STARTED)
 
 
-def unschedulable(rank: int, attempt: int = 1, waited: float = 2 * WAIT) -> PodView:
-    created = timestamp(NOW - timedelta(seconds=waited))
+def unschedulable(rank: int, attempt: int = 1, waited: float = 2 * WAIT, created: str = STARTED) -> PodView:
+    """A pod the scheduler has found no node for since `waited` seconds ago."""
     return PodView(name=f"demo-{rank}", rank=rank, attempt=attempt, created=created, reason="Unschedulable",
-                   message="0/3 nodes are available: 1 node(s) were unschedulable")  # fmt: skip
+                   message="0/3 nodes are available: 1 node(s) were unschedulable",
+                   unschedulable_since=timestamp(NOW - timedelta(seconds=waited)))  # fmt: skip
 
 
 def probe(index: int, node: str | None = None, deleting: bool = False) -> ProbeView:
@@ -96,6 +97,14 @@ def test_no_shrink(make_job, name, job_args, pods):
     job = with_status(elastic_job(make_job, **job_args), pending_status())
     d = decide(job, pods, NOW)
     assert (d.status["phase"], d.status["nodes"], d.delete_pods, d.status.get("elastic")) == ("Pending", 4, [], None), name
+
+
+def test_the_wait_counts_from_when_the_pod_became_unschedulable_not_from_its_creation(make_job):
+    # Created two waits ago, but the scheduler found no node for it only a moment ago (its node was just lost).
+    job = with_status(elastic_job(make_job), pending_status())
+    d = decide(job, [running(0), running(1), running(2), unschedulable(3, waited=5, created=STARTED)], NOW)
+    assert (d.status["phase"], d.status["nodes"], d.delete_pods, d.status.get("elastic")) == ("Pending", 4, [], None)
+    assert d.wake_after == pytest.approx(WAIT - 5)
 
 
 def test_the_job_is_looked_at_again_when_the_wait_ends(make_job):
