@@ -20,24 +20,14 @@ Both are resizes (status.resizes, the Resized condition, one Event each), never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from kubespeed.spec import LMTrainingJobSpec, SpecError, parse_job_spec
 from kubespeed.spec.status import Reason
 from kubespeed_operator.decide.observed import PodReason, PodView, ProbeView
-from kubespeed_operator.decide.status import parse_time
-
-
-@dataclass(frozen=True)
-class Resize:
-    """A resize elastic mode decided: the new size, why, and the new `status.elastic` (None: back at spec.nodes)."""
-
-    nodes: int
-    reason: str
-    message: str
-    state: dict[str, Any] | None
+from kubespeed_operator.decide.resize import Resize
+from kubespeed_operator.decide.status import NORMAL, WARNING, parse_time
 
 
 def _raw(job: dict[str, Any]) -> dict[str, Any]:
@@ -117,7 +107,8 @@ def shrink(job: dict[str, Any], spec: LMTrainingJobSpec, current: list[PodView],
                f"probes wait for the missing nodes, and the job grows back to spec.nodes ({_raw(job).get('nodes', spec.nodes)}) "
                f"when the scheduler places them")
     state = {"nodes": nodes, "specNodes": _raw(job).get("nodes", spec.nodes), "message": message}
-    return Resize(nodes, Reason.ELASTIC_SHRINK, message, state), None
+    # A Warning: the job runs smaller than asked because the cluster lost capacity.
+    return Resize(nodes, Reason.ELASTIC_SHRINK, message, WARNING, state), None
 
 
 def probes_wanted(state: dict[str, Any] | None) -> int:
@@ -142,4 +133,4 @@ def grow(job: dict[str, Any], state: dict[str, Any], probes: list[ProbeView]) ->
                f"so {upto} nodes can run, and {_how_chosen(nodes, upto, refused)}. The ranks checkpoint at SIGTERM and "
                f"{nodes} resume from it")
     back = None if nodes == wanted else {"nodes": nodes, "specNodes": wanted, "message": message}
-    return Resize(nodes, Reason.ELASTIC_GROW, message, back)
+    return Resize(nodes, Reason.ELASTIC_GROW, message, NORMAL, back)

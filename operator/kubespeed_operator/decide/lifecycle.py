@@ -46,8 +46,6 @@ from kubespeed_operator.decide import elastic, recovery, resize
 from kubespeed_operator.decide.observed import PodPhase, PodReason, PodView, ProbeView
 from kubespeed_operator.decide.restart import Failure, attempt_failure, verdict
 from kubespeed_operator.decide.status import (
-    NORMAL,
-    WARNING,
     Cond,
     Event,
     condition,
@@ -307,10 +305,10 @@ def _active(
     # The size the current attempt was started at; the gang is replaced when the spec asks for another.
     size = ctx.old.get("nodes") or nodes
     if size != nodes and current:
-        return _resize(ctx, current, size, nodes, timers)
+        return _resize(ctx, current, timers, resize.as_specified(size, nodes, attempt))
     shrunk, shrink_wait = elastic.shrink(ctx.job, spec, current, ctx.now)
     if shrunk is not None:
-        return _resize(ctx, current, size, nodes, timers, shrunk)
+        return _resize(ctx, current, timers, shrunk)
     timers += [shrink_wait] if shrink_wait is not None else []
     fields_of_size = {"nodes": nodes, "selector": f"{wiring.JOB_LABEL}={ctx.name}"}
 
@@ -378,7 +376,7 @@ def _active(
     if whole and watched is not None and ctx.elastic is not None:
         grown = elastic.grow(ctx.job, ctx.elastic, probes)
         if grown is not None:
-            return _resize(ctx, current, size, nodes, timers, grown)
+            return _resize(ctx, current, timers, grown)
     if whole and watched is not None:
         stalled, stall_events = recovery.stalled_condition(ctx.old, judged, bool(watched.new_in_place))
         extra.update(stalled)
@@ -416,31 +414,20 @@ def _active(
     return ctx.decision(status, reason, wake_after=min(timers + ([startup] if startup is not None else [])), **create)
 
 
-def _resize(ctx: _Context, current: list[PodView], size: int, nodes: int, timers: list[float],
-            by_elastic: elastic.Resize | None = None) -> Decision:  # fmt: skip
-    """spec.nodes changed, or elastic mode resizes (`by_elastic`): the gang checkpoints at SIGTERM and the
-    next attempt, of the new size, resumes from it.
+def _resize(ctx: _Context, current: list[PodView], timers: list[float], change: resize.Resize) -> Decision:
+    """The gang checkpoints at SIGTERM and the next attempt, of the new size, resumes from it: spec.nodes
+    changed (`resize.as_specified`), or elastic mode shrinks or grows the gang (`elastic.shrink`, `elastic.grow`).
 
     Not a failure and not a disruption: the retry budget is untouched.
     """
-    attempt = ctx.attempt
-    ctx.attempt, ctx.resizes = attempt + 1, ctx.resizes + 1
-    if by_elastic is None:
-        reason = Reason.RESIZING
-        message = (f"resizing from {size} to {nodes} nodes: the ranks of attempt {attempt} write a checkpoint at SIGTERM, and "
-                   f"attempt {attempt + 1} resumes from it with {nodes} nodes")
-        ctx.resized, _ = resize.resized_condition(ctx.old, None, resizing=message)
-        event = Event(NORMAL, Reason.RESIZING, message)
-    else:
-        reason, message, nodes = by_elastic.reason, by_elastic.message, by_elastic.nodes
-        ctx.elastic = by_elastic.state
-        ctx.resized = {ConditionType.RESIZED: Cond("True", reason, message)}
-        event = Event(WARNING if reason == Reason.ELASTIC_SHRINK else NORMAL, reason, message)
-    status = ctx.status(Phase.RESTARTING, reason, message, replicas=replicas(current), nodes=nodes)
+    ctx.attempt, ctx.resizes = ctx.attempt + 1, ctx.resizes + 1
+    ctx.elastic = change.elastic
+    ctx.resized = {ConditionType.RESIZED: Cond("True", change.reason, change.message)}
+    status = ctx.status(Phase.RESTARTING, change.reason, change.message, replicas=replicas(current), nodes=change.nodes)
     doomed = [p.name for p in current if not p.deleting]
-    decision = ctx.decision(status, reason, wake_after=min(timers), delete_pods=doomed)
+    decision = ctx.decision(status, change.reason, wake_after=min(timers), delete_pods=doomed)
     # One Event for the resize, whatever phase it interrupts.
-    decision.events = [event]
+    decision.events = [Event(change.event_type, change.reason, change.message)]
     return decision
 
 
