@@ -121,3 +121,21 @@ def test_the_probes_of_a_shrunk_job_go_with_the_job(lmtj, kubelet, cordon, pool)
 
     lmtj.custom.delete_namespaced_custom_object(*lmtj.group, lmtj.namespace, lmtj.plural, "gone")
     wait_for(lambda: not lmtj.pods("gone"), "the pods and the probe to go")
+
+
+def test_a_shrunk_gang_survives_an_operator_restart_and_still_grows_back(lmtj, kubelet, cordon, pool, operator):
+    cordon(pool[0], True)
+    lmtj.create(elastic_job("kept"))
+    shrunk = shrink_to_one(lmtj, kubelet, "kept", attempt=1)
+    wait_for(lambda: probes(lmtj, "kept"), "a capacity probe")
+
+    # The new process has nothing in memory: it reads status.elastic back from the job. Had it
+    # lost the choice, it would create the missing rank 1 in the shrunk attempt, not grow the gang.
+    operator.stop()
+    operator.start()
+    cordon(pool[0], False)
+    grown = wait_for(lambda: lmtj.status("kept").get("nodes") == 2 and lmtj.status("kept"), "the gang to grow back", timeout=60)
+    assert (grown["attempt"], grown["resizes"]) == (shrunk["attempt"] + 1, 2) and "elastic" not in grown
+    assert [reason for _, reason, _ in lmtj.events("kept") if reason.startswith("Elastic")] == ["ElasticShrink", "ElasticGrow"]
+    run_all(lmtj, kubelet, "kept", attempt=grown["attempt"], nodes=2)
+    wait_for(lambda: not probes(lmtj, "kept"), "the probe to go")
