@@ -34,6 +34,9 @@ NAME_LABEL = "app.kubernetes.io/name"
 APP_NAME = "kubespeed"
 OPERATOR_COMPONENT = "operator"
 TRAINER_COMPONENT = "trainer"
+# Elastic mode's capacity probes `<job>-probe-<i>` (PROBE_LABEL=i): pods that only wait to be placed, never gang members.
+PROBE_LABEL = f"{API_GROUP}/capacity-probe"
+PROBE_COMPONENT = "capacity-probe"
 # Where the operator runs unless told otherwise (the chart's and the manifests' namespace).
 OPERATOR_NAMESPACE = "kubespeed-system"
 # The API server labels every namespace with its own name; a NetworkPolicy selects a namespace by it.
@@ -142,6 +145,10 @@ PERMANENT_EXIT_CODES = frozenset(e.code for e in EXIT_CODES if e.code != 0 and n
 
 def pod_name(job: str, node_rank: int) -> str:
     return f"{job}-{node_rank}"
+
+
+def probe_name(job: str, index: int) -> str:
+    return f"{job}-probe-{index}"
 
 
 def pod_host(job: str, node_rank: int, namespace: str | None = None) -> str:

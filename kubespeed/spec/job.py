@@ -316,10 +316,18 @@ class SchedulingSpec:
 
 @dataclass(kw_only=True)
 class ElasticSpec:
-    """Bounds on the gang's size: the sizes `nodes` (and `kubectl scale`) may take."""
+    """Elastic mode: bounds on the gang's size, and shrinking to the capacity left when nodes are lost."""
 
-    minNodes: int = field("The fewest pods the job may be resized to.", minimum=1, maximum=1024)
+    minNodes: int = field("The fewest pods the job may be resized to, by `nodes` or by shrinking on lost capacity.", minimum=1, maximum=1024)
     maxNodes: int = field("The most pods the job may be resized to (`nodes`, `kubectl scale`).", minimum=1, maximum=1024)
+    shrinkAfterSeconds: int = field(
+        "How long a pod of the gang may stay Pending Unschedulable (its node lost, cordoned or full) before the job shrinks "
+        "to the pods that can run, in seconds: the ranks checkpoint at SIGTERM and a smaller gang resumes from it, of the "
+        "largest size up to what can run that minNodes and the global batch allow (status.elastic). `nodes` stays as "
+        "written; the operator keeps capacity probes (pods `<job>-probe-<i>` that hold no GPU work) pending for the "
+        "missing pods and grows the job back when the scheduler places one. Below minNodes nothing shrinks, and "
+        "runPolicy.startupTimeoutSeconds releases the gang as without elastic; it must therefore be shorter than that.",
+        300, minimum=1, maximum=86400)
 
     __cel__ = (rule("self.minNodes <= self.maxNodes", "elastic.minNodes must not exceed elastic.maxNodes", ".minNodes"),)
 
@@ -412,6 +420,12 @@ class LMTrainingJobSpec:
             ".nodes",
         ),
         rule(
+            "!has(self.elastic) || self.elastic.shrinkAfterSeconds < self.runPolicy.startupTimeoutSeconds",
+            "elastic.shrinkAfterSeconds must be shorter than runPolicy.startupTimeoutSeconds: a gang that has not started "
+            "whole by then is released and retried at the same size, so it would never shrink",
+            ".elastic.shrinkAfterSeconds",
+        ),
+        rule(
             "!has(self.elastic) || self.elastic.maxNodes == 1 || has(self.checkpoint.claimName) || has(self.checkpoint.volumeClaim)",
             "elastic.maxNodes above 1 lets the job grow to several nodes, which need a checkpoint volume they all share: "
             "set checkpoint.volumeClaim or checkpoint.claimName",
@@ -464,7 +478,9 @@ class LMTrainingJobSpec:
     training: TrainingSpec = field(f"The training run; {TRAINER_ONLY}", TrainingSpec(), immutable=True, crd_default=False)
     deepspeed: DeepSpeedSpec = field(f"DeepSpeed engine settings; {TRAINER_ONLY} A program's DeepSpeed config is program.deepspeedConfig.", DeepSpeedSpec(), immutable=True, crd_default=False)
     checkpoint: CheckpointSpec = field("Checkpoints and resume.", CheckpointSpec(), immutable=True)
-    elastic: ElasticSpec | None = field("Bounds on `nodes`; unset, `nodes` may change to any size the global batch divides.", None)
+    elastic: ElasticSpec | None = field(
+        "Elastic mode: bounds on `nodes`, and shrinking on lost capacity and growing back (see shrinkAfterSeconds); unset, "
+        "`nodes` may change to any size the global batch divides and a lost node is waited for at full size.", None)
     runPolicy: RunPolicy = field("Recovery, deadlines, cleanup and suspension.", RunPolicy())
     scheduling: SchedulingSpec = field("Placement, gang scheduling and queues.", SchedulingSpec())
     podTemplate: PodTemplate = field(

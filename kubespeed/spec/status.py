@@ -87,6 +87,9 @@ class Reason:
     RESIZING = "Resizing"
     RESIZE_REFUSED = "ResizeRefused"
     SIZE_AS_SPECIFIED = "SizeAsSpecified"
+    # Elastic mode (spec.elastic): pods that cannot be scheduled shrink the gang; a capacity probe placed grows it back.
+    ELASTIC_SHRINK = "ElasticShrink"
+    ELASTIC_GROW = "ElasticGrow"
 
 
 @dataclass(kw_only=True)
@@ -135,6 +138,15 @@ class CheckpointStatus:
 
 
 @dataclass(kw_only=True)
+class ElasticStatus:
+    """The size elastic mode chose in place of spec.nodes, while capacity is missing."""
+
+    nodes: int = field("The gang's size as elastic mode chose it: the largest that could run, minNodes and the global batch allow.")
+    specNodes: int = field("spec.nodes when it was chosen; a change of spec.nodes (or removing spec.elastic) ends the choice.")
+    message: str | None = field("Why: which pods could not be scheduled, and how the size was chosen.", None)
+
+
+@dataclass(kw_only=True)
 class LMTrainingJobStatus:
     """What the operator observed; computed from the job's children."""
 
@@ -142,9 +154,10 @@ class LMTrainingJobStatus:
     message: str | None = field("A sentence on the current state.", None)
     conditions: list[Condition] = field("Conditions, newest state of each type.", [])
     replicas: ReplicaStatus | None = field("Pods of the current attempt by state.", None)
-    nodes: int | None = field("Pods in the current attempt's gang: spec.nodes once a resize has taken effect (`kubectl scale` reads it).", None)
+    nodes: int | None = field("Pods in the current attempt's gang: spec.nodes once a resize has taken effect, or status.elastic.nodes (`kubectl scale` reads it).", None)
     selector: str | None = field("The label selector of the job's pods, for `kubectl scale` and autoscalers.", None)
-    resizes: int | None = field("Resizes so far: gangs replaced by one of another size (a change of spec.nodes), each resuming from the checkpoint written at SIGTERM.", None)
+    resizes: int | None = field("Resizes so far: gangs replaced by one of another size (a change of spec.nodes, or elastic mode shrinking on lost capacity and growing back), each resuming from the checkpoint written at SIGTERM; never counted against runPolicy.backoffLimit.", None)
+    elastic: ElasticStatus | None = field("Set while elastic mode runs the gang smaller than spec.nodes because pods could not be scheduled; gone once it is back at spec.nodes.", None)
     attempt: int | None = field("The current attempt, from 1; each gang restart starts a new one.", None)
     restarts: int | None = field("Gang restarts so far, after a failure or a disruption: every pod of the attempt deleted and created again as the next attempt.", None)
     disruptions: int | None = field("Gang restarts caused by a disruption (preemption, eviction, a drained or lost node, SIGTERM); they do not count against runPolicy.backoffLimit.", None)

@@ -25,6 +25,8 @@ The rules that keep the gang whole:
   its new nodes leaves the gang as it is (`decide.resize`).
 - A gang that is not all running within runPolicy.startupTimeoutSeconds is deleted
   and created again after `Timing.startup_retry`, as the next attempt; not a failure.
+- With spec.elastic, pods that stay Unschedulable shrink the gang first, and capacity
+  probes grow it back (`decide.elastic`): resizes too, never failures.
 
 `run.reconciler` runs `decide` on every change of the job or its pods and on a timer, and applies the result.
 """
@@ -40,11 +42,10 @@ from kubespeed.spec import LMTrainingJobSpec, SpecError, from_dict
 from kubespeed.spec.job import RunPolicy
 from kubespeed.spec.status import TERMINAL_PHASES, ConditionType, Phase, Reason
 from kubespeed_operator.decide import progress as progress_mod
-from kubespeed_operator.decide import recovery, resize
-from kubespeed_operator.decide.observed import PodPhase, PodReason, PodView
+from kubespeed_operator.decide import elastic, recovery, resize
+from kubespeed_operator.decide.observed import PodPhase, PodReason, PodView, ProbeView
 from kubespeed_operator.decide.restart import Failure, attempt_failure, verdict
 from kubespeed_operator.decide.status import (
-    NORMAL,
     Cond,
     Event,
     condition,
@@ -101,6 +102,8 @@ class Decision:
     create_ranks: list[int] = field(default_factory=list)
     delete_job: bool = False
     events: list[Event] = field(default_factory=list)
+    # Capacity probes to keep pending (elastic mode, shrunk and running); every other decision deletes them.
+    probes: int = 0
 
 
 def run_policy(job: dict[str, Any], spec: LMTrainingJobSpec | None) -> RunPolicy:
@@ -139,6 +142,8 @@ class _Context:
         # The Resized condition and its Event, once the spec is read (decide.resize).
         self.resized: dict[str, Cond] = {}
         self.resize_events: list[Event] = []
+        # status.elastic: the size elastic mode chose, while it holds (decide.elastic).
+        self.elastic: dict[str, Any] | None = None
 
     def of_attempt(self, attempt: int) -> list[PodView]:
         return [p for p in self.pods if p.attempt == attempt]
@@ -159,6 +164,7 @@ class _Context:
             inPlaceRestarts=self.in_place or None,
             consecutiveFailures=self.failures or None,
             resizes=self.resizes or None,
+            elastic=self.elastic,
             replicas=replicas(self.of_attempt(self.attempt)),
         )
         status.update(fields)
@@ -195,18 +201,21 @@ def decide(
     blocker: Blocker | None = None,
     progress: progress_mod.TrainerReading | None = None,
     spec: LMTrainingJobSpec | None = None,
+    probes: list[ProbeView] | None = None,
 ) -> Decision:
     """What the job's status should be and what to do about its pods, from what was observed.
 
     `spec` is the job's spec already parsed, if the caller has it; else it is parsed here.
+    `probes`: the job's capacity probes (elastic mode).
     """
     ctx = _Context(job, pods, now, timing, run_policy(job, spec))
     if ctx.old.get("phase") in TERMINAL_PHASES:
         return _finished(ctx)
     try:
-        spec = spec or resize.parse_keeping_size(job)
+        spec = elastic.effective_spec(job, spec or resize.parse_keeping_size(job))
     except SpecError as err:
         return _end(ctx, Phase.FAILED, Reason.INVALID_SPEC, f"{err}; fix the spec and create the job again")
+    ctx.elastic = elastic.choice(job, spec)
     ctx.resized, ctx.resize_events = resize.resized_condition(ctx.old, resize.refusal(job, spec))
     if blocker is not None and blocker.permanent:
         return _end(ctx, Phase.FAILED, blocker.reason, blocker.message)
@@ -216,7 +225,7 @@ def decide(
         return _end(ctx, Phase.FAILED, Reason.DEADLINE_EXCEEDED, message, everything_active=True)
     if spec.runPolicy.suspend:
         return _suspended(ctx)
-    return _active(ctx, spec, blocker, progress, left)
+    return _active(ctx, spec, blocker, progress, left, probes or [])
 
 
 def _end(ctx: _Context, phase: str, reason: str, message: str, everything_active: bool = False, **fields: Any) -> Decision:
@@ -249,6 +258,8 @@ def _suspended(ctx: _Context) -> Decision:
     if ctx.old.get("phase") != Phase.SUSPENDED and ctx.attempt >= 1:
         # The attempt that resumes is a new one, so its pods never meet the suspended ones.
         ctx.attempt += 1
+    # A resumed job tries spec.nodes again; elastic mode shrinks it anew if capacity is still missing.
+    ctx.elastic = None
     message = "suspended: pods deleted, config and checkpoints kept; set spec.runPolicy.suspend to false to resume"
     # Like a batch Job, the deadline clock starts again when the job resumes.
     status = ctx.status(Phase.SUSPENDED, Reason.SUSPENDED, message, startTime=None)
@@ -270,6 +281,7 @@ def _active(
     blocker: Blocker | None,
     progress: progress_mod.TrainerReading | None,
     deadline_left: float | None,
+    probes: list[ProbeView],
 ) -> Decision:
     ctx.attempt = max(ctx.attempt, 1)
     attempt, nodes, policy = ctx.attempt, spec.nodes, spec.runPolicy
@@ -293,7 +305,11 @@ def _active(
     # The size the current attempt was started at; the gang is replaced when the spec asks for another.
     size = ctx.old.get("nodes") or nodes
     if size != nodes and current:
-        return _resize(ctx, current, size, nodes, timers)
+        return _resize(ctx, current, timers, resize.as_specified(size, nodes, attempt))
+    shrunk, shrink_wait = elastic.shrink(ctx.job, spec, current, ctx.now)
+    if shrunk is not None:
+        return _resize(ctx, current, timers, shrunk)
+    timers += [shrink_wait] if shrink_wait is not None else []
     fields_of_size = {"nodes": nodes, "selector": f"{wiring.JOB_LABEL}={ctx.name}"}
 
     if not current and retry_at is not None and ctx.now < retry_at:
@@ -357,6 +373,10 @@ def _active(
     if not missing:
         extra[ConditionType.CREATED] = Cond("True", Reason.PODS_CREATED, f"attempt {attempt}: all {nodes} pods created")
 
+    if whole and watched is not None and ctx.elastic is not None:
+        grown = elastic.grow(ctx.job, ctx.elastic, probes)
+        if grown is not None:
+            return _resize(ctx, current, timers, grown)
     if whole and watched is not None:
         stalled, stall_events = recovery.stalled_condition(ctx.old, judged, bool(watched.new_in_place))
         extra.update(stalled)
@@ -368,7 +388,7 @@ def _active(
         status = ctx.status(Phase.RUNNING, reason, message, extra, **fields)
         read_every = recovery.read_interval(ctx.timing.progress_interval, policy)
         wake = timers + [read_every] + ([judged.wake_after()] if judged is not None else [])
-        decision = ctx.decision(status, reason, wake_after=min(wake))
+        decision = ctx.decision(status, reason, wake_after=min(wake), probes=elastic.probes_wanted(ctx.elastic))
         decision.events += stall_events + in_place_events
         return decision
 
@@ -394,21 +414,20 @@ def _active(
     return ctx.decision(status, reason, wake_after=min(timers + ([startup] if startup is not None else [])), **create)
 
 
-def _resize(ctx: _Context, current: list[PodView], size: int, nodes: int, timers: list[float]) -> Decision:
-    """spec.nodes changed: the gang checkpoints at SIGTERM and the next attempt, of the new size, resumes from it.
+def _resize(ctx: _Context, current: list[PodView], timers: list[float], change: resize.Resize) -> Decision:
+    """The gang checkpoints at SIGTERM and the next attempt, of the new size, resumes from it: spec.nodes
+    changed (`resize.as_specified`), or elastic mode shrinks or grows the gang (`elastic.shrink`, `elastic.grow`).
 
     Not a failure and not a disruption: the retry budget is untouched.
     """
-    attempt = ctx.attempt
-    ctx.attempt, ctx.resizes = attempt + 1, ctx.resizes + 1
-    message = (f"resizing from {size} to {nodes} nodes: the ranks of attempt {attempt} write a checkpoint at SIGTERM, and "
-               f"attempt {attempt + 1} resumes from it with {nodes} nodes")
-    ctx.resized, _ = resize.resized_condition(ctx.old, None, resizing=message)
-    status = ctx.status(Phase.RESTARTING, Reason.RESIZING, message, replicas=replicas(current), nodes=nodes)
+    ctx.attempt, ctx.resizes = ctx.attempt + 1, ctx.resizes + 1
+    ctx.elastic = change.elastic
+    ctx.resized = {ConditionType.RESIZED: Cond("True", change.reason, change.message)}
+    status = ctx.status(Phase.RESTARTING, change.reason, change.message, replicas=replicas(current), nodes=change.nodes)
     doomed = [p.name for p in current if not p.deleting]
-    decision = ctx.decision(status, Reason.RESIZING, wake_after=min(timers), delete_pods=doomed)
+    decision = ctx.decision(status, change.reason, wake_after=min(timers), delete_pods=doomed)
     # One Event for the resize, whatever phase it interrupts.
-    decision.events = [Event(NORMAL, Reason.RESIZING, message)]
+    decision.events = [Event(change.event_type, change.reason, change.message)]
     return decision
 
 

@@ -81,6 +81,8 @@ class PodView:
     uid: str | None = None
     # Scheduling gates still on the pod (Kueue's until it admits the gang): no scheduler may place it yet.
     gates: tuple[str, ...] = ()
+    # When the scheduler first found no node for it (PodScheduled=False's lastTransitionTime): when capacity went missing.
+    unschedulable_since: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -92,6 +94,19 @@ class PodView:
         return self.phase in (PodPhase.RUNNING, PodPhase.SUCCEEDED, PodPhase.FAILED)
 
 
+@dataclass(frozen=True)
+class ProbeView:
+    """An elastic job's capacity probe: a pod that only waits for the scheduler to place it."""
+
+    name: str
+    index: int
+    # The node the scheduler bound it to: a worker of the gang would fit there.
+    node: str | None = None
+    deleting: bool = False
+    owner: str | None = None
+    uid: str | None = None
+
+
 def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     for status in statuses:
@@ -100,10 +115,11 @@ def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
     return statuses[0] if statuses else {}
 
 
-def _unschedulable(status: dict[str, Any]) -> str | None:
+def _unschedulable(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The PodScheduled=False condition the scheduler writes when it finds no node for the pod."""
     for cond in status.get("conditions") or []:
         if cond.get("type") == PodCondition.POD_SCHEDULED and cond.get("status") == "False" and cond.get("reason") == PodReason.UNSCHEDULABLE:
-            return cond.get("message") or "no node fits the pod"
+            return cond
     return None
 
 
@@ -133,8 +149,8 @@ def view(pod: dict[str, Any]) -> PodView | None:
     reason = status.get("reason") or terminated.get("reason") or waiting.get("reason")
     message = status.get("message") or terminated.get("message") or waiting.get("message")
     unschedulable = _unschedulable(status)
-    if reason is None and unschedulable:
-        reason, message = PodReason.UNSCHEDULABLE, unschedulable
+    if reason is None and unschedulable is not None:
+        reason, message = PodReason.UNSCHEDULABLE, unschedulable.get("message") or "no node fits the pod"
     conditions = status.get("conditions") or []
     ready = any(c.get("type") == PodCondition.READY and c.get("status") == "True" for c in conditions)
     disrupted = status.get("reason") in DISRUPTION_REASONS or any(
@@ -156,4 +172,22 @@ def view(pod: dict[str, Any]) -> PodView | None:
         owner=controller_uid(pod),
         uid=meta.get("uid"),
         gates=tuple(g.get("name", "") for g in (pod.get("spec") or {}).get("schedulingGates") or []),
+        unschedulable_since=(unschedulable or {}).get("lastTransitionTime"),
+    )
+
+
+def probe_view(pod: dict[str, Any]) -> ProbeView | None:
+    """The view of a capacity probe; None for a pod without kubespeed's probe label."""
+    meta = pod.get("metadata") or {}
+    try:
+        index = int((meta.get("labels") or {})[wiring.PROBE_LABEL])
+    except (KeyError, ValueError):
+        return None
+    return ProbeView(
+        name=meta.get("name", ""),
+        index=index,
+        node=(pod.get("spec") or {}).get("nodeName"),
+        deleting=meta.get("deletionTimestamp") is not None,
+        owner=controller_uid(pod),
+        uid=meta.get("uid"),
     )

@@ -11,11 +11,31 @@ one was refused, until spec.nodes is changed again.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from kubespeed.spec import LMTrainingJobSpec, SpecError, parse_job_spec
 from kubespeed.spec.status import ConditionType, Reason
 from kubespeed_operator.decide.status import NORMAL, WARNING, Cond, Event, condition
+
+
+@dataclass(frozen=True)
+class Resize:
+    """A gang replaced by one of another size: the size, why (the status, the Resized condition and the
+    Event say it), and the `status.elastic` that holds after it (None: the gang follows spec.nodes)."""
+
+    nodes: int
+    reason: str
+    message: str
+    event_type: str = NORMAL
+    elastic: dict[str, Any] | None = None
+
+
+def as_specified(size: int, nodes: int, attempt: int) -> Resize:
+    """spec.nodes changed (or elastic mode's choice ended): the gang goes from `size` to `nodes`."""
+    message = (f"resizing from {size} to {nodes} nodes: the ranks of attempt {attempt} write a checkpoint at SIGTERM, and "
+               f"attempt {attempt + 1} resumes from it with {nodes} nodes")
+    return Resize(nodes, Reason.RESIZING, message)
 
 
 def parse_keeping_size(job: dict[str, Any]) -> LMTrainingJobSpec:
@@ -48,10 +68,8 @@ def refusal(job: dict[str, Any], spec: LMTrainingJobSpec) -> str | None:
     return None
 
 
-def resized_condition(old: dict[str, Any], refused: str | None, resizing: str | None = None) -> tuple[dict[str, Cond], list[Event]]:
+def resized_condition(old: dict[str, Any], refused: str | None) -> tuple[dict[str, Cond], list[Event]]:
     """The Resized condition, and a Warning Event when a refusal is new."""
-    if resizing is not None:
-        return {ConditionType.RESIZED: Cond("True", Reason.RESIZING, resizing)}, []
     before = condition(old, ConditionType.RESIZED) or {}
     if refused is not None:
         events = [] if before.get("message") == refused else [Event(WARNING, Reason.RESIZE_REFUSED, refused)]

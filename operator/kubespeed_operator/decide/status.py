@@ -111,7 +111,7 @@ class Event:
 
 
 # Waiting in a queue is how a queued job starts, and a resize how a resized one does: not problems to warn about.
-EXPECTED_REASONS = (Reason.WAITING_FOR_ADMISSION, Reason.RESIZING)
+EXPECTED_REASONS = (Reason.WAITING_FOR_ADMISSION, Reason.RESIZING, Reason.ELASTIC_SHRINK, Reason.ELASTIC_GROW)
 
 
 def _problem(status: dict[str, Any]) -> tuple[str, str] | None:

@@ -110,6 +110,7 @@ async def run(args: argparse.Namespace, credentials: Credentials) -> int:
         handler = Operator(reconciler, workers)
         pods = PodWatch(kube, args.namespace, on_change=handler.pod_seen, on_alive=health.watch_alive)
         reconciler.pods_of = pods.pods_of
+        reconciler.probes_of = pods.probes_of
         watching = asyncio.create_task(pods.run())
         keeping = asyncio.create_task(lease.keep())
         stopping = asyncio.create_task(stop.wait())

@@ -1,4 +1,5 @@
-"""The training pods as the operator knows them: an informer that keeps one PodView per pod.
+"""The training pods as the operator knows them: an informer that keeps one PodView per pod
+(and one ProbeView per capacity probe of elastic mode).
 
 One list, then one watch from the list's resourceVersion, per watched namespace
 (or one for the whole cluster), with bookmarks so a resumed watch starts where
@@ -21,14 +22,14 @@ from typing import Any, Callable
 import aiohttp
 
 from kubespeed import wiring
-from kubespeed_operator.decide.observed import PodView, view
+from kubespeed_operator.decide.observed import PodView, ProbeView, probe_view, view
 from kubespeed_operator.run.kube import ApiError, Kube, path
 
 logger = logging.getLogger("kubespeed.operator")
 
-# Only training pods, filtered by the API server: the operator's memory and the
-# API server's work do not grow with the other pods in the cluster.
-SELECTOR = f"{wiring.MANAGED_BY_LABEL}={wiring.MANAGED_BY},{wiring.NODE_RANK_LABEL}"
+# Only the pods of jobs (training pods and capacity probes), filtered by the API server:
+# the operator's memory and the API server's work do not grow with the other pods in the cluster.
+SELECTOR = f"{wiring.MANAGED_BY_LABEL}={wiring.MANAGED_BY},{wiring.JOB_LABEL}"
 LIST_PAGE = 500
 # The API server ends each watch after this long (plus its own jitter); the next resumes.
 WATCH_SECONDS = 300
@@ -49,14 +50,17 @@ class PodWatch:
         # Called for every sign of life from the API server: a listed page, a watch event or bookmark.
         self.on_alive = on_alive
         # (namespace, job) -> pod name -> view; (namespace, pod name) -> job, for pods that lose their labels.
-        self._pods: dict[Key, dict[str, PodView]] = {}
+        self._pods: dict[Key, dict[str, PodView | ProbeView]] = {}
         self._job_of: dict[Key, str] = {}
         self._listed: set[str | None] = set()
         # Set once every scope has been listed: until then, a job's pods may look missing.
         self.synced = asyncio.Event()
 
     def pods_of(self, namespace: str, job: str) -> list[PodView]:
-        return list((self._pods.get((namespace, job)) or {}).values())
+        return [p for p in (self._pods.get((namespace, job)) or {}).values() if isinstance(p, PodView)]
+
+    def probes_of(self, namespace: str, job: str) -> list[ProbeView]:
+        return [p for p in (self._pods.get((namespace, job)) or {}).values() if isinstance(p, ProbeView)]
 
     async def run(self) -> None:
         await asyncio.gather(*(self._follow(scope) for scope in self.scopes))
@@ -90,7 +94,7 @@ class PodWatch:
         await asyncio.sleep(delay)
 
     async def _list(self, namespace: str | None) -> str:
-        listed: dict[Key, tuple[str, PodView]] = {}
+        listed: dict[Key, tuple[str, PodView | ProbeView]] = {}
         params = {"labelSelector": SELECTOR, "limit": str(LIST_PAGE)}
         while True:
             page = await self.kube.request("GET", path("v1", "Pod", namespace), params=params)
@@ -136,12 +140,12 @@ class PodWatch:
         return version
 
     @staticmethod
-    def _parse(pod: dict[str, Any]) -> tuple[str, PodView] | None:
+    def _parse(pod: dict[str, Any]) -> tuple[str, PodView | ProbeView] | None:
         job = ((pod.get("metadata") or {}).get("labels") or {}).get(wiring.JOB_LABEL)
-        seen = view(pod) if job else None
+        seen = (view(pod) or probe_view(pod)) if job else None
         return (job, seen) if job and seen is not None else None
 
-    def _put(self, namespace: str, job: str, seen: PodView) -> None:
+    def _put(self, namespace: str, job: str, seen: PodView | ProbeView) -> None:
         old_job = self._job_of.get((namespace, seen.name))
         if old_job is not None and old_job != job:
             self._remove(namespace, seen.name)

@@ -18,6 +18,10 @@ adopted; they only keep the new job waiting (create.py). When a job goes, its
 pods are deleted here at once (`job_deleted`), rather than at the pace of the
 garbage collector (20 deletes a second by default: a minute for 200 jobs of 4
 pods), so their GPUs are free for the next job.
+
+Elastic mode's capacity probes (`build.probes`) are kept as the decision says
+(`Decision.probes`), after everything else: every decision but that of a shrunk gang
+running asks for none, so whatever path a job takes, its probes go.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ import aiohttp
 from kubespeed import wiring
 from kubespeed.spec import LMTrainingJobSpec
 from kubespeed_operator.build.children import Cluster
+from kubespeed_operator.build.probes import capacity_probe
+from kubespeed_operator.decide import elastic
 from kubespeed_operator.decide.lifecycle import Decision, Timing, decide, run_policy
-from kubespeed_operator.decide.observed import PodView, view
+from kubespeed_operator.decide.observed import PodView, ProbeView, view
 from kubespeed_operator.decide.progress import TrainerReading, rank0_to_read
 from kubespeed_operator.decide.recovery import read_interval
 from kubespeed_operator.decide.status import Event, diff, timestamp
@@ -52,6 +58,7 @@ LEASE_WAIT_SECONDS = 1.0
 # The finalizer of a job whose deletion waits for its dependents (propagationPolicy Foreground).
 FOREGROUND_FINALIZER = "foregroundDeletion"
 PodsOf = Callable[[str, str], Iterable[PodView]]
+ProbesOf = Callable[[str, str], Iterable[ProbeView]]
 
 
 def _now() -> datetime:
@@ -71,6 +78,7 @@ class Reconciler:
         self.may_act = may_act
         self.cluster = cluster
         self.pods_of: PodsOf = lambda namespace, name: ()
+        self.probes_of: ProbesOf = lambda namespace, name: ()
         self.expectations = Expectations()
         self.pods_first = PodsFirst(self.expectations)
         self.creator = Creator(kube)
@@ -131,7 +139,8 @@ class Reconciler:
         namespace, name = meta["namespace"], meta["name"]
         # Pods already being deleted (the collector may have got there first) are deleted again,
         # a request each: what the operator does then never depends on that race.
-        pods = [p for p in self.pods_of(namespace, name) if p.owner == meta.get("uid")]
+        pods: list[PodView | ProbeView] = [p for p in self.pods_of(namespace, name) if p.owner == meta.get("uid")]
+        pods += [p for p in self.probes_of(namespace, name) if p.owner == meta.get("uid")]
         self.forget(namespace, name)
         dependents_go = not meta.get("deletionTimestamp") or FOREGROUND_FINALIZER in (meta.get("finalizers") or [])
         if not pods or not dependents_go:
@@ -146,7 +155,7 @@ class Reconciler:
             task.cancel()
         await asyncio.gather(*self._deleting, return_exceptions=True)
 
-    async def _delete_pods(self, namespace: str, pods: list[PodView], grace: int) -> None:
+    async def _delete_pods(self, namespace: str, pods: list[PodView | ProbeView], grace: int) -> None:
         # The job's DELETED event comes once: a Lease not fresh at that moment (a busy API
         # server) delays the deletes until it is renewed instead of leaving them to the collector.
         while not self.may_act():
@@ -173,34 +182,55 @@ class Reconciler:
         for pod in self.pods_of(namespace, name):
             (watched if pod.owner == uid else others).append(pod)
         self.expectations.observe(key, watched)
-        spec = self.jobs.spec(job)
+        parsed = self.jobs.spec(job)
+        spec = elastic.effective_spec(job, parsed) if parsed is not None else None
+        probes = [p for p in self.probes_of(namespace, name) if p.owner == uid]
         pods = await self._confirm_missing(job, spec, watched + self.expectations.unseen(key))
         now = _now()
         progress = await self._read_progress(key, job, spec, pods, now)
-        decision = decide(job, pods, now, self.timing, progress=progress, spec=spec)
+        decision = decide(job, pods, now, self.timing, progress=progress, spec=spec, probes=probes)
         if decision.create_attempt is not None and spec is not None:
             async with self.pods_first.creating():
                 blocker, created = await self.creator.create(job, spec, decision.create_attempt, decision.create_ranks, others, self.cluster)
             if blocker is not None:
                 log = logger.error if blocker.permanent else logger.warning
                 log("%s/%s: %s: %s", namespace, name, blocker.reason, blocker.message)
-                decision = decide(job, pods, now, self.timing, blocker=blocker, progress=progress, spec=spec)
+                decision = decide(job, pods, now, self.timing, blocker=blocker, progress=progress, spec=spec, probes=probes)
             elif created:
                 # The status written next already counts the pods just created.
                 self.expectations.expect(key, created)
                 pods = pods + created
-                decision = decide(job, pods, now, self.timing, progress=progress, spec=spec)
+                decision = decide(job, pods, now, self.timing, progress=progress, spec=spec, probes=probes)
         if self.pods_first.report_can_wait(key, job, decision):
             # Woken at once, the next pass waits in `reconcile` for the API server to catch up.
             return 0.0
         await self._write_status(job, decision)
         for pod_name in decision.delete_pods:
             await self.kube.delete(path("v1", "Pod", namespace, pod_name), grace_seconds=decision.grace_seconds)
+        await self._keep_probes(job, spec, decision.probes, probes)
         if decision.delete_job:
             logger.info("%s/%s: ttlSecondsAfterFinished passed, deleting the job", namespace, name)
             await self.kube.delete(job_path(namespace, name), propagation="Background")
             return None
         return decision.wake_after
+
+    async def _keep_probes(self, job: dict[str, Any], spec: LMTrainingJobSpec | None, wanted: int, probes: list[ProbeView]) -> None:
+        """Capacity probes 0 .. wanted-1 created where missing; every other probe of the job deleted."""
+        namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        for probe in probes:
+            if probe.index >= wanted and not probe.deleting:
+                await self.kube.delete(path("v1", "Pod", namespace, probe.name), grace_seconds=0, uid=probe.uid)
+        if spec is None:
+            return
+        there = {probe.index for probe in probes}
+        for index in range(wanted):
+            if index in there:
+                continue
+            try:
+                await self.kube.create(capacity_probe(job, spec, index, self.cluster))
+            except ApiError as err:
+                # The gang trains on at its size; the next pass tries again.
+                logger.warning("%s/%s: could not create capacity probe %d: %s", namespace, name, index, err)
 
     async def _confirm_missing(self, job: dict[str, Any], spec: LMTrainingJobSpec | None, pods: list[PodView]) -> list[PodView]:
         """The pods, with any rank that looks missing from a started gang confirmed by a read.

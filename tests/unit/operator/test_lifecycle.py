@@ -513,13 +513,17 @@ def test_a_gated_pod_is_viewed_with_its_gates():
     assert view(body).gates == ("kueue.x-k8s.io/admission",)
 
 
-def test_an_unschedulable_pod_says_why():
+def test_an_unschedulable_pod_says_why_and_since_when():
     body = {
-        "metadata": {"name": "demo-0", "labels": {wiring.NODE_RANK_LABEL: "0", wiring.ATTEMPT_LABEL: "1"}},
-        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/2 nodes are available"}]},
+        "metadata": {"name": "demo-0", "creationTimestamp": "2026-11-29T11:00:00Z",
+                     "labels": {wiring.NODE_RANK_LABEL: "0", wiring.ATTEMPT_LABEL: "1"}},
+        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                                       "message": "0/2 nodes are available", "lastTransitionTime": "2026-11-29T11:05:00Z"}]},
     }
     seen = view(body)
     assert (seen.reason, seen.message) == ("Unschedulable", "0/2 nodes are available")
+    # Elastic mode's shrink waits from here: when the scheduler first found no node, not when the pod was made.
+    assert seen.unschedulable_since == "2026-11-29T11:05:00Z"
 
 
 @pytest.mark.parametrize(
