@@ -45,6 +45,12 @@ CONFLICT_RETRIES = 5
 TOKEN_REUSE_SECONDS = 10.0
 # A watch that has sent nothing, not even a bookmark, for this long is taken for broken.
 WATCH_SILENCE_SECONDS = 600.0
+# A request the API server has not answered within this long is taken for lost. Counted from
+# when it is sent: a request queued behind the connection pool's limit (thousands of pods
+# created or deleted at once) waits for its turn without a clock, else it would time out
+# unsent, or sent but unanswered, and be repeated (a create then answers 409).
+REQUEST_SILENCE_SECONDS = 60.0
+CONNECT_SECONDS = 30.0
 
 
 class ApiError(Exception):
@@ -138,10 +144,13 @@ class Kube:
 
     async def __aenter__(self) -> Kube:
         connector = aiohttp.TCPConnector(limit=32, ssl=self.credentials.ssl)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=CONNECT_SECONDS, sock_read=REQUEST_SILENCE_SECONDS),
+        )
         self.watch_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ssl=self.credentials.ssl),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=WATCH_SILENCE_SECONDS),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS, sock_read=WATCH_SILENCE_SECONDS),
         )
         return self
 

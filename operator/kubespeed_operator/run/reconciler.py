@@ -55,6 +55,9 @@ from kubespeed_operator.run.scrape import ProgressReader
 logger = logging.getLogger("kubespeed.operator")
 
 LEASE_WAIT_SECONDS = 1.0
+# A deleted job's pods: tries, and the wait before the second (doubling): about a minute in all.
+DELETE_ATTEMPTS = 6
+DELETE_RETRY_SECONDS = 2.0
 # The finalizer of a job whose deletion waits for its dependents (propagationPolicy Foreground).
 FOREGROUND_FINALIZER = "foregroundDeletion"
 PodsOf = Callable[[str, str], Iterable[PodView]]
@@ -156,18 +159,26 @@ class Reconciler:
         await asyncio.gather(*self._deleting, return_exceptions=True)
 
     async def _delete_pods(self, namespace: str, pods: list[PodView | ProbeView], grace: int) -> None:
-        # The job's DELETED event comes once: a Lease not fresh at that moment (a busy API
-        # server) delays the deletes until it is renewed instead of leaving them to the collector.
-        while not self.may_act():
-            await asyncio.sleep(LEASE_WAIT_SECONDS)
-        results = await asyncio.gather(
-            *(self.kube.delete(path("v1", "Pod", namespace, pod.name), grace_seconds=grace, uid=pod.uid) for pod in pods),
-            return_exceptions=True,
-        )
-        for pod, result in zip(pods, results):
-            if isinstance(result, Exception):
-                # The garbage collector deletes it in its own time.
-                logger.warning("%s/%s: could not delete the pod of a deleted job: %s", namespace, pod.name, result)
+        # The job's DELETED event comes once, so a delete that failed (a busy API server, the
+        # Lease not fresh at that moment) is tried again rather than left to the collector,
+        # which deletes 20 objects a second: minutes for a thousand jobs.
+        backoff = DELETE_RETRY_SECONDS
+        for attempt in range(DELETE_ATTEMPTS):
+            while not self.may_act():
+                await asyncio.sleep(LEASE_WAIT_SECONDS)
+            results = await asyncio.gather(
+                *(self.kube.delete(path("v1", "Pod", namespace, pod.name), grace_seconds=grace, uid=pod.uid) for pod in pods),
+                return_exceptions=True,
+            )
+            failed = [(pod, result) for pod, result in zip(pods, results) if isinstance(result, Exception)]
+            if not failed:
+                return
+            pods = [pod for pod, _ in failed]
+            if attempt + 1 < DELETE_ATTEMPTS:
+                await asyncio.sleep(backoff)
+                backoff *= 2
+        for pod, result in failed:
+            logger.warning("%s/%s: could not delete the pod of a deleted job, left to the garbage collector: %s", namespace, pod.name, result)
 
     async def _reconcile_once(self, key: Key, job: dict[str, Any] | None) -> float | None:
         namespace, name = key
