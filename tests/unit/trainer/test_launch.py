@@ -104,3 +104,25 @@ def test_the_rendezvous_is_c10d_hosted_by_node_0_with_the_specs_timeouts():
 @pytest.mark.parametrize("nproc, cpus, threads", [(2, 2, 1), (1, 16, 16), (4, 16, 4), (8, 2, 1), (3, 8, 2)])
 def test_ranks_share_the_nodes_cpus_without_oversubscribing(nproc, cpus, threads):
     assert launch.threads_per_rank(nproc, cpus) == threads
+
+
+@pytest.mark.parametrize(
+    "name, train_args, gpu_env, on_cpu",
+    [
+        ("the pod says CPU", ["config.yaml"], "0", True),
+        ("the pod says GPU", ["config.yaml"], "1", False),
+        ("the pod says GPU in words", ["config.yaml"], "True", False),
+        ("train's --gpu false wins over the pod", ["config.yaml", "--gpu", "false"], "1", True),
+        ("train's --gpu=true wins over the pod", ["config.yaml", "--gpu=true"], "0", False),
+        ("train's --gpu auto leaves it to the pod", ["config.yaml", "--gpu", "auto"], "0", True),
+    ],
+)
+def test_the_launcher_knows_the_ranks_device_as_train_decides_it(name, train_args, gpu_env, on_cpu):
+    assert launch.ranks_train_on_cpu(train_args, {wiring.ENV_USE_GPU: gpu_env}) is on_cpu, name
+    assert launch.rank_preload(train_args, {wiring.ENV_USE_GPU: gpu_env}) == (launch.CPU_RANK_PRELOAD if on_cpu else launch.RANK_PRELOAD)
+
+
+def test_with_nothing_said_the_launcher_asks_torch_as_train_does():
+    import torch
+
+    assert launch.ranks_train_on_cpu(["config.yaml"], {}) is not torch.cuda.is_available()

@@ -18,8 +18,8 @@ names), and global rank = node rank x NPROC_PER_NODE + local rank. (The
 DeepSpeed hostfile at KUBESPEED_HOSTFILE is for DeepSpeed's own launcher and for
 people; the rendezvous needs only the master's address.) Each rank is forked from
 a forkserver that imported torch once (torch elastic's `forkserver` start method
-with a preload): importing torch is most of a rank's start-up, and so of an
-in-place restart. `ps` shows the ranks as `rank<R>-local<L>` (see elastic.py).
+with a preload), and DeepSpeed with the trainer's engine too when the ranks train on
+the CPU: importing them is most of a rank's start-up, and so of an in-place restart. `ps` shows the ranks as `rank<R>-local<L>` (see elastic.py).
 
 Recovery is in place first. When a rank fails (crashes, is killed, or freezes
 past KUBESPEED_STEP_TIMEOUT and is killed by the step watchdog), every node's
@@ -78,10 +78,12 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import FrameType
 
 import psutil
+import torch
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.elastic.rendezvous import RendezvousClosedError
@@ -97,9 +99,14 @@ TRAIN_MODULE = "kubespeed_trainer.commands.train"
 # What the forkserver imports once for every rank it forks; importing them changes nothing in
 # the environment the ranks inherit. Not DeepSpeed, which picks its accelerator at import: on
 # a GPU that initialises CUDA, which a forked child cannot use (torch initialises CUDA lazily,
-# never at import). Not torch._dynamo, which fixes TorchInductor's cache directory at import,
-# before a rank can point it at the checkpoint volume (engine/compilation.py).
-RANK_PRELOAD = ("torch", "torch.distributed", TRAIN_MODULE)
+# never at import). Not torch._dynamo, which writes TorchInductor's cache directory into the
+# environment at import, before a rank can point it at the checkpoint volume
+# (engine/compilation.py). This module too: a rank receives its entrypoint, `run_rank`, by
+# reference, and would import the elastic agent's modules for it (half a second) after the fork.
+RANK_PRELOAD = ("torch", "torch.distributed", TRAIN_MODULE, "kubespeed_trainer.commands.launch")
+# Ranks on DeepSpeed's CPU accelerator are forked with DeepSpeed and torch._dynamo loaded too:
+# no CUDA to initialise, and that module puts the environment back as it was.
+CPU_RANK_PRELOAD = (*RANK_PRELOAD, "kubespeed_trainer.commands.rank_preload")
 ELASTIC_PROCESSES_LOGGER = "torch.distributed.elastic.multiprocessing.api"
 # Node ranks are below 1024 (spec.nodes), so four digits keep the names in node-rank order.
 NODE_RANK_DIGITS = 4
@@ -286,6 +293,24 @@ class _RankExitWithoutTraceback(logging.Filter):
         return True
 
 
+def ranks_train_on_cpu(train_args: list[str], env: Mapping[str, str]) -> bool:
+    """Whether the ranks will choose the CPU, decided as `kubespeed train` decides: its `--gpu`
+    flag, else KUBESPEED_GPU, else whether torch sees a GPU. (The forkserver is a process of its
+    own, started afresh: asking torch here initialises nothing in the ranks.)"""
+    flag = argparse.ArgumentParser(add_help=False)
+    flag.add_argument("--gpu", choices=("auto", "true", "false"), default="auto")
+    chosen = flag.parse_known_args(train_args)[0].gpu
+    gpu = wiring.gpu_choice(env.get(wiring.ENV_USE_GPU)) if chosen == "auto" else chosen == "true"
+    if gpu is None:
+        gpu = torch.cuda.is_available()
+    return not gpu
+
+
+def rank_preload(train_args: list[str], env: Mapping[str, str]) -> tuple[str, ...]:
+    """What the forkserver imports once for every rank it forks."""
+    return CPU_RANK_PRELOAD if ranks_train_on_cpu(train_args, env) else RANK_PRELOAD
+
+
 def run_rank(train_args: list[str]) -> None:
     """A rank, in a process forked from the forkserver (which imported the train command already;
     the launcher itself never does)."""
@@ -309,7 +334,7 @@ def launch(node: NodeWiring, recovery: Recovery, train_args: list[str]) -> int:
     os.environ.update(elastic.launcher_env(os.getpid(), launch_dir, watchdog))
     # The forkserver takes this environment. Started now, it imports torch while the
     # launchers meet in the rendezvous, instead of after.
-    multiprocessing.set_forkserver_preload(list(RANK_PRELOAD))
+    multiprocessing.set_forkserver_preload(list(rank_preload(train_args, os.environ)))
     logging.getLogger(ELASTIC_PROCESSES_LOGGER).addFilter(_RankExitWithoutTraceback())
     multiprocessing.forkserver.ensure_running()
     forwarder = _Forwarder(launch_dir)
