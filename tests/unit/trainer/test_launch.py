@@ -1,6 +1,10 @@
-"""The launcher's wiring and exit codes: pure parts, no processes."""
+"""The launcher's wiring, exit codes and device: pure parts; and how it logs a rank's failure."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -126,3 +130,37 @@ def test_with_nothing_said_the_launcher_asks_torch_as_train_does():
     import torch
 
     assert launch.ranks_train_on_cpu(["config.yaml"], {}) is not torch.cuda.is_available()
+
+
+FAILURE_LOG_PROBE = """
+import json, sys
+from torch.distributed.elastic.multiprocessing import api
+from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException
+from kubespeed_trainer.commands import launch
+launch.log_rank_failures_plainly()
+failures = {
+    "raised": ProcessRaisedException("\\\\n\\\\n-- Process 0 terminated with the following error:\\\\nRuntimeError: gloo: Connection reset by peer", 0, 7),
+    "exited": ProcessExitedException("process 0 terminated with exit code 64", 0, 7, 64),
+}
+try:
+    raise failures[sys.argv[1]]
+except Exception:
+    api.logger.exception("failed (exitcode: %s) local_rank: %s", 1, 0)
+print(json.dumps("torch._dynamo" in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    "failure, says",
+    [("raised", ["failed (exitcode: 1) local_rank: 0", "RuntimeError: gloo: Connection reset by peer"]),
+     ("exited", ["failed (exitcode: 1) local_rank: 0"])],
+    ids=["a rank that raised: its own error, not the agent's traceback", "a rank that exited: the line alone"],
+)
+def test_a_rank_failure_is_logged_without_the_agents_traceback_or_loading_torch_dynamo(failure, says):
+    # Formatting a traceback, torch's log formatter imports torch._dynamo: seconds, in the launcher, at
+    # the moment the ranks should restart.
+    result = subprocess.run([sys.executable, "-c", FAILURE_LOG_PROBE, failure], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) is False
+    assert all(words in result.stderr for words in says), result.stderr
+    assert "Traceback" not in result.stderr and 'File "<string>"' not in result.stderr, result.stderr

@@ -88,7 +88,7 @@ from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.elastic.rendezvous import RendezvousClosedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-from torch.multiprocessing.spawn import ProcessExitedException
+from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException
 
 from kubespeed import wiring
 from kubespeed.spec.job import RunPolicy
@@ -282,15 +282,25 @@ def launch_config(node: NodeWiring, recovery: Recovery) -> LaunchConfig:
     )
 
 
-class _RankExitWithoutTraceback(logging.Filter):
-    """torch elastic logs a rank's non-zero exit with the traceback of its own wait for the rank,
-    which says nothing: a config error (exit 64) would read as a crash. The line stays; the
-    rank's own words are in its log and the termination message."""
+class _RankFailureWithoutAgentTraceback(logging.Filter):
+    """torch elastic logs a rank's failure with the traceback of its own wait for the rank, which
+    says nothing: a config error (exit 64) would read as a crash. Formatting it costs more than
+    words: torch's log formatter imports torch._dynamo for any traceback, seconds that a restart
+    in place waited for on the node whose rank raised. The line stays, with what the rank raised
+    (the exception's text holds the rank's own traceback); a rank's words are also in its log and
+    the termination message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], ProcessExitedException):
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, ProcessRaisedException):
+            record.msg, record.args = f"{record.getMessage()}\n{error}", None
+        if isinstance(error, (ProcessExitedException, ProcessRaisedException)):
             record.exc_info = None
         return True
+
+
+def log_rank_failures_plainly() -> None:
+    logging.getLogger(ELASTIC_PROCESSES_LOGGER).addFilter(_RankFailureWithoutAgentTraceback())
 
 
 def ranks_train_on_cpu(train_args: list[str], env: Mapping[str, str]) -> bool:
@@ -335,7 +345,7 @@ def launch(node: NodeWiring, recovery: Recovery, train_args: list[str]) -> int:
     # The forkserver takes this environment. Started now, it imports torch while the
     # launchers meet in the rendezvous, instead of after.
     multiprocessing.set_forkserver_preload(list(rank_preload(train_args, os.environ)))
-    logging.getLogger(ELASTIC_PROCESSES_LOGGER).addFilter(_RankExitWithoutTraceback())
+    log_rank_failures_plainly()
     multiprocessing.forkserver.ensure_running()
     forwarder = _Forwarder(launch_dir)
     forwarder.install()
