@@ -3,8 +3,11 @@
 Every rank is forked from the forkserver (commands/launch.py), so it starts with what the
 forkserver imported: here, the modules `kubespeed train` imports once it selected its
 device, DeepSpeed and torch._dynamo among them, which were most of a rank's start-up
-after an in-place restart. Only on the CPU: on a GPU, DeepSpeed's accelerator at import
-initialises CUDA, which a forked child cannot use.
+after an in-place restart; and DeepSpeed's Muon optimizer, which DeepSpeed imports when
+it checks the optimizer of every engine it builds, and which compiles functions at
+import (TorchInductor's modules: a second of each start, most of building the engine).
+Only on the CPU: on a GPU, DeepSpeed's accelerator at import initialises CUDA, which a
+forked child cannot use.
 
 Importing this module leaves the environment the ranks inherit as it found it: importing
 torch._dynamo writes TorchInductor's default cache directory into it, which a rank must
@@ -30,7 +33,9 @@ def _restore(environment: dict[str, str]) -> None:
 
 
 _environment = dict(os.environ)
-device.select_accelerator(False)
-from kubespeed_trainer.engine import accelerator, build, trainer  # noqa: E402,F401
-
-_restore(_environment)
+try:
+    device.select_accelerator(False)
+    import deepspeed.runtime.zero.muon.muon_optimizer  # noqa: F401
+    from kubespeed_trainer.engine import accelerator, build, trainer  # noqa: F401
+finally:
+    _restore(_environment)
