@@ -274,7 +274,6 @@ def launch_config(node: NodeWiring, recovery: Recovery) -> LaunchConfig:
         },
         local_addr=node.rendezvous_name,
         max_restarts=recovery.max_restarts,
-        monitor_interval=0.5,
         start_method="forkserver",
         # SIGTERM goes to _Forwarder instead (see the module docstring); the agent keeps the rest.
         signals_to_handle="SIGHUP,SIGQUIT",
