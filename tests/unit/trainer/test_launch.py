@@ -7,10 +7,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 from kubespeed import wiring
 from kubespeed.spec.job import RunPolicy
-from kubespeed_trainer.commands import launch
+from kubespeed_trainer.commands import failure, launch
+from kubespeed_trainer.elastic import LAUNCH_DIR_ENV
 
 WIRING_ENV = ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "WORLD_SIZE",
               "KUBESPEED_JOB", "KUBESPEED_TRAINER_CONFIG", "KUBESPEED_MAX_RESTARTS", "KUBESPEED_RENDEZVOUS_TIMEOUT",
@@ -127,8 +130,6 @@ def test_the_launcher_knows_the_ranks_device_as_train_decides_it(name, train_arg
 
 
 def test_with_nothing_said_the_launcher_asks_torch_as_train_does():
-    import torch
-
     assert launch.ranks_train_on_cpu(["config.yaml"], {}) is not torch.cuda.is_available()
 
 
@@ -164,3 +165,24 @@ def test_a_rank_failure_is_logged_without_the_agents_traceback_or_loading_torch_
     assert json.loads(result.stdout.splitlines()[-1]) is False
     assert all(words in result.stderr for words in says), result.stderr
     assert "Traceback" not in result.stderr and 'File "<string>"' not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "name, exits, recorded, code, says",
+    [
+        ("a peer's reset connection, seen first, does not hide a rank's data error",
+         {1: 1}, (65, "spec.data: data source x does not exist"), 65, "rank 0: spec.data: data source x does not exist"),
+        ("a crash with no permanent failure spends the in-place restarts", {1: 1}, None, 76,
+         "rank 1: exited with code 1 without saying why (see the pod's log)"),
+        ("a rank's own permanent exit decides", {0: 64}, None, 64, "rank 0: exited with code 64 without saying why (see the pod's log)"),
+    ],
+)
+def test_when_the_ranks_failed_for_good_a_permanent_failure_decides_the_pods_exit(tmp_path, monkeypatch, name, exits, recorded, code, says):
+    if recorded is not None:
+        monkeypatch.setenv(LAUNCH_DIR_ENV, str(tmp_path))
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.delenv(failure.ERROR_FILE_ENV, raising=False)
+        failure.record(recorded[1], recorded[0])
+    failures = {rank: ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file=str(tmp_path / f"error-{rank}.json"))
+                for rank, exitcode in exits.items()}
+    assert launch.ranks_failed(failures, terminated=False, in_place=True, launch_dir=str(tmp_path)) == (code, says), name

@@ -85,7 +85,7 @@ from types import FrameType
 import psutil
 import torch
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 from torch.distributed.elastic.rendezvous import RendezvousClosedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException
@@ -200,6 +200,20 @@ def exit_code(failures: dict[int, int], terminated: bool, in_place: bool = False
         # A rank exits 143 only after every rank agreed to stop and the checkpoint is complete.
         return wiring.EXIT_PREEMPTED.code
     return wiring.EXIT_IN_PLACE_FAILED.code if in_place else wiring.EXIT_RETRYABLE.code
+
+
+def ranks_failed(failures: dict[int, ProcessFailure], terminated: bool, in_place: bool, launch_dir: str) -> tuple[int, str]:
+    """The pod's exit code and termination message when its ranks failed and the agent gave up.
+
+    A permanent failure that a rank recorded in any restart round wins: the agent reports the
+    first rank it saw end, which may be a peer that failed on that rank's exit (its connection
+    reset) while the rank itself was still shutting down.
+    """
+    code = exit_code({local: failed.exitcode for local, failed in failures.items()}, terminated, in_place)
+    found = failure.permanent(launch_dir)
+    if found is not None and code not in wiring.PERMANENT_EXIT_CODES:
+        return found
+    return code, failure.pick(failures, code)
 
 
 def _ended_early(err: Exception, launch_dir: str, code: int) -> int:
@@ -352,8 +366,8 @@ def launch(node: NodeWiring, recovery: Recovery, train_args: list[str]) -> int:
     try:
         elastic_launch(config, entrypoint=run_rank)(train_args)
     except ChildFailedError as err:
-        code = exit_code({local: failed.exitcode for local, failed in err.failures.items()}, forwarder.terminated, in_place)
-        failure.write_termination_message(failure.pick(err.failures, code))
+        code, message = ranks_failed(err.failures, forwarder.terminated, in_place, launch_dir)
+        failure.write_termination_message(message)
         return code
     except RendezvousClosedError as err:
         # Another node's launcher gave up (its restarts spent) or was stopped.
