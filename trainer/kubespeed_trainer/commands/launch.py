@@ -19,7 +19,8 @@ DeepSpeed hostfile at KUBESPEED_HOSTFILE is for DeepSpeed's own launcher and for
 people; the rendezvous needs only the master's address.) Each rank is forked from
 a forkserver that imported torch once (torch elastic's `forkserver` start method
 with a preload), and DeepSpeed with the trainer's engine too when the ranks train on
-the CPU: importing them is most of a rank's start-up, and so of an in-place restart. `ps` shows the ranks as `rank<R>-local<L>` (see elastic.py).
+the CPU (commands/rank_preload.py): importing them is most of a rank's start-up, and
+so of an in-place restart. `ps` shows the ranks as `rank<R>-local<L>` (see elastic.py).
 
 Recovery is in place first. When a rank fails (crashes, is killed, or freezes
 past KUBESPEED_STEP_TIMEOUT and is killed by the step watchdog), every node's
