@@ -168,3 +168,10 @@ def checkpoint_claim_name(job: str) -> str:
 def hostfile(hosts: list[str], slots: int) -> str:
     """DeepSpeed hostfile: one `<host> slots=<n>` line per node, in node-rank order."""
     return "".join(f"{host} slots={slots}\n" for host in hosts)
+
+
+def gpu_choice(value: str | None) -> bool | None:
+    """ENV_USE_GPU's value as the trainer reads it: "1", "true" or "yes" train on GPUs, any other
+    value on the CPU; unset or empty chooses nothing (torch is asked whether it sees a GPU)."""
+    value = (value or "").strip().lower()
+    return value in ("1", "true", "yes") if value else None

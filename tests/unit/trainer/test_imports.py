@@ -8,10 +8,14 @@ pod before any rank starts, and needs only torch's elastic agent.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+
+from kubespeed import wiring
+from kubespeed_trainer.engine import compilation
 
 # Imports in the order a process meets them, and what was loaded after each step.
 PROBE = """
@@ -58,17 +62,33 @@ PRELOAD_PROBE = """
 import importlib, json, os, sys
 from kubespeed_trainer.commands import launch
 before = dict(os.environ)
-for name in launch.RANK_PRELOAD:
+for name in launch.rank_preload([], os.environ):
     importlib.import_module(name)
 import torch
-print(json.dumps({"changed": sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)),
-                  "deepspeed": "deepspeed" in sys.modules, "cuda": torch.cuda.is_initialized()}))
+found = {"changed": sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)),
+         "deepspeed": "deepspeed" in sys.modules, "cuda": torch.cuda.is_initialized()}
+if found["deepspeed"]:
+    from deepspeed.accelerator import get_accelerator
+    found["accelerator"] = get_accelerator().device_name()
+print(json.dumps(found))
 """
 
 
-def test_the_forkserver_preload_leaves_the_ranks_environment_deepspeed_and_cuda_alone() -> None:
+@pytest.mark.parametrize(
+    "gpu, loaded",
+    [
+        ("0", {"changed": [], "deepspeed": True, "cuda": False, "accelerator": "cpu"}),
+        ("1", {"changed": [], "deepspeed": False, "cuda": False}),
+    ],
+    ids=["ranks on the CPU start with DeepSpeed's CPU accelerator loaded and the environment as it was",
+         "ranks on GPUs start without DeepSpeed, which would initialise CUDA"],
+)
+def test_the_forkserver_preload_leaves_the_ranks_environment_and_cuda_alone(gpu: str, loaded: dict) -> None:
     # Every rank is forked from the process that imported these: whatever their import set,
     # a rank would inherit (TorchInductor's cache directory, DeepSpeed's accelerator, CUDA).
-    result = subprocess.run([sys.executable, "-c", PRELOAD_PROBE], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, wiring.ENV_USE_GPU: gpu}
+    env.pop("DS_ACCELERATOR", None)
+    env.pop(compilation.CACHE_ENV, None)
+    result = subprocess.run([sys.executable, "-c", PRELOAD_PROBE], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.splitlines()[-1]) == {"changed": [], "deepspeed": False, "cuda": False}
+    assert json.loads(result.stdout.splitlines()[-1]) == loaded

@@ -1,12 +1,19 @@
-"""The launcher's wiring and exit codes: pure parts, no processes."""
+"""The launcher's wiring, exit codes and device: pure parts; and how it logs a rank's failure."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
+import torch
+from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 from kubespeed import wiring
 from kubespeed.spec.job import RunPolicy
-from kubespeed_trainer.commands import launch
+from kubespeed_trainer.commands import failure, launch
+from kubespeed_trainer.elastic import LAUNCH_DIR_ENV
 
 WIRING_ENV = ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "WORLD_SIZE",
               "KUBESPEED_JOB", "KUBESPEED_TRAINER_CONFIG", "KUBESPEED_MAX_RESTARTS", "KUBESPEED_RENDEZVOUS_TIMEOUT",
@@ -104,3 +111,78 @@ def test_the_rendezvous_is_c10d_hosted_by_node_0_with_the_specs_timeouts():
 @pytest.mark.parametrize("nproc, cpus, threads", [(2, 2, 1), (1, 16, 16), (4, 16, 4), (8, 2, 1), (3, 8, 2)])
 def test_ranks_share_the_nodes_cpus_without_oversubscribing(nproc, cpus, threads):
     assert launch.threads_per_rank(nproc, cpus) == threads
+
+
+@pytest.mark.parametrize(
+    "name, train_args, gpu_env, on_cpu",
+    [
+        ("the pod says CPU", ["config.yaml"], "0", True),
+        ("the pod says GPU", ["config.yaml"], "1", False),
+        ("the pod says GPU in words", ["config.yaml"], "True", False),
+        ("train's --gpu false wins over the pod", ["config.yaml", "--gpu", "false"], "1", True),
+        ("train's --gpu=true wins over the pod", ["config.yaml", "--gpu=true"], "0", False),
+        ("train's --gpu auto leaves it to the pod", ["config.yaml", "--gpu", "auto"], "0", True),
+    ],
+)
+def test_the_launcher_knows_the_ranks_device_as_train_decides_it(name, train_args, gpu_env, on_cpu):
+    assert launch.ranks_train_on_cpu(train_args, {wiring.ENV_USE_GPU: gpu_env}) is on_cpu, name
+    assert launch.rank_preload(train_args, {wiring.ENV_USE_GPU: gpu_env}) == (launch.CPU_RANK_PRELOAD if on_cpu else launch.RANK_PRELOAD)
+
+
+def test_with_nothing_said_the_launcher_asks_torch_as_train_does():
+    assert launch.ranks_train_on_cpu(["config.yaml"], {}) is not torch.cuda.is_available()
+
+
+FAILURE_LOG_PROBE = """
+import json, sys
+from torch.distributed.elastic.multiprocessing import api
+from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException
+from kubespeed_trainer.commands import launch
+launch.log_rank_failures_plainly()
+failures = {
+    "raised": ProcessRaisedException("\\\\n\\\\n-- Process 0 terminated with the following error:\\\\nRuntimeError: gloo: Connection reset by peer", 0, 7),
+    "exited": ProcessExitedException("process 0 terminated with exit code 64", 0, 7, 64),
+}
+try:
+    raise failures[sys.argv[1]]
+except Exception:
+    api.logger.exception("failed (exitcode: %s) local_rank: %s", 1, 0)
+print(json.dumps("torch._dynamo" in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    "failure, says",
+    [("raised", ["failed (exitcode: 1) local_rank: 0", "RuntimeError: gloo: Connection reset by peer"]),
+     ("exited", ["failed (exitcode: 1) local_rank: 0"])],
+    ids=["a rank that raised: its own error, not the agent's traceback", "a rank that exited: the line alone"],
+)
+def test_a_rank_failure_is_logged_without_the_agents_traceback_or_loading_torch_dynamo(failure, says):
+    # Formatting a traceback, torch's log formatter imports torch._dynamo: seconds, in the launcher, at
+    # the moment the ranks should restart.
+    result = subprocess.run([sys.executable, "-c", FAILURE_LOG_PROBE, failure], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) is False
+    assert all(words in result.stderr for words in says), result.stderr
+    assert "Traceback" not in result.stderr and 'File "<string>"' not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "name, exits, recorded, code, says",
+    [
+        ("a peer's reset connection, seen first, does not hide a rank's data error",
+         {1: 1}, (65, "spec.data: data source x does not exist"), 65, "rank 0: spec.data: data source x does not exist"),
+        ("a crash with no permanent failure spends the in-place restarts", {1: 1}, None, 76,
+         "rank 1: exited with code 1 without saying why (see the pod's log)"),
+        ("a rank's own permanent exit decides", {0: 64}, None, 64, "rank 0: exited with code 64 without saying why (see the pod's log)"),
+    ],
+)
+def test_when_the_ranks_failed_for_good_a_permanent_failure_decides_the_pods_exit(tmp_path, monkeypatch, name, exits, recorded, code, says):
+    if recorded is not None:
+        monkeypatch.setenv(LAUNCH_DIR_ENV, str(tmp_path))
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.delenv(failure.ERROR_FILE_ENV, raising=False)
+        failure.record(recorded[1], recorded[0])
+    failures = {rank: ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file=str(tmp_path / f"error-{rank}.json"))
+                for rank, exitcode in exits.items()}
+    assert launch.ranks_failed(failures, terminated=False, in_place=True, launch_dir=str(tmp_path)) == (code, says), name

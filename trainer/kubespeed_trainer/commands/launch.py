@@ -18,8 +18,9 @@ names), and global rank = node rank x NPROC_PER_NODE + local rank. (The
 DeepSpeed hostfile at KUBESPEED_HOSTFILE is for DeepSpeed's own launcher and for
 people; the rendezvous needs only the master's address.) Each rank is forked from
 a forkserver that imported torch once (torch elastic's `forkserver` start method
-with a preload): importing torch is most of a rank's start-up, and so of an
-in-place restart. `ps` shows the ranks as `rank<R>-local<L>` (see elastic.py).
+with a preload), and DeepSpeed with the trainer's engine too when the ranks train on
+the CPU (commands/rank_preload.py): importing them is most of a rank's start-up, and
+so of an in-place restart. `ps` shows the ranks as `rank<R>-local<L>` (see elastic.py).
 
 Recovery is in place first. When a rank fails (crashes, is killed, or freezes
 past KUBESPEED_STEP_TIMEOUT and is killed by the step watchdog), every node's
@@ -78,15 +79,17 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import FrameType
 
 import psutil
+import torch
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 from torch.distributed.elastic.rendezvous import RendezvousClosedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-from torch.multiprocessing.spawn import ProcessExitedException
+from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException
 
 from kubespeed import wiring
 from kubespeed.spec.job import RunPolicy
@@ -97,9 +100,14 @@ TRAIN_MODULE = "kubespeed_trainer.commands.train"
 # What the forkserver imports once for every rank it forks; importing them changes nothing in
 # the environment the ranks inherit. Not DeepSpeed, which picks its accelerator at import: on
 # a GPU that initialises CUDA, which a forked child cannot use (torch initialises CUDA lazily,
-# never at import). Not torch._dynamo, which fixes TorchInductor's cache directory at import,
-# before a rank can point it at the checkpoint volume (engine/compilation.py).
-RANK_PRELOAD = ("torch", "torch.distributed", TRAIN_MODULE)
+# never at import). Not torch._dynamo, which writes TorchInductor's cache directory into the
+# environment at import, before a rank can point it at the checkpoint volume
+# (engine/compilation.py). This module too: a rank receives its entrypoint, `run_rank`, by
+# reference, and would import the elastic agent's modules for it (half a second) after the fork.
+RANK_PRELOAD = ("torch", "torch.distributed", TRAIN_MODULE, "kubespeed_trainer.commands.launch")
+# Ranks on DeepSpeed's CPU accelerator are forked with DeepSpeed and torch._dynamo loaded too:
+# no CUDA to initialise, and that module puts the environment back as it was.
+CPU_RANK_PRELOAD = (*RANK_PRELOAD, "kubespeed_trainer.commands.rank_preload")
 ELASTIC_PROCESSES_LOGGER = "torch.distributed.elastic.multiprocessing.api"
 # Node ranks are below 1024 (spec.nodes), so four digits keep the names in node-rank order.
 NODE_RANK_DIGITS = 4
@@ -195,6 +203,20 @@ def exit_code(failures: dict[int, int], terminated: bool, in_place: bool = False
     return wiring.EXIT_IN_PLACE_FAILED.code if in_place else wiring.EXIT_RETRYABLE.code
 
 
+def ranks_failed(failures: dict[int, ProcessFailure], terminated: bool, in_place: bool, launch_dir: str) -> tuple[int, str]:
+    """The pod's exit code and termination message when its ranks failed and the agent gave up.
+
+    A permanent failure that a rank recorded in any restart round wins: the agent reports the
+    first rank it saw end, which may be a peer that failed on that rank's exit (its connection
+    reset) while the rank itself was still shutting down.
+    """
+    code = exit_code({local: failed.exitcode for local, failed in failures.items()}, terminated, in_place)
+    found = failure.permanent(launch_dir)
+    if found is not None and code not in wiring.PERMANENT_EXIT_CODES:
+        return found
+    return code, failure.pick(failures, code)
+
+
 def _ended_early(err: Exception, launch_dir: str, code: int) -> int:
     """The launcher's exit when the rendezvous ended it: a rank's permanent failure wins over `code`,
     so a gang whose ranks all refuse their config fails at once instead of being tried again."""
@@ -267,7 +289,6 @@ def launch_config(node: NodeWiring, recovery: Recovery) -> LaunchConfig:
         },
         local_addr=node.rendezvous_name,
         max_restarts=recovery.max_restarts,
-        monitor_interval=0.5,
         start_method="forkserver",
         # SIGTERM goes to _Forwarder instead (see the module docstring); the agent keeps the rest.
         signals_to_handle="SIGHUP,SIGQUIT",
@@ -275,15 +296,43 @@ def launch_config(node: NodeWiring, recovery: Recovery) -> LaunchConfig:
     )
 
 
-class _RankExitWithoutTraceback(logging.Filter):
-    """torch elastic logs a rank's non-zero exit with the traceback of its own wait for the rank,
-    which says nothing: a config error (exit 64) would read as a crash. The line stays; the
-    rank's own words are in its log and the termination message."""
+class _RankFailureWithoutAgentTraceback(logging.Filter):
+    """torch elastic logs a rank's failure with the traceback of its own wait for the rank, which
+    says nothing: a config error (exit 64) would read as a crash. Formatting it costs more than
+    words: torch's log formatter imports torch._dynamo for any traceback, seconds that a restart
+    in place waited for on the node whose rank raised. The line stays, with what the rank raised
+    (the exception's text holds the rank's own traceback); a rank's words are also in its log and
+    the termination message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], ProcessExitedException):
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, ProcessRaisedException):
+            record.msg, record.args = f"{record.getMessage()}\n{error}", None
+        if isinstance(error, (ProcessExitedException, ProcessRaisedException)):
             record.exc_info = None
         return True
+
+
+def log_rank_failures_plainly() -> None:
+    logging.getLogger(ELASTIC_PROCESSES_LOGGER).addFilter(_RankFailureWithoutAgentTraceback())
+
+
+def ranks_train_on_cpu(train_args: list[str], env: Mapping[str, str]) -> bool:
+    """Whether the ranks will choose the CPU, decided as `kubespeed train` decides: its `--gpu`
+    flag, else KUBESPEED_GPU, else whether torch sees a GPU. (The forkserver is a process of its
+    own, started afresh: asking torch here initialises nothing in the ranks.)"""
+    flag = argparse.ArgumentParser(add_help=False)
+    flag.add_argument("--gpu", choices=("auto", "true", "false"), default="auto")
+    chosen = flag.parse_known_args(train_args)[0].gpu
+    gpu = wiring.gpu_choice(env.get(wiring.ENV_USE_GPU)) if chosen == "auto" else chosen == "true"
+    if gpu is None:
+        gpu = torch.cuda.is_available()
+    return not gpu
+
+
+def rank_preload(train_args: list[str], env: Mapping[str, str]) -> tuple[str, ...]:
+    """What the forkserver imports once for every rank it forks."""
+    return CPU_RANK_PRELOAD if ranks_train_on_cpu(train_args, env) else RANK_PRELOAD
 
 
 def run_rank(train_args: list[str]) -> None:
@@ -309,8 +358,8 @@ def launch(node: NodeWiring, recovery: Recovery, train_args: list[str]) -> int:
     os.environ.update(elastic.launcher_env(os.getpid(), launch_dir, watchdog))
     # The forkserver takes this environment. Started now, it imports torch while the
     # launchers meet in the rendezvous, instead of after.
-    multiprocessing.set_forkserver_preload(list(RANK_PRELOAD))
-    logging.getLogger(ELASTIC_PROCESSES_LOGGER).addFilter(_RankExitWithoutTraceback())
+    multiprocessing.set_forkserver_preload(list(rank_preload(train_args, os.environ)))
+    log_rank_failures_plainly()
     multiprocessing.forkserver.ensure_running()
     forwarder = _Forwarder(launch_dir)
     forwarder.install()
@@ -318,8 +367,8 @@ def launch(node: NodeWiring, recovery: Recovery, train_args: list[str]) -> int:
     try:
         elastic_launch(config, entrypoint=run_rank)(train_args)
     except ChildFailedError as err:
-        code = exit_code({local: failed.exitcode for local, failed in err.failures.items()}, forwarder.terminated, in_place)
-        failure.write_termination_message(failure.pick(err.failures, code))
+        code, message = ranks_failed(err.failures, forwarder.terminated, in_place, launch_dir)
+        failure.write_termination_message(message)
         return code
     except RendezvousClosedError as err:
         # Another node's launcher gave up (its restarts spent) or was stopped.

@@ -34,10 +34,8 @@ GPU_PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 
 def gpu_requested() -> bool:
     """KUBESPEED_GPU when set ("1"/"true"/"0"/"false"), else whether torch sees a GPU."""
-    value = os.environ.get(wiring.ENV_USE_GPU, "").strip().lower()
-    if value:
-        return value in ("1", "true", "yes")
-    return torch.cuda.is_available()
+    choice = wiring.gpu_choice(os.environ.get(wiring.ENV_USE_GPU))
+    return torch.cuda.is_available() if choice is None else choice
 
 
 def gpu_problem(cuda_build: str | None, visible: int, local_ranks: int) -> tuple[wiring.ExitCode, str] | None:
