@@ -8,7 +8,7 @@ resumes from the last checkpoint converted to the universal format. A capacity p
 the lost node; uncordoning it lets the scheduler place the probe, and the job grows back to 2
 pods, which resume from the checkpoint the single rank wrote at SIGTERM, and finishes.
 
-    .venv/bin/python -m pytest tests/e2e/test_operator_elastic.py
+    .venv/bin/python -m pytest tests/e2e/test_operator_elastic_training.py
 """
 
 from __future__ import annotations
