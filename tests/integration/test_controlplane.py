@@ -160,11 +160,11 @@ def test_gpu_pod_without_the_toleration_stays_pending_with_the_schedulers_reason
 def test_fake_gpu_nodes_renew_their_lease_like_a_kubelet(control_plane: ControlPlane, gpu_nodes: list[str]) -> None:
     coordination = client.CoordinationV1Api(control_plane.api_client())
 
-    def renew_time() -> Any:
-        return coordination.read_namespaced_lease(gpu_nodes[0], "kube-node-lease").spec.renew_time
+    def renew_times() -> list[Any]:
+        return [coordination.read_namespaced_lease(name, "kube-node-lease").spec.renew_time for name in gpu_nodes]
 
-    first = renew_time()
-    eventually(lambda: renew_time() > first, "the node lease to be renewed", timeout=40)
+    first = renew_times()
+    eventually(lambda: all(now > then for now, then in zip(renew_times(), first)), "every node's lease to be renewed", timeout=40)
 
 
 @pytest.mark.integration

@@ -58,7 +58,7 @@ def watched(control_plane, namespace) -> Callable[[Callable[..., Awaitable[None]
         async def main() -> None:
             seen = Seen()
             async with Kube(admin, on_request=lambda verb, code: seen.verbs.append(verb)) as kube:
-                watch = PodWatch(kube, [namespace], on_change=lambda ns, job: seen.jobs.append((ns, job)))
+                watch = PodWatch(kube, [namespace], on_change=lambda ns, job, prompt: seen.jobs.append((ns, job)))
                 tasks = [asyncio.create_task(watch.run())]
 
                 @contextlib.asynccontextmanager
@@ -87,8 +87,10 @@ def test_listed_pods_then_watched_changes_reach_the_views_and_name_their_job(wat
         await asyncio.wait_for(watch.synced.wait(), 30)
         await until(lambda: [p.name for p in watch.pods_of(namespace, JOB)] == ["watched-0"], "the listed pod")
 
-        core.create_namespaced_pod(namespace, pod("watched-1", 1))
+        created = core.create_namespaced_pod(namespace, pod("watched-1", 1)).metadata.resource_version
         await until(lambda: len(watch.pods_of(namespace, JOB)) == 2, "the created pod")
+        # What the operator's expectations compare: the watch has shown everything up to the create.
+        assert int(watch.version(namespace)) >= int(created)
         core.patch_namespaced_pod_status("watched-1", namespace, {"status": {"phase": "Running", "podIP": "10.1.2.3"}})
         await until(lambda: any(p.phase == PodPhase.RUNNING and p.ip == "10.1.2.3" for p in watch.pods_of(namespace, JOB)), "the status change")
 

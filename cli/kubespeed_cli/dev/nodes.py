@@ -4,14 +4,17 @@ There is no kubelet, so the scheduler binds pods to these nodes and nothing runs
 (tests/e2e adds an agent for that). The node lifecycle controller stays on, as in a real
 cluster: it removes the `node.kubernetes.io/not-ready` taint the apiserver puts on every
 new node once the node reports Ready, and would mark the node unreachable if its Lease
-went stale. A heartbeat thread renews each node's Lease and Ready condition, as a
-kubelet does, so the nodes stay schedulable for as long as the control plane runs.
+went stale. A heartbeat thread renews each node's Lease, and now and then its Ready
+condition, as a kubelet does, so the nodes stay schedulable for as long as the control
+plane runs.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,6 +29,12 @@ NODE_LEASE_NAMESPACE = "kube-node-lease"
 LEASE_DURATION_SECONDS = 40
 # Well inside the controller's 50 s node-monitor grace period, like the kubelet's 10 s.
 HEARTBEAT_SECONDS = 10.0
+# The kubelet's nodeStatusReportFrequency: with a Lease, the Ready condition's heartbeat is only a backup.
+NODE_STATUS_SECONDS = 300.0
+# Every node beats on its own, as kubelets do: beating 80 nodes one after another through an API
+# server busy with thousands of pods took longer than the grace period, and the node lifecycle
+# controller marked nodes unreachable and their pods not Ready (bench/operator_scale.py at 1,000 x 8).
+HEARTBEAT_THREADS = 8
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +122,13 @@ def register(api_client: Any, name: str, gpus: int, kubelet_version: str) -> Non
     client.CoordinationV1Api(api_client).create_namespaced_lease(NODE_LEASE_NAMESPACE, lease(name, created.metadata.uid))
 
 
-def heartbeat(api_client: Any, name: str) -> None:
+def renew_lease(api_client: Any, name: str) -> None:
     client.CoordinationV1Api(api_client).patch_namespaced_lease(
         name, NODE_LEASE_NAMESPACE, {"spec": {"renewTime": _now()}}
     )
+
+
+def report_ready(api_client: Any, name: str) -> None:
     # A strategic merge by condition type: only the heartbeat moves, the transition times stay.
     now = _now(micro=False)
     beats = [{"type": kind, "status": status, "lastHeartbeatTime": now} for kind, status, _ in HEALTHY_CONDITIONS]
@@ -132,7 +144,7 @@ def schedulable(api_client: Any, name: str) -> bool:
 
 
 class Heartbeat:
-    """Renews the nodes' Leases and Ready conditions from one daemon thread until stopped."""
+    """Renews the nodes' Leases (and every NODE_STATUS_SECONDS their Ready conditions) until stopped."""
 
     def __init__(self, api_client: Any, interval: float = HEARTBEAT_SECONDS) -> None:
         self._api_client = api_client
@@ -158,9 +170,21 @@ class Heartbeat:
             self._thread.join()
 
     def _run(self) -> None:
-        while not self._stopped.wait(self._interval):
-            for name in self.names():
-                try:
-                    heartbeat(self._api_client, name)
-                except Exception as error:  # a missed beat is retried next interval, as a kubelet would
-                    log.warning("heartbeat for node %s failed: %s", name, error)
+        reported = time.monotonic()
+        with ThreadPoolExecutor(HEARTBEAT_THREADS, thread_name_prefix="kubespeed-node-heartbeat") as pool:
+            while not self._stopped.wait(self._interval):
+                beat = renew_lease
+                if time.monotonic() - reported >= NODE_STATUS_SECONDS:
+                    beat, reported = self._beat_and_report, time.monotonic()
+                # Each round waits for its beats, so a slow API server is never sent a backlog.
+                list(pool.map(lambda name: self._safely(beat, name), self.names()))
+
+    def _beat_and_report(self, api_client: Any, name: str) -> None:
+        renew_lease(api_client, name)
+        report_ready(api_client, name)
+
+    def _safely(self, beat: Any, name: str) -> None:
+        try:
+            beat(self._api_client, name)
+        except Exception as error:  # a missed beat is retried next interval, as a kubelet would
+            log.warning("heartbeat for node %s failed: %s", name, error)

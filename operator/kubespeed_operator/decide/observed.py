@@ -7,7 +7,7 @@ in the tests build views directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubespeed import wiring
@@ -83,6 +83,8 @@ class PodView:
     gates: tuple[str, ...] = ()
     # When the scheduler first found no node for it (PodScheduled=False's lastTransitionTime): when capacity went missing.
     unschedulable_since: str | None = None
+    # The resourceVersion it was read at; a new version alone is no news to the decisions.
+    version: str | None = field(default=None, compare=False)
 
     @property
     def finished(self) -> bool:
@@ -173,7 +175,19 @@ def view(pod: dict[str, Any]) -> PodView | None:
         uid=meta.get("uid"),
         gates=tuple(g.get("name", "") for g in (pod.get("spec") or {}).get("schedulingGates") or []),
         unschedulable_since=(unschedulable or {}).get("lastTransitionTime"),
+        version=meta.get("resourceVersion"),
     )
+
+
+def needs_prompt_look(now: PodView | ProbeView | None) -> bool:
+    """Whether a pod's change may end its attempt: the pod is gone, being deleted, ended, or taken
+    by the cluster. Any other change (it came, started, became ready or not, waits, cannot be
+    placed; a probe was placed) only tells how a start goes, and can wait to be taken with others."""
+    if now is None:
+        return True
+    if isinstance(now, ProbeView):
+        return False
+    return now.finished or now.deleting or now.disrupted or now.exit_code is not None
 
 
 def probe_view(pod: dict[str, Any]) -> ProbeView | None:

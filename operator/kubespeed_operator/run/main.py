@@ -32,7 +32,7 @@ from kubespeed_operator.run.leader import Lease
 from kubespeed_operator.run.metrics import OperatorMetrics
 from kubespeed_operator.run.podwatch import PodWatch
 from kubespeed_operator.run.reconciler import Reconciler
-from kubespeed_operator.run.workers import Workers
+from kubespeed_operator.run.workers import BATCH_SECONDS, SETTLE_SECONDS, Workers
 
 logger = logging.getLogger("kubespeed.operator")
 
@@ -48,10 +48,10 @@ class Operator:
         if self.reconciler.job_seen(job):
             self.workers.wake(job["metadata"]["namespace"], job["metadata"]["name"])
 
-    def pod_seen(self, namespace: str, job: str) -> None:
+    def pod_seen(self, namespace: str, job: str, prompt: bool) -> None:
         # Pods of a job that is not live (deleted, going with it) wake nothing; the job's own event starts its task.
         if self.reconciler.pod_seen(namespace, job):
-            self.workers.wake(namespace, job)
+            self.workers.wake(namespace, job, within=SETTLE_SECONDS if prompt else BATCH_SECONDS)
 
     def job_deleted(self, job: dict[str, Any]) -> None:
         self.workers.forget(job["metadata"]["namespace"], job["metadata"]["name"])
@@ -106,11 +106,12 @@ async def run(args: argparse.Namespace, credentials: Credentials) -> int:
         health.lead()
         timing = Timing(progress_interval=args.progress_interval, resync=args.resync, startup_retry=args.startup_retry)
         reconciler = Reconciler(kube, jobs, metrics, timing, args.identity, http, may_act=lease.held, cluster=cluster.from_flags(args))
-        workers = Workers(reconciler.reconcile, on_error=metrics.reconcile_errors.inc)
+        workers = Workers(reconciler.reconcile, on_error=metrics.reconcile_errors.inc, ready=reconciler.pods_first.wait_to_report)
         handler = Operator(reconciler, workers)
         pods = PodWatch(kube, args.namespace, on_change=handler.pod_seen, on_alive=health.watch_alive)
         reconciler.pods_of = pods.pods_of
         reconciler.probes_of = pods.probes_of
+        reconciler.watch_version = pods.version
         watching = asyncio.create_task(pods.run())
         keeping = asyncio.create_task(lease.keep())
         stopping = asyncio.create_task(stop.wait())

@@ -6,7 +6,8 @@ One list, then one watch from the list's resourceVersion, per watched namespace
 the last one ended. A stream that breaks resumes from there; 410 Gone (the
 version is too old) or an unexpected error starts over from a fresh list, which
 replaces what was known of that namespace, so a pod deleted while the watch was
-away is forgotten too. Every change of a view names its job to `on_change`.
+away is forgotten too. Every change of a view names its job to `on_change`, and
+says whether it needs a prompt look (`decide.observed.needs_prompt_look`).
 
 The operator's own informer, not kopf's, keeping only what the decisions use
 (`decide.observed.view`): kopf's pod handling took about half the operator's
@@ -22,7 +23,7 @@ from typing import Any, Callable
 import aiohttp
 
 from kubespeed import wiring
-from kubespeed_operator.decide.observed import PodView, ProbeView, probe_view, view
+from kubespeed_operator.decide.observed import PodView, ProbeView, needs_prompt_look, probe_view, view
 from kubespeed_operator.run.kube import ApiError, Kube, path
 
 logger = logging.getLogger("kubespeed.operator")
@@ -42,7 +43,7 @@ def _where(namespace: str | None) -> str:
 
 
 class PodWatch:
-    def __init__(self, kube: Kube, namespaces: list[str] | None, on_change: Callable[[str, str], None],
+    def __init__(self, kube: Kube, namespaces: list[str] | None, on_change: Callable[[str, str, bool], None],
                  on_alive: Callable[[], None] = lambda: None):  # fmt: skip
         self.kube = kube
         self.scopes: list[str | None] = list(namespaces) if namespaces else [None]
@@ -53,11 +54,17 @@ class PodWatch:
         self._pods: dict[Key, dict[str, PodView | ProbeView]] = {}
         self._job_of: dict[Key, str] = {}
         self._listed: set[str | None] = set()
+        # The resourceVersion each scope's watch (or list) has shown everything up to.
+        self._versions: dict[str | None, str] = {}
         # Set once every scope has been listed: until then, a job's pods may look missing.
         self.synced = asyncio.Event()
 
     def pods_of(self, namespace: str, job: str) -> list[PodView]:
         return [p for p in (self._pods.get((namespace, job)) or {}).values() if isinstance(p, PodView)]
+
+    def version(self, namespace: str) -> str | None:
+        """The resourceVersion up to which every change of the namespace's pods has been shown."""
+        return self._versions.get(namespace if namespace in self._versions else None)
 
     def probes_of(self, namespace: str, job: str) -> list[ProbeView]:
         return [p for p in (self._pods.get((namespace, job)) or {}).values() if isinstance(p, ProbeView)]
@@ -111,6 +118,7 @@ class PodWatch:
         for pod_namespace, pod_name in list(self._job_of):
             if (namespace is None or pod_namespace == namespace) and (pod_namespace, pod_name) not in listed:
                 self._remove(pod_namespace, pod_name)
+        self._versions[namespace] = page["metadata"]["resourceVersion"]
         for (pod_namespace, _), (job, seen) in listed.items():
             self._put(pod_namespace, job, seen)
         self._listed.add(namespace)
@@ -128,6 +136,7 @@ class PodWatch:
                 raise ApiError(obj.get("code") or 500, obj.get("reason") or "WatchError", obj.get("message") or str(obj))
             meta = obj.get("metadata") or {}
             version = meta.get("resourceVersion") or version
+            self._versions[namespace] = version
             if kind == "BOOKMARK":
                 continue
             seen = self._parse(obj) if kind != "DELETED" else None
@@ -153,7 +162,7 @@ class PodWatch:
         pods = self._pods.setdefault((namespace, job), {})
         if pods.get(seen.name) != seen:
             pods[seen.name] = seen
-            self.on_change(namespace, job)
+            self.on_change(namespace, job, needs_prompt_look(seen))
 
     def _remove(self, namespace: str, name: str) -> None:
         job = self._job_of.pop((namespace, name), None)
@@ -163,4 +172,4 @@ class PodWatch:
         pods.pop(name, None)
         if not pods:
             self._pods.pop((namespace, job), None)
-        self.on_change(namespace, job)
+        self.on_change(namespace, job, needs_prompt_look(None))

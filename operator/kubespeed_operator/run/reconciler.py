@@ -82,6 +82,8 @@ class Reconciler:
         self.cluster = cluster
         self.pods_of: PodsOf = lambda namespace, name: ()
         self.probes_of: ProbesOf = lambda namespace, name: ()
+        # The pod watch's resourceVersion for a namespace (`PodWatch.version`).
+        self.watch_version: Callable[[str], str | None] = lambda namespace: None
         self.expectations = Expectations()
         self.pods_first = PodsFirst(self.expectations)
         self.creator = Creator(kube)
@@ -95,7 +97,6 @@ class Reconciler:
             # The Lease is not fresh (the API server is away): act only once it is renewed.
             return LEASE_WAIT_SECONDS
         key = (namespace, name)
-        await self.pods_first.wait_to_report(key)
         started = time.monotonic()
         passes = 0
 
@@ -121,7 +122,7 @@ class Reconciler:
         key = (namespace, name)
         if self.expectations.outstanding(key):
             uid = ((self.jobs.get(key) or {}).get("metadata") or {}).get("uid")
-            self.expectations.observe(key, [p for p in self.pods_of(namespace, name) if p.owner == uid])
+            self.expectations.observe(key, [p for p in self.pods_of(namespace, name) if p.owner == uid], self.watch_version(namespace))
         return key in self.jobs
 
     def forget(self, namespace: str, name: str) -> None:
@@ -192,7 +193,7 @@ class Reconciler:
         watched, others = [], []
         for pod in self.pods_of(namespace, name):
             (watched if pod.owner == uid else others).append(pod)
-        self.expectations.observe(key, watched)
+        self.expectations.observe(key, watched, self.watch_version(namespace))
         parsed = self.jobs.spec(job)
         spec = elastic.effective_spec(job, parsed) if parsed is not None else None
         probes = [p for p in self.probes_of(namespace, name) if p.owner == uid]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from kubespeed_operator.decide.observed import PodView
 from kubespeed_operator.run.expectations import GRACE_SECONDS, Expectations
 
 A, B = ("ns", "a"), ("ns", "b")
 
 
-def pod(job: str, rank: int, attempt: int = 1) -> PodView:
-    return PodView(name=f"{job}-{rank}", rank=rank, attempt=attempt)
+def pod(job: str, rank: int, attempt: int = 1, version: str | None = None) -> PodView:
+    return PodView(name=f"{job}-{rank}", rank=rank, attempt=attempt, version=version)
 
 
 class Clock:
@@ -56,6 +58,26 @@ def test_a_pod_the_watch_never_shows_is_expected_for_the_grace_period_only() -> 
     clock.now += 1
     expectations.observe(A, [])
     assert expectations.outstanding() == 0 and expectations.unseen(A) == []
+
+
+@pytest.mark.parametrize(
+    ("created", "watch", "expected"),
+    [
+        pytest.param("1200", "1199", 1, id="watch-behind-the-create"),
+        pytest.param("1200", "1200", 0, id="watch-at-the-create-without-the-pod"),
+        pytest.param("1200", "98000", 0, id="watch-past-the-create"),
+        pytest.param("1200", None, 1, id="watch-version-unknown"),
+        pytest.param("a1f", "b2e", 1, id="versions-not-comparable"),
+    ],
+)
+def test_a_pod_is_expected_until_the_watch_passes_the_version_it_was_created_at(created: str, watch: str | None, expected: int) -> None:
+    clock = Clock()
+    expectations = Expectations(clock=clock)
+    expectations.expect(A, [pod("a", 0, version=created)])
+    # Long after a create, a watch that lags behind it still keeps the pod expected: no create is repeated.
+    clock.now += GRACE_SECONDS / 2
+    expectations.observe(A, [], watch)
+    assert expectations.outstanding() == expected
 
 
 def test_forgetting_a_job_drops_its_pods_only() -> None:
