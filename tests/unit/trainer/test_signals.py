@@ -25,6 +25,7 @@ def _rank(rank: int, port: int, results: multiprocessing.Queue) -> None:
         if rank == 1 and boundary == SIGNALLED_AFTER:
             os.kill(os.getpid(), signal.SIGTERM)
     results.put((rank, agreed, stop.requested))
+    stop.settle()
     dist.destroy_process_group()
 
 

@@ -59,3 +59,12 @@ class StopRequest:
         previous_work, previous_flag = previous
         previous_work.wait()
         return bool(previous_flag.item())
+
+    def settle(self) -> None:
+        """Wait for the agreement still in flight (a collective: call it on all ranks), so that no
+        all-reduce is pending when the process group is destroyed: gloo aborts the process
+        (SIGABRT, "terminate called without an active exception") when a peer closes its
+        connections under a pending one."""
+        if self._pending is not None:
+            self._pending[0].wait()
+            self._pending = None

@@ -357,7 +357,9 @@ def run(config: TrainerConfig, options: RunOptions) -> int:
     try:
         trainer = Trainer(config, options)
         try:
-            return trainer.run()
+            code = trainer.run()
+            trainer.stop.settle()
+            return code
         finally:
             trainer.close()
     finally:
