@@ -129,6 +129,24 @@ def cpu_fp16_refused() -> str | None:
     return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else None
 
 
+@pytest.fixture(scope="module")
+def world_of_one() -> Iterator[None]:
+    """The trainer's world of one, in this process: DeepSpeed's engine, scaler and overflow check work through its process group."""
+    import torch.distributed as dist
+
+    from kubespeed_trainer.engine import device
+
+    saved = dict(os.environ)
+    device.select_accelerator(False)
+    from kubespeed_trainer.engine import accelerator  # imports deepspeed, which picks its accelerator at import
+
+    accelerator.init_distributed(False)
+    yield
+    dist.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def unused_port() -> int:
     return free_port()

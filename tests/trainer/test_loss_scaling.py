@@ -9,8 +9,6 @@ driven by real fp16 gradients that overflow when the scale is too high.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,24 +19,6 @@ from kubespeed.spec import parse_trainer_config
 FP16_MAX = 65504.0
 # Each weight's gradient is INPUT x batch rows = 16 per unit of loss scale: 2^11 fits in fp16, 2^12 overflows.
 INPUT, ROWS = 8.0, 2
-
-
-@pytest.fixture(scope="module")
-def world_of_one() -> Iterator[None]:
-    """The trainer's world of one: DeepSpeed's scaler and overflow check work through its process group."""
-    import torch.distributed as dist
-
-    from kubespeed_trainer.engine import device
-
-    saved = dict(os.environ)
-    device.select_accelerator(False)
-    from kubespeed_trainer.engine import accelerator  # imports deepspeed, which picks its accelerator at import
-
-    accelerator.init_distributed(False)
-    yield
-    dist.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 def deepspeed_scaler(loss_scale: dict, tmp: Path):

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from kubespeed import checkpoints, deepspeed_config, wiring
 from kubespeed.spec import TrainerConfig, to_dict
 from kubespeed_trainer import data, elastic, models
-from kubespeed_trainer.engine import accelerator, build, checkpoint, checkpoint_weights, compilation, device, objectives, reshard
+from kubespeed_trainer.engine import accelerator, build, checkpoint, checkpoint_weights, clipping, compilation, device, objectives, reshard
 from kubespeed_trainer.engine.metrics import Metrics
 from kubespeed_trainer.engine.signals import StopRequest
 from kubespeed_trainer.engine.startup import StartupClock
@@ -87,6 +87,7 @@ class Trainer:
         if self.universal:
             engine_config = {**self.ds_config, "checkpoint": {**self.ds_config.get("checkpoint", {}), "load_universal": True}}
         self.engine, self.parameters = build.build_engine(config, engine_config, self.tokenizer.vocab_size, init_state)
+        self.clipped_in_step = clipping.fold_into_fused_step(self.engine)
         self.compiled = compilation.compile_engine(self.engine, config, options.gpu)
         self.pipelined = config.deepspeed.pipelineStages > 1
         self.device = self.engine.device
@@ -146,20 +147,22 @@ class Trainer:
     def train_step(self, step: int, measure_grad_norm: bool = False) -> torch.Tensor:
         """One optimizer step (all its micro batches); returns this rank's mean loss as a 0-d tensor.
 
-        ZeRO stage 0 in fp32 runs the bare optimizer, which reports no gradient norm;
-        with `measure_grad_norm` it is computed here before the step (only on logged
-        steps: it is one more pass over every gradient).
+        ZeRO stage 0 in fp32 runs the bare optimizer, which reports no gradient norm
+        unless clipping folded into its step computes one (`clipping`); otherwise, with
+        `measure_grad_norm`, it is computed here before the step (only on logged steps:
+        it is one more pass over every gradient).
         """
         engine = self.engine
         if self.pipelined:
             return engine.train_batch(data_iter=self._pipeline_iter(step)).detach().float()
         total = torch.zeros((), device=self.device)
         accumulation = engine.gradient_accumulation_steps()
+        own_norm = measure_grad_norm and self.config.deepspeed.zeroStage == 0 and not self.clipped_in_step
         for micro in range(accumulation):
             inputs, targets, mask = self._make(next(self.batches), step, micro)
             loss = objectives.loss(engine(inputs), targets, mask)
             engine.backward(loss)
-            if measure_grad_norm and micro == accumulation - 1 and self.config.deepspeed.zeroStage == 0:
+            if own_norm and micro == accumulation - 1:
                 self.own_grad_norm = _grad_norm(engine.module)
             engine.step()
             total += loss.detach().float()
