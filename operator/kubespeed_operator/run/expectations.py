@@ -17,6 +17,7 @@ import time
 from typing import Callable, Iterable
 
 from kubespeed_operator.decide.observed import PodView
+from kubespeed_operator.run.kube import version_order
 
 Key = tuple[str, str]
 # The Job controller's ExpectationsTimeout.
@@ -24,11 +25,9 @@ GRACE_SECONDS = 300.0
 
 
 def _passed(watch_version: str | None, created_version: str | None) -> bool:
-    """Whether the watch has shown every change up to the version a pod was created at.
-    resourceVersions are etcd revisions (digits) on the API servers we know; others never compare."""
-    if not watch_version or not created_version or not (watch_version.isdigit() and created_version.isdigit()):
-        return False
-    return int(watch_version) >= int(created_version)
+    """Whether the watch has shown every change up to the version a pod was created at."""
+    order = version_order(watch_version, created_version)
+    return order is not None and order >= 0
 
 
 class Expectations:

@@ -21,6 +21,7 @@ from typing import Any
 
 from kubespeed.spec import LMTrainingJobSpec, SpecError
 from kubespeed_operator.decide import resize
+from kubespeed_operator.run.kube import version_order
 
 Key = tuple[str, str]
 
@@ -31,12 +32,11 @@ def job_key(job: dict[str, Any]) -> Key:
 
 def _newer(cached: dict[str, Any] | None, seen: dict[str, Any]) -> dict[str, Any]:
     """The newer of two copies of one job. A watch can deliver an event older than the
-    status this operator just wrote; resourceVersions are etcd revisions (digits) on
-    the API servers we know, and a copy that cannot be compared counts as newer."""
+    status this operator just wrote; a copy whose version cannot be compared counts as newer."""
     if cached is None:
         return seen
-    old, new = cached["metadata"].get("resourceVersion", ""), seen["metadata"].get("resourceVersion", "")
-    if old.isdigit() and new.isdigit() and int(old) > int(new) and cached["metadata"].get("uid") == seen["metadata"].get("uid"):
+    old, new = cached["metadata"].get("resourceVersion"), seen["metadata"].get("resourceVersion")
+    if version_order(old, new) == 1 and cached["metadata"].get("uid") == seen["metadata"].get("uid"):
         return cached
     return seen
 

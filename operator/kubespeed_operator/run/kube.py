@@ -76,6 +76,15 @@ def path(api_version: str, kind: str, namespace: str | None, name: str | None = 
     return "/".join(parts)
 
 
+def version_order(one: str | None, other: str | None) -> int | None:
+    """-1, 0 or 1 as resourceVersion `one` is older than, the same as or newer than `other`;
+    None where they do not compare. They are etcd revisions (digits) on the API servers we
+    know, though Kubernetes calls them opaque."""
+    if not one or not other or not (one.isdigit() and other.isdigit()):
+        return None
+    return (int(one) > int(other)) - (int(one) < int(other))
+
+
 def job_path(namespace: str, name: str, sub: str | None = None) -> str:
     return path(JOB_API_VERSION, wiring.KIND, namespace, name, sub)
 
