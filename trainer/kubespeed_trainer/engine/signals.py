@@ -61,10 +61,17 @@ class StopRequest:
         return bool(previous_flag.item())
 
     def settle(self) -> None:
-        """Wait for the agreement still in flight (a collective: call it on all ranks), so that no
-        all-reduce is pending when the process group is destroyed: gloo aborts the process
-        (SIGABRT, "terminate called without an active exception") when a peer closes its
-        connections under a pending one."""
+        """Wait for the agreement still in flight (a collective: call it on all ranks) and let go
+        of the group, before the process group is destroyed; from then on `agreed` answers for
+        this process alone.
+
+        gloo aborts the process (SIGABRT, "terminate called without an active exception") when a
+        peer closes its connections under a pending all-reduce. And `destroy_process_group` only
+        drops torch's own references: a group still held here (the signal handler keeps this
+        object alive) would be torn down during interpreter finalization instead, its threads
+        and pending work with it, which aborts the same way.
+        """
         if self._pending is not None:
             self._pending[0].wait()
             self._pending = None
+        self._group = None
