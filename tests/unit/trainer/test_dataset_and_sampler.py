@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter
 
 import numpy as np
@@ -155,6 +156,28 @@ def test_batches_stack_samples_and_cover_an_epoch_across_ranks(prepared):
             rows += [tuple(row.tolist()) for row in batch["input_ids"]]
     every_sample = [tuple(dataset[i]["input_ids"].tolist()) for i in range(len(dataset))]
     assert Counter(rows[:len(dataset)]) == Counter(every_sample)
+
+
+@pytest.mark.parametrize("shard_tokens", [1000, 1 << 26])
+def test_a_gathered_micro_batch_is_its_samples_stacked_across_shards_and_with_masks(text_file, tmp_path, data_spec, shard_tokens):
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("\n".join(json.dumps({"prompt": f"q{i} " * 3, "response": f"a{i} " * 5}) for i in range(200)))
+    for name, spec in (("text", data_spec(text_file, validationSplit=0.1)), ("sft", data_spec(sft, format="jsonl", validationSplit=0.1))):
+        prepared = prepare_dataset(spec, None, tmp_path / name / str(shard_tokens), seq_length=SEQ, shard_tokens=shard_tokens)
+        dataset = TokenDataset(prepared, "train", SEQ)
+        rng = np.random.default_rng(0)
+        for indices in [list(range(len(dataset))), rng.permutation(len(dataset))[:12].tolist(), [len(dataset) - 1, 0], []]:
+            got = dataset.gather(indices)
+            items = [dataset[i] for i in indices]
+            want_ids = torch.stack([item["input_ids"] for item in items]) if items else torch.empty(0, SEQ + 1, dtype=torch.int64)
+            assert got["input_ids"].dtype == torch.int64 and torch.equal(got["input_ids"].reshape(-1, SEQ + 1), want_ids)
+            if name == "text":
+                assert got["loss_mask"] is None
+            elif items:
+                assert got["loss_mask"].dtype == torch.bool
+                assert torch.equal(got["loss_mask"], torch.stack([item["loss_mask"] for item in items]))
+        with pytest.raises(IndexError, match=f"sample {len(dataset)} out of range"):
+            dataset.gather([0, len(dataset)])
 
 
 def test_loaded_state_outside_the_epoch_is_refused():

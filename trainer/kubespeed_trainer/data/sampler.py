@@ -20,6 +20,8 @@ from collections.abc import Iterator
 
 import torch
 
+from kubespeed_trainer.data.dataset import TokenDataset
+
 
 class ResumableSampler:
     def __init__(self, num_samples: int, *, rank: int, world_size: int, seed: int, micro_batch_size: int) -> None:
@@ -82,12 +84,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
 
 
-def batches(dataset: torch.utils.data.Dataset, sampler: ResumableSampler) -> Iterator[dict[str, torch.Tensor | None]]:
+def batches(dataset: TokenDataset, sampler: ResumableSampler) -> Iterator[dict[str, torch.Tensor | None]]:
     """Stacked micro batches: input_ids LongTensor[B, T+1], loss_mask BoolTensor[B, T+1] or None."""
     for indices in sampler:
-        items = [dataset[i] for i in indices]
-        masks = [item["loss_mask"] for item in items]
-        yield {
-            "input_ids": torch.stack([item["input_ids"] for item in items]),
-            "loss_mask": None if masks[0] is None else torch.stack(masks),
-        }
+        yield dataset.gather(indices)
