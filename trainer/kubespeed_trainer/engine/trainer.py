@@ -34,7 +34,7 @@ import torch.distributed as dist
 from kubespeed import checkpoints, deepspeed_config, wiring
 from kubespeed.spec import TrainerConfig, to_dict
 from kubespeed_trainer import data, elastic, models
-from kubespeed_trainer.engine import accelerator, build, checkpoint, checkpoint_weights, clipping, compilation, device, objectives, reshard
+from kubespeed_trainer.engine import accelerator, build, checkpoint, checkpoint_weights, clipping, compilation, device, fused_adam, objectives, reshard
 from kubespeed_trainer.engine.metrics import Metrics
 from kubespeed_trainer.engine.signals import StopRequest
 from kubespeed_trainer.engine.startup import StartupClock
@@ -88,6 +88,7 @@ class Trainer:
             engine_config = {**self.ds_config, "checkpoint": {**self.ds_config.get("checkpoint", {}), "load_universal": True}}
         self.engine, self.parameters = build.build_engine(config, engine_config, self.tokenizer.vocab_size, init_state)
         self.clipped_in_step = clipping.fold_into_fused_step(self.engine)
+        fused_adam.streamline(self.engine.optimizer)
         self.compiled = compilation.compile_engine(self.engine, config, options.gpu)
         self.pipelined = config.deepspeed.pipelineStages > 1
         self.device = self.engine.device
