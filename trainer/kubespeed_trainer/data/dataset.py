@@ -55,7 +55,7 @@ class TokenDataset(torch.utils.data.Dataset):
 
         Samples within one shard, nearly always, are read by one index of a
         [B, T+1] window into it; a micro batch read sample by sample, a
-        slice and a conversion each, took a fiftieth of a small model's step.
+        slice and a conversion each, took six times as long (12 samples of 65 tokens: 118 against 19 us).
         """
         rows = np.asarray(indices, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
