@@ -73,6 +73,17 @@ def test_the_short_step_updates_bitwise_as_torch_does(kind, kwargs):
     assert ob.param_groups[0]["lr"] == oa.param_groups[0]["lr"] != 1e-2
 
 
+def test_a_step_with_found_inf_is_skipped_as_torch_skips_it():
+    (ma, oa, sa), (mb, ob, sb) = _pair()
+    for step in range(6):
+        for opt in (oa, ob):
+            opt.found_inf = torch.tensor(1.0 if step == 3 else 0.0)
+        _step(ma, oa, sa, step, scale=2.0)
+        _step(mb, ob, sb, step, scale=2.0)
+    _assert_same(ma, oa, mb, ob)
+    assert all(float(s["step"]) == 5.0 for s in ob.state_dict()["state"].values())
+
+
 def test_the_short_step_runs_its_own_path_after_the_first(monkeypatch):
     (_, _, _), (mb, ob, sb) = _pair()
     _step(mb, ob, sb, 0)  # torch's step creates the state

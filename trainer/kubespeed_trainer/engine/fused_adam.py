@@ -117,14 +117,15 @@ def _run(plan: _Plan, optimizer: torch.optim.Optimizer) -> bool:
             group = g.group
             device = g.params[0].device
             beta1, beta2 = (float(b) for b in group["betas"])
+            scale = None if grad_scale is None else grad_scale.to(device, non_blocking=True)
+            inf = None if found_inf is None else found_inf.to(device, non_blocking=True)
             # AdamW is Adam with decoupled weight decay, and so is Adam(decoupled_weight_decay=True).
             kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
             torch._foreach_add_(g.steps, 1)
             kernel(g.params, group_grads, g.exp_avgs, g.exp_avg_sqs, g.max_exp_avg_sqs, g.steps,
                    amsgrad=group["amsgrad"], lr=group["lr"], beta1=beta1, beta2=beta2,
                    weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
-                   grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
-                   found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True))
-            if found_inf is not None:
-                torch._foreach_sub_(g.steps, [found_inf.to(device)] * len(g.steps))
+                   grad_scale=scale, found_inf=inf)
+            if inf is not None:
+                torch._foreach_sub_(g.steps, [inf] * len(g.steps))
     return True
