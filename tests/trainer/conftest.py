@@ -80,7 +80,9 @@ class Job:
 
     def start(self, ranks: int, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
         """Start `kubespeed launch` with `ranks` ranks; `env` adds to the environment of the pod it plays."""
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("KUBESPEED_", "MASTER_", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
+        # TORCHINDUCTOR_*: this process's Inductor, once imported, writes its own cache directory into the
+        # environment, and a pod's trainer would then keep its kernels there instead of beside its checkpoints.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("KUBESPEED_", "MASTER_", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCHINDUCTOR_"))}
         env = {**inherited, "OMP_NUM_THREADS": "1", **(env or {})}
         proc = subprocess.Popen(self.command(ranks, **kwargs), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)

@@ -4,7 +4,8 @@ DeepSpeed's `engine.compile()` compiles the module in place (state dict keys
 unchanged, so checkpoints and export do not see it). TorchInductor generates C++
 kernels on a CPU and Triton kernels on a GPU, and builds both with the machine's
 compiler against Python's headers; where those are missing the run trains
-uncompiled, with a warning, rather than failing at its first step.
+uncompiled, with a warning, rather than failing at its first step. On a CPU
+`inductor_cpu` sets how TorchInductor compiles first.
 
 The kernels go to `compile-cache/` in the checkpoint directory (unless
 TORCHINDUCTOR_CACHE_DIR is set), the one place that outlives a pod: a resumed
@@ -55,6 +56,11 @@ def compile_engine(engine: Any, config: TrainerConfig, gpu: bool) -> bool:
     if problem is not None:
         print(f"kubespeed train: warning: deepspeed.compile: {problem}; training uncompiled", file=sys.stderr)
         return False
+    if not gpu:
+        # Imported here, where torch already is: this module is also used before torch is imported (keep_kernels_in).
+        from kubespeed_trainer.engine import inductor_cpu
+
+        inductor_cpu.apply()
     engine.compile()
     return True
 
