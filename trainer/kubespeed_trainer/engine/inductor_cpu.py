@@ -23,6 +23,7 @@ A user's `TORCHINDUCTOR_CPP_WRAPPER` is left as they set it.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
@@ -65,7 +66,7 @@ def _is_row_bias(bias: object, node: torch.fx.Node) -> bool:
     return value.dtype == out.dtype and (value.dim() == 1 or (value.dim() == 2 and value.shape[0] == 1))
 
 
-def settings(environ: os._Environ[str] | dict[str, str] = os.environ) -> dict[str, object]:
+def settings(environ: Mapping[str, str] = os.environ) -> dict[str, object]:
     """TorchInductor's config for compiling a training model on the CPU."""
     chosen = {"post_grad_custom_post_pass": UnfuseBiasAdd()}
     if CPP_WRAPPER_ENV not in environ:
