@@ -20,25 +20,26 @@ def inductor_cpu(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name, bias_shape, kwargs, unfused",
+    "name, bias_shape, kwargs, dtype, unfused",
     [
-        ("a linear layer's bias", (6,), {}, True),
-        ("a bias held as one row", (1, 6), {}, True),
-        ("a full matrix is not a bias", (4, 6), {}, False),
-        ("a scaled product", (6,), {"alpha": 2.0}, False),
-        ("a scaled bias", (6,), {"beta": 0.5}, False),
+        ("a linear layer's bias", (6,), {}, torch.float32, True),
+        ("a bias held as one row", (1, 6), {}, torch.float32, True),
+        ("in float64", (6,), {}, torch.float64, True),
+        ("a full matrix is not a bias", (4, 6), {}, torch.float32, False),
+        ("a scaled product", (6,), {"alpha": 2.0}, torch.float32, False),
+        ("a scaled bias", (6,), {"beta": 0.5}, torch.float32, False),
+        ("bf16 adds the bias before rounding", (6,), {}, torch.bfloat16, False),
     ],
 )
-def test_addmm_with_a_row_bias_becomes_mm_and_add_with_the_same_result(name, bias_shape, kwargs, unfused, inductor_cpu):
+def test_addmm_with_a_row_bias_becomes_mm_and_add_with_the_same_result(name, bias_shape, kwargs, dtype, unfused, inductor_cpu):
     torch.manual_seed(0)
-    bias, a, b = torch.randn(bias_shape), torch.randn(4, 5), torch.randn(5, 6)
+    bias, a, b = torch.randn(bias_shape, dtype=dtype), torch.randn(4, 5, dtype=dtype), torch.randn(5, 6, dtype=dtype)
     module = make_fx(lambda bias, a, b: aten.addmm.default(bias, a, b, **kwargs), tracing_mode="fake")(bias, a, b)
     inductor_cpu.UnfuseBiasAdd()(module.graph)
     module.recompile()
     targets = [node.target for node in module.graph.nodes if node.op == "call_function"]
-    assert (targets == [aten.mm.default, aten.add.Tensor]) is unfused, name
-    assert (targets == [aten.addmm.default]) is not unfused, name
-    torch.testing.assert_close(module(bias, a, b), aten.addmm.default(bias, a, b, **kwargs), rtol=1e-6, atol=1e-6)
+    assert targets == ([aten.mm.default, aten.add.Tensor] if unfused else [aten.addmm.default]), name
+    torch.testing.assert_close(module(bias, a, b), aten.addmm.default(bias, a, b, **kwargs))
 
 
 def test_the_cpp_wrapper_is_on_unless_the_user_set_it(inductor_cpu):

@@ -34,7 +34,7 @@ aten = torch.ops.aten
 
 
 class UnfuseBiasAdd(CustomGraphPass):
-    """Each `addmm(bias, a, b)` (beta and alpha 1, a 1-D or row bias) becomes `mm(a, b) + bias` in a post-grad graph."""
+    """Each `addmm(bias, a, b)` (beta and alpha 1, a 1-D or row bias, float32 or 64) becomes `mm(a, b) + bias` in a post-grad graph."""
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         for node in list(graph.find_nodes(op="call_function", target=aten.addmm.default)):
@@ -57,13 +57,19 @@ class UnfuseBiasAdd(CustomGraphPass):
 
 
 def _is_row_bias(bias: object, node: torch.fx.Node) -> bool:
-    """A bias that broadcasts along rows ([N] or [1, N]) of the output's dtype: the add that `addmm` would do."""
+    """A bias that broadcasts along rows ([N] or [1, N]) of a float32 or float64 output: the add that `addmm` would do.
+
+    Half precision keeps its addmm: there the bias joins the float32 accumulator
+    before the one rounding, where a separate add would round the product first.
+    """
     if not isinstance(bias, torch.fx.Node):
         return False
     value, out = bias.meta.get("val"), node.meta.get("val")
     if not isinstance(value, torch.Tensor) or not isinstance(out, torch.Tensor):
         return False
-    return value.dtype == out.dtype and (value.dim() == 1 or (value.dim() == 2 and value.shape[0] == 1))
+    if out.dtype not in (torch.float32, torch.float64) or value.dtype != out.dtype:
+        return False
+    return value.dim() == 1 or (value.dim() == 2 and value.shape[0] == 1)
 
 
 def settings(environ: Mapping[str, str] = os.environ) -> dict[str, object]:
