@@ -49,46 +49,40 @@ def test_the_cpp_wrapper_is_on_unless_the_user_set_it(inductor_cpu):
     assert isinstance(inductor_cpu.settings({})["post_grad_custom_post_pass"], inductor_cpu.UnfuseBiasAdd)
 
 
-def compiled_step(settings: dict) -> tuple[torch.Tensor, list[torch.Tensor], list[str]]:
-    """A small MLP compiled under `settings`: its output, gradients and generated code (forward, backward)."""
+def mlp_step(settings: dict | None) -> tuple[torch.Tensor, list[torch.Tensor], list[str]]:
+    """One step of a small MLP, compiled under `settings` (eagerly for None): its output, gradients and
+    generated code (forward, backward; none when eager)."""
     from torch._inductor.utils import run_and_get_code
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(32, 8))
     x = torch.randn(24, 16)
+
+    def step(forward):
+        out = forward(x)
+        out.square().sum().backward()
+        return out
+
+    if settings is None:
+        return step(model), [p.grad for p in model.parameters()], []
     torch._dynamo.reset()
     try:
         with torch._inductor.config.patch(settings):
-            compiled = torch.compile(model)
-
-            def step():
-                out = compiled(x)
-                out.square().sum().backward()
-                return out
-
-            out, code = run_and_get_code(step)
+            out, code = run_and_get_code(step, torch.compile(model))
     finally:
         torch._dynamo.reset()
     return out, [p.grad for p in model.parameters()], code
 
 
-def eager_step() -> tuple[torch.Tensor, list[torch.Tensor]]:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(32, 8))
-    out = model(torch.randn(24, 16))
-    out.square().sum().backward()
-    return out, [p.grad for p in model.parameters()]
-
-
 def test_a_compiled_mlp_calls_no_addmm_and_computes_what_the_eager_one_does(inductor_cpu):
     # Without the pass Inductor fuses each linear layer's mm and bias add into one addmm call on a CPU.
-    _, _, fused = compiled_step({"cpp_wrapper": True})
+    _, _, fused = mlp_step({"cpp_wrapper": True})
     assert fused[0].count("aoti_torch_cpu_addmm_out") == 2
-    out, grads, code = compiled_step(inductor_cpu.settings({}))
+    out, grads, code = mlp_step(inductor_cpu.settings({}))
     forward, backward = code
     assert "addmm_out" not in forward and forward.count("aoti_torch_cpu_mm_out") == 2
     assert "addmm_out" not in backward
-    expected, expected_grads = eager_step()
+    expected, expected_grads, _ = mlp_step(None)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     for grad, expected_grad in zip(grads, expected_grads):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)

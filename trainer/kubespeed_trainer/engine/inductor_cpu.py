@@ -1,7 +1,8 @@
 """How TorchInductor compiles a training model for the CPU: a C++ wrapper, and linear layers' bias adds left to the kernels that follow.
 
 Both trim what a compiled CPU step spends beyond its arithmetic, and both are
-TorchInductor's own options, which it leaves off on a CPU:
+what TorchInductor already has but leaves off on a CPU (an option, and a pass
+it runs only on a GPU):
 
 - The wrapper: a compiled graph is a list of calls (allocate a buffer, run a
   kernel or a GEMM, check a stride, free a buffer). In Python that list costs
